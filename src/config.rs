@@ -1,0 +1,618 @@
+//! One typed [`Config`], read from the environment and validated at start.
+//!
+//! Owns: the names of every variable in SPEC.md, their defaults, and the
+//! checks on their values. Every bad value is reported at once, each naming
+//! its variable and the form it expects; `main` turns that into exit code 2.
+//!
+//! Does not own: what the values mean at run time (that is each module's
+//! business) or logging setup (see `logging`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Every variable switchyard reads, exactly as SPEC.md names them.
+pub const VARIABLES: &[&str] = &[
+    "PORT",
+    "HOST",
+    "WEBSOCKET_ENABLED",
+    "WEBSOCKET_PATH",
+    "DASHBOARD_URL",
+    "DASHBOARD_COMMAND",
+    "UPSTREAM_TIMEOUT_SECS",
+    "TRUSTED_PROXIES",
+    "PUBLISH_TOKEN",
+    "CORS_ORIGINS",
+    "HISTORY_SIZE",
+    "MAX_CONNECTIONS",
+    "MAX_MESSAGE_BYTES",
+    "CLIENT_QUEUE",
+    "PING_INTERVAL_SECS",
+    "SHUTDOWN_GRACE_SECS",
+    "REDIS_URL",
+    "REDIS_PREFIX",
+    "RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
+    "LOG_FORMAT",
+    "RAILWAY_PUBLIC_DOMAIN",
+    "RAILWAY_STATIC_URL",
+    "PUBLIC_URL",
+];
+
+/// Where Streamlit listens unless told otherwise; the upstream when only
+/// `DASHBOARD_COMMAND` is given.
+pub const DEFAULT_SUPERVISED_DASHBOARD: &str = "http://127.0.0.1:8501";
+
+/// The prefix of every route switchyard keeps for itself.
+pub const RESERVED_PREFIX: &str = "/_switchyard/";
+
+/// The validated configuration of one gateway process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address the public listener binds: `HOST:PORT`, dual-stack `[::]` by default.
+    pub listen_addr: SocketAddr,
+    /// `false` turns `/ws` into a 404; the HTTP transports keep working.
+    pub websocket_enabled: bool,
+    /// Path of the broadcaster; never under `/_switchyard/`.
+    pub websocket_path: String,
+    /// The dashboard every unreserved path is proxied to, if any.
+    pub dashboard_url: Option<UpstreamUrl>,
+    /// Shell command that runs the dashboard, supervised by the gateway.
+    pub dashboard_command: Option<String>,
+    /// How long the dashboard may take to send a response head before 504.
+    pub upstream_timeout: Duration,
+    /// Peers whose X-Forwarded-* and X-Real-IP headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Bearer token for publishing; without it only loopback peers publish.
+    pub publish_token: Option<Secret>,
+    /// Origins allowed for CORS and the WebSocket Origin check.
+    pub cors_origins: Vec<String>,
+    /// Events kept for resume.
+    pub history_size: usize,
+    /// WebSocket + SSE clients at once; past it new ones get 503.
+    pub max_connections: usize,
+    /// Largest publish body or client frame.
+    pub max_message_bytes: usize,
+    /// Messages queued per client before it is cut off as too slow.
+    pub client_queue: usize,
+    /// Interval of server pings; three silent intervals close a client.
+    pub ping_interval: Duration,
+    /// Drain time after SIGTERM/SIGINT, already fitted to Railway's gap.
+    pub shutdown_grace: Duration,
+    /// Redis backplane; unset keeps the in-process hub.
+    pub redis_url: Option<Secret>,
+    /// Key prefix in Redis, so several apps can share one server.
+    pub redis_prefix: String,
+    /// `pretty` for people, `json` for machines.
+    pub log_format: LogFormat,
+    /// The WebSocket URI a browser should use (wss://DOMAIN/ws on Railway).
+    pub public_websocket_uri: String,
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// An `http://host:port` origin the proxy forwards to. Requests go here and
+/// nowhere else, whatever their Host header or absolute URI says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// Always `http`: TLS to the dashboard is out of scope (it runs beside us).
+    pub scheme: Scheme,
+    /// `host:port` as written, used to build every upstream URI.
+    pub authority: Authority,
+    /// `host:port` with the default port filled in, for the TCP probe.
+    pub connect_to: String,
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Every problem found in the environment, one line each.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.problems {
+            writeln!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The environment as strings, read through envy; typed checks come after so
+/// that every bad variable is reported, not just the first.
+/// envy matches lower-cased variable names to these fields.
+#[derive(Debug, Default, Deserialize)]
+struct RawEnv {
+    port: Option<String>,
+    host: Option<String>,
+    websocket_enabled: Option<String>,
+    websocket_path: Option<String>,
+    dashboard_url: Option<String>,
+    dashboard_command: Option<String>,
+    upstream_timeout_secs: Option<String>,
+    trusted_proxies: Option<String>,
+    publish_token: Option<String>,
+    cors_origins: Option<String>,
+    history_size: Option<String>,
+    max_connections: Option<String>,
+    max_message_bytes: Option<String>,
+    client_queue: Option<String>,
+    ping_interval_secs: Option<String>,
+    shutdown_grace_secs: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    railway_deployment_draining_seconds: Option<String>,
+    log_format: Option<String>,
+    railway_public_domain: Option<String>,
+    railway_static_url: Option<String>,
+    public_url: Option<String>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars = HashMap::new();
+        let mut problems = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if !VARIABLES.contains(&name) {
+                continue;
+            }
+            match value.into_string() {
+                Ok(value) => {
+                    vars.insert(name.to_owned(), value);
+                }
+                Err(_) => problems.push(format!("{name}: not valid UTF-8")),
+            }
+        }
+        match Config::from_vars(vars) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError { problems }),
+            Err(mut error) => {
+                problems.append(&mut error.problems);
+                Err(ConfigError { problems })
+            }
+        }
+    }
+
+    /// Builds a config from `NAME -> value` pairs; used by `from_env` and tests.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let raw: RawEnv = envy::from_iter(vars.into_iter().map(|(k, v)| (k.into(), v.into())))
+            .map_err(|error| ConfigError {
+                problems: vec![error.to_string()],
+            })?;
+        Checker::default().check(raw)
+    }
+}
+
+/// Collects problems while turning [`RawEnv`] into [`Config`].
+#[derive(Default)]
+struct Checker {
+    problems: Vec<String>,
+}
+
+impl Checker {
+    fn check(mut self, raw: RawEnv) -> Result<Config, ConfigError> {
+        let port: u16 = self.parse("PORT", &raw.port, 8080, "a port number 0-65535", |v| {
+            v.parse().ok()
+        });
+        let host: IpAddr = self.parse(
+            "HOST",
+            &raw.host,
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            "an IP address such as :: or 0.0.0.0",
+            |v| v.trim_matches(['[', ']']).parse().ok(),
+        );
+        let websocket_enabled = self.parse(
+            "WEBSOCKET_ENABLED",
+            &raw.websocket_enabled,
+            true,
+            "true or false",
+            parse_bool,
+        );
+        let websocket_path = self.parse(
+            "WEBSOCKET_PATH",
+            &raw.websocket_path,
+            "/ws".to_owned(),
+            "a path starting with / of [A-Za-z0-9/_.-], not under /_switchyard/",
+            |v| {
+                let valid = v.starts_with('/')
+                    && v.len() > 1
+                    && !v.starts_with(RESERVED_PREFIX)
+                    && v != "/health"
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
+                valid.then(|| v.to_owned())
+            },
+        );
+        let dashboard_command = raw
+            .dashboard_command
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
+        let dashboard_url = match non_empty(&raw.dashboard_url) {
+            Some(value) => self.require(
+                "DASHBOARD_URL",
+                value,
+                "an http:// origin such as http://127.0.0.1:8501 (no path, no query)",
+                parse_upstream_url,
+            ),
+            None if dashboard_command.is_some() => parse_upstream_url(DEFAULT_SUPERVISED_DASHBOARD),
+            None => None,
+        };
+        let upstream_timeout =
+            self.seconds("UPSTREAM_TIMEOUT_SECS", &raw.upstream_timeout_secs, 60, 1);
+        let trusted_proxies = self.parse(
+            "TRUSTED_PROXIES",
+            &raw.trusted_proxies,
+            default_trusted_proxies(),
+            "comma-separated IP addresses or CIDR ranges such as 10.0.0.0/8,::1",
+            parse_networks,
+        );
+        let publish_token = non_empty(&raw.publish_token).map(|t| Secret(t.to_owned()));
+        let cors_origins = self.parse(
+            "CORS_ORIGINS",
+            &raw.cors_origins,
+            Vec::new(),
+            "comma-separated origins such as https://app.example.com (scheme://host[:port], or *)",
+            parse_origins,
+        );
+        let history_size = self.count("HISTORY_SIZE", &raw.history_size, 1000, 0);
+        let max_connections = self.count("MAX_CONNECTIONS", &raw.max_connections, 100_000, 1);
+        let max_message_bytes = self.count("MAX_MESSAGE_BYTES", &raw.max_message_bytes, 65_536, 64);
+        let client_queue = self.count("CLIENT_QUEUE", &raw.client_queue, 1024, 1);
+        let ping_interval = self.seconds("PING_INTERVAL_SECS", &raw.ping_interval_secs, 25, 1);
+        let configured_grace = self.count("SHUTDOWN_GRACE_SECS", &raw.shutdown_grace_secs, 10, 0);
+        let draining: Option<u64> =
+            non_empty(&raw.railway_deployment_draining_seconds).and_then(|v| {
+                self.require(
+                    "RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
+                    v,
+                    "a whole number of seconds",
+                    |v| v.parse().ok(),
+                )
+            });
+        let shutdown_grace = Duration::from_secs(fit_grace(
+            configured_grace as u64,
+            raw.shutdown_grace_secs.is_some(),
+            draining,
+        ));
+        let redis_url = non_empty(&raw.redis_url).and_then(|v| {
+            self.require("REDIS_URL", v, "a redis:// or rediss:// URL", |v| {
+                (v.starts_with("redis://") || v.starts_with("rediss://"))
+                    .then(|| Secret(v.to_owned()))
+            })
+        });
+        let redis_prefix = self.parse(
+            "REDIS_PREFIX",
+            &raw.redis_prefix,
+            "switchyard:".to_owned(),
+            "1-64 characters without spaces",
+            |v| (v.len() <= 64 && !v.contains(char::is_whitespace)).then(|| v.to_owned()),
+        );
+        let log_format = self.parse(
+            "LOG_FORMAT",
+            &raw.log_format,
+            LogFormat::Pretty,
+            "pretty or json",
+            |v| match v.to_ascii_lowercase().as_str() {
+                "pretty" | "text" => Some(LogFormat::Pretty),
+                "json" => Some(LogFormat::Json),
+                _ => None,
+            },
+        );
+        let public_websocket_uri = public_websocket_uri(&raw, port, &websocket_path);
+
+        if !self.problems.is_empty() {
+            return Err(ConfigError {
+                problems: self.problems,
+            });
+        }
+        Ok(Config {
+            listen_addr: SocketAddr::new(host, port),
+            websocket_enabled,
+            websocket_path,
+            dashboard_url,
+            dashboard_command,
+            upstream_timeout,
+            trusted_proxies,
+            publish_token,
+            cors_origins,
+            history_size,
+            max_connections,
+            max_message_bytes,
+            client_queue,
+            ping_interval,
+            shutdown_grace,
+            redis_url,
+            redis_prefix,
+            log_format,
+            public_websocket_uri,
+        })
+    }
+
+    /// Parses an optional variable: unset or empty takes the default.
+    fn parse<T>(
+        &mut self,
+        name: &str,
+        raw: &Option<String>,
+        default: T,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> T {
+        match non_empty(raw) {
+            Some(value) => self
+                .require(name, value, expected, parse)
+                .unwrap_or(default),
+            None => default,
+        }
+    }
+
+    /// Parses a present value, recording a problem when it does not fit.
+    fn require<T>(
+        &mut self,
+        name: &str,
+        value: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let parsed = parse(value);
+        if parsed.is_none() {
+            self.problems.push(format!(
+                "{name}={value:?} is not valid: expected {expected}"
+            ));
+        }
+        parsed
+    }
+
+    fn count(&mut self, name: &str, raw: &Option<String>, default: usize, min: usize) -> usize {
+        let expected = format!("a whole number >= {min}");
+        self.parse(name, raw, default, &expected, |v| {
+            v.parse::<usize>().ok().filter(|n| *n >= min)
+        })
+    }
+
+    fn seconds(&mut self, name: &str, raw: &Option<String>, default: u64, min: u64) -> Duration {
+        let expected = format!("a whole number of seconds >= {min}");
+        let secs = self.parse(name, raw, default, &expected, |v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n >= min && *n <= 86_400 * 365)
+        });
+        Duration::from_secs(secs)
+    }
+}
+
+fn non_empty(raw: &Option<String>) -> Option<&str> {
+    raw.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_upstream_url(value: &str) -> Option<UpstreamUrl> {
+    let uri: Uri = value.parse().ok()?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return None;
+    }
+    let authority = uri.authority()?.clone();
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    let path_is_root = matches!(uri.path(), "" | "/");
+    if !path_is_root || uri.query().is_some() {
+        return None;
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    let connect_to = format!("{}:{port}", authority.host());
+    Some(UpstreamUrl {
+        scheme: Scheme::HTTP,
+        authority,
+        connect_to,
+    })
+}
+
+/// Loopback and private ranges: Railway's edge and private network reach the
+/// service from these, and a local reverse proxy would too.
+fn default_trusted_proxies() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "::1/128",
+        "fc00::/7",
+    ]
+    .iter()
+    .filter_map(|net| net.parse().ok())
+    .collect()
+}
+
+fn parse_networks(value: &str) -> Option<Vec<IpNet>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<IpNet>()
+                .ok()
+                .or_else(|| part.parse::<IpAddr>().ok().map(IpNet::from))
+        })
+        .collect()
+}
+
+fn parse_origins(value: &str) -> Option<Vec<String>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            if part == "*" {
+                return Some(part.to_owned());
+            }
+            let uri: Uri = part.parse().ok()?;
+            let scheme = uri
+                .scheme_str()
+                .filter(|s| matches!(*s, "http" | "https"))?;
+            let authority = uri.authority()?;
+            let bare = matches!(uri.path(), "" | "/") && uri.query().is_none();
+            bare.then(|| format!("{scheme}://{authority}").to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// Railway sends SIGKILL `RAILWAY_DEPLOYMENT_DRAINING_SECONDS` after SIGTERM.
+/// When that is set, the grace ends one second earlier so the exit is ours;
+/// an explicit `SHUTDOWN_GRACE_SECS` is kept when it is shorter.
+fn fit_grace(configured: u64, explicitly_set: bool, draining: Option<u64>) -> u64 {
+    match draining {
+        None => configured,
+        Some(draining) => {
+            let fitted = draining.saturating_sub(1);
+            if explicitly_set {
+                configured.min(fitted)
+            } else {
+                fitted
+            }
+        }
+    }
+}
+
+/// `wss://DOMAIN/ws` from the first of RAILWAY_PUBLIC_DOMAIN,
+/// RAILWAY_STATIC_URL, PUBLIC_URL; `ws://localhost:PORT/ws` otherwise.
+fn public_websocket_uri(raw: &RawEnv, port: u16, websocket_path: &str) -> String {
+    let candidates = [
+        &raw.railway_public_domain,
+        &raw.railway_static_url,
+        &raw.public_url,
+    ];
+    for candidate in candidates {
+        let Some(value) = non_empty(candidate) else {
+            continue;
+        };
+        let value = value.trim_end_matches('/');
+        let (scheme, host) = if let Some(host) = value.strip_prefix("https://") {
+            ("wss", host)
+        } else if let Some(host) = value.strip_prefix("http://") {
+            ("ws", host)
+        } else {
+            ("wss", value)
+        };
+        return format!("{scheme}://{host}{websocket_path}");
+    }
+    format!("ws://localhost:{port}{websocket_path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_environment() {
+        let config = Config::from_vars(Vec::<(String, String)>::new()).unwrap();
+        assert_eq!(config.listen_addr, "[::]:8080".parse().unwrap());
+        assert!(config.websocket_enabled);
+        assert_eq!(config.websocket_path, "/ws");
+        assert!(config.dashboard_url.is_none());
+        assert_eq!(config.upstream_timeout, Duration::from_secs(60));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.public_websocket_uri, "ws://localhost:8080/ws");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let error = Config::from_vars([
+            ("PORT", "eighty"),
+            ("WEBSOCKET_ENABLED", "maybe"),
+            ("DASHBOARD_URL", "https://x"),
+        ])
+        .unwrap_err();
+        let text = error.to_string();
+        assert_eq!(error.problems.len(), 3, "{text}");
+        assert!(text.contains("PORT=\"eighty\""), "{text}");
+        assert!(text.contains("WEBSOCKET_ENABLED"), "{text}");
+        assert!(text.contains("DASHBOARD_URL"), "{text}");
+    }
+
+    #[test]
+    fn command_alone_defaults_to_streamlit_port() {
+        let config = Config::from_vars([("DASHBOARD_COMMAND", "streamlit run app.py")]).unwrap();
+        assert_eq!(
+            config.dashboard_url.unwrap().to_string(),
+            "http://127.0.0.1:8501"
+        );
+    }
+
+    #[test]
+    fn railway_draining_sizes_the_grace() {
+        assert_eq!(fit_grace(10, false, Some(5)), 4);
+        assert_eq!(fit_grace(10, false, Some(30)), 29);
+        assert_eq!(fit_grace(10, true, Some(30)), 10);
+        assert_eq!(fit_grace(3, true, None), 3);
+    }
+
+    #[test]
+    fn public_uri_prefers_railway_domain() {
+        let config = Config::from_vars([
+            ("RAILWAY_PUBLIC_DOMAIN", "app.up.railway.app"),
+            ("PUBLIC_URL", "https://other.example"),
+        ])
+        .unwrap();
+        assert_eq!(config.public_websocket_uri, "wss://app.up.railway.app/ws");
+        let config = Config::from_vars([("PUBLIC_URL", "http://box.local:9000/")]).unwrap();
+        assert_eq!(config.public_websocket_uri, "ws://box.local:9000/ws");
+    }
+
+    #[test]
+    fn secrets_are_masked_in_debug_output() {
+        let config = Config::from_vars([("PUBLISH_TOKEN", "hunter2")]).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,54 @@
+//! The `switchyard` binary: config, logs, signals, exit codes.
+//!
+//! Exit codes: 0 after a clean drain, 1 when the gateway cannot start (port
+//! taken, no signal handlers), 2 for a bad configuration.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use switchyard::config::Config;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("switchyard: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    switchyard::logging::init(config.log_format);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            error!(%error, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let signalled = async move {
+            let name = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            info!(signal = name, "shutdown requested");
+        };
+        switchyard::run(config, signalled).await
+    });
+    // Connections still open after the grace period are cut here.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!(%error, "cannot serve");
+            ExitCode::from(1)
+        }
+    }
+}

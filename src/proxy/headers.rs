@@ -1,0 +1,219 @@
+//! Header rules of the reverse proxy: hop-by-hop headers out, forwarding
+//! headers in. Pure functions over a `HeaderMap`, tested here.
+//!
+//! On an upgrade the Upgrade/Connection pair must survive and so must every
+//! `Sec-WebSocket-*` header, even when a client names one in `Connection`
+//! (stripping those is a bug two Rust proxies shipped).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one hop, never the message (RFC 9110 §7.6.1, plus
+/// the non-standard ones nginx also drops).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// True for an HTTP/1.1 upgrade request: `Connection: upgrade` plus an
+/// `Upgrade` header.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers. With `upgrading`, keeps `Upgrade`, sets
+/// `Connection: upgrade`, and keeps every `Sec-WebSocket-*` header.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| !(upgrading && is_upgrade_header(name)))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, UPGRADE_TOKEN);
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Sets the forwarding headers for a request from `peer`. A trusted peer's
+/// X-Forwarded-Proto/-Host and X-Real-IP are kept and its X-Forwarded-For is
+/// appended to; from anyone else they are replaced, so a client cannot
+/// spoof its address or scheme to the dashboard.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    original_host: Option<HeaderValue>,
+) {
+    let peer_text = peer.to_string();
+    let forwarded_for = match (trusted, joined(headers, &X_FORWARDED_FOR)) {
+        (true, Some(previous)) => format!("{previous}, {peer_text}"),
+        _ => peer_text.clone(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+
+    let keep = |headers: &HeaderMap, name: &HeaderName| trusted && headers.contains_key(name);
+    if !keep(headers, &X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !keep(headers, &X_FORWARDED_HOST) {
+        match original_host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !keep(headers, &X_REAL_IP) {
+        if let Ok(value) = HeaderValue::from_str(&peer_text) {
+            headers.insert(X_REAL_IP, value);
+        }
+    }
+}
+
+fn is_upgrade_header(name: &HeaderName) -> bool {
+    name == header::UPGRADE || name.as_str().starts_with("sec-websocket-")
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// All values of a header joined with ", " (a list header may be repeated).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?.to_owned();
+    Some(values.fold(first, |mut acc, v| {
+        acc.push_str(", ");
+        acc.push_str(v);
+        acc
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn drops_hop_by_hop_and_headers_named_by_connection() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_handshake_headers() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, Upgrade, Sec-WebSocket-Key"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-protocol", "streamlit, token"),
+            ("sec-websocket-extensions", "permessage-deflate"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        assert!(is_upgrade(&headers));
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers["connection"], "upgrade");
+        assert_eq!(headers["upgrade"], "websocket");
+        assert!(headers.contains_key("sec-websocket-key"));
+        assert!(headers.contains_key("sec-websocket-protocol"));
+        assert!(headers.contains_key("sec-websocket-extensions"));
+        assert!(!headers.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "6.6.6.6"),
+        ]);
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        set_forwarded(
+            &mut headers,
+            peer,
+            false,
+            Some(HeaderValue::from_static("app.example")),
+        );
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "app.example");
+        assert_eq!(headers["x-real-ip"], "203.0.113.9");
+    }
+
+    #[test]
+    fn forwarded_headers_from_a_trusted_peer_are_kept_and_appended() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "app.up.railway.app"),
+            ("x-real-ip", "198.51.100.1"),
+        ]);
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        set_forwarded(
+            &mut headers,
+            peer,
+            true,
+            Some(HeaderValue::from_static("internal")),
+        );
+        assert_eq!(
+            headers["x-forwarded-for"],
+            "198.51.100.1, 198.51.100.2, 10.0.0.5"
+        );
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "app.up.railway.app");
+        assert_eq!(headers["x-real-ip"], "198.51.100.1");
+    }
+}

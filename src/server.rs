@@ -1,0 +1,173 @@
+//! The public listener: accept loop, router, connection tracking and drain.
+//!
+//! Owns: HTTP server settings (header read timeout, header size, keep-alive,
+//! h2c), which handler each request goes to, and the order of shutdown:
+//! stop accepting → tell upgraded tasks to finish → let in-flight requests
+//! complete → give up after the grace period.
+//!
+//! Does not own: any route's behaviour; each handler lives in its module and
+//! the router below names it in one hop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, RESERVED_PREFIX};
+use crate::proxy::Proxy;
+use crate::response::{self, Body};
+use crate::shutdown::Shutdown;
+use crate::upstream::UpstreamHealth;
+use crate::{assets, health};
+
+/// A client sending its request head slower than this is dropped (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request head hyper buffers; past it the client gets 431.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// How many headers one request may carry.
+const MAX_HEADERS: usize = 128;
+
+/// After an accept error (EMFILE and friends) the loop pauses this long
+/// instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Everything the handlers share, built once at start.
+pub struct Gateway {
+    pub config: Config,
+    /// Present when a dashboard is configured.
+    pub proxy: Option<Proxy>,
+    /// What `/health` reports about the dashboard.
+    pub upstream: Arc<UpstreamHealth>,
+    /// Live WebSocket and SSE clients, for `/health` and MAX_CONNECTIONS.
+    pub clients: AtomicUsize,
+    /// Tells upgraded tasks to finish and waits for them.
+    pub shutdown: Shutdown,
+}
+
+/// Serves `listener` until `signal` resolves, then drains within the grace.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let connections = GracefulShutdown::new();
+    let mut last_accept_warning: Option<Instant> = None;
+
+    tokio::pin!(signal);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    throttled_accept_warning(&mut last_accept_warning, &error);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+        };
+        let _ = stream.set_nodelay(true);
+        debug!(%peer, "connection opened");
+        let handler = gateway.clone();
+        let service = service_fn(move |request| route(handler.clone(), peer, request));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = connections.watch(connection.into_owned());
+        tokio::spawn(async move {
+            match connection.await {
+                Ok(()) => debug!(%peer, "connection closed"),
+                Err(error) => debug!(%peer, %error, "connection closed with error"),
+            }
+        });
+    }
+
+    drop(listener);
+    let grace = gateway.config.shutdown_grace;
+    info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: stopped accepting, draining"
+    );
+    gateway.shutdown.begin();
+    let drained = async {
+        tokio::join!(connections.shutdown(), gateway.shutdown.drained());
+    };
+    match tokio::time::timeout(grace, drained).await {
+        Ok(()) => info!("drained; bye"),
+        Err(_) => warn!(
+            grace_secs = grace.as_secs(),
+            "grace period over with work in flight; exiting anyway"
+        ),
+    }
+}
+
+/// The router: one hop from a path to the module that answers it.
+async fn route(
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path();
+    let answer = if path == "/health" {
+        health::respond(&gateway, request.method())
+    } else if path == gateway.config.websocket_path {
+        websocket_placeholder(&gateway)
+    } else if path.starts_with(RESERVED_PREFIX) || path == "/_switchyard" {
+        response::json_error(StatusCode::NOT_FOUND, "no such switchyard route")
+    } else if let Some(proxy) = &gateway.proxy {
+        proxy.forward(request, peer).await
+    } else if path == "/" && matches!(*request.method(), Method::GET | Method::HEAD) {
+        assets::console_page()
+    } else {
+        let wants_json = response::wants_json(request.headers());
+        response::error_page(
+            StatusCode::NOT_FOUND,
+            "Nothing here: no dashboard is configured (DASHBOARD_URL).",
+            wants_json,
+        )
+    };
+    Ok(answer)
+}
+
+/// `/ws` until the broadcaster lands: it is part of the router already so
+/// that it is never proxied.
+fn websocket_placeholder(gateway: &Gateway) -> Response<Body> {
+    if gateway.config.websocket_enabled {
+        response::json_error(
+            StatusCode::NOT_FOUND,
+            "websocket broadcaster not available yet",
+        )
+    } else {
+        response::json_error(StatusCode::NOT_FOUND, "websocket disabled")
+    }
+}
+
+/// Accept errors come in bursts (EMFILE while at the fd limit): one warning
+/// a second at most.
+fn throttled_accept_warning(last: &mut Option<Instant>, error: &io::Error) {
+    let now = Instant::now();
+    if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+        *last = Some(now);
+        warn!(%error, "accept failed; backing off");
+    }
+}

@@ -1,0 +1,54 @@
+//! Shutdown, threaded explicitly.
+//!
+//! hyper's graceful shutdown tracks HTTP connections until they upgrade;
+//! after that a WebSocket client or a proxied tunnel is a task of its own.
+//! [`Shutdown`] is what those tasks hold: a token that tells them to finish
+//! (send close 1001, stop copying) and a tracker the server waits on, within
+//! the grace period, before it exits.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    /// Cancelled once, when the gateway starts draining.
+    token: CancellationToken,
+    /// Every long-lived task spawned after an upgrade (and the prober).
+    tasks: TaskTracker,
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// Spawns a task the drain waits for.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Resolves when draining has begun.
+    pub async fn requested(&self) {
+        self.token.cancelled().await
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Tells every task to finish; waits for none.
+    pub fn begin(&self) {
+        self.tasks.close();
+        self.token.cancel();
+    }
+
+    /// Resolves when every tracked task has finished (after `begin`).
+    pub async fn drained(&self) {
+        self.tasks.wait().await
+    }
+}
