@@ -1,0 +1,230 @@
+//! Server hygiene and lifecycle: built-in routes without a dashboard,
+//! slowloris, header limits, keep-alive, h2c, JSON logs, graceful shutdown.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::upstream::Upstream;
+use support::{get, json_body, text_body, Gateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn without_a_dashboard_the_console_is_at_root_and_other_paths_404() {
+    let gateway = Gateway::start(&[]).await;
+    let response = get(&gateway.url("/")).await;
+    assert_eq!(response.status(), 200);
+    assert!(text_body(response).await.contains("DASHBOARD_URL"));
+
+    assert_eq!(get(&gateway.url("/somewhere")).await.status(), 404);
+    let response = get(&gateway.url("/_switchyard/nothing")).await;
+    assert_eq!(response.status(), 404);
+    assert!(json_body(response).await["error"].is_string());
+
+    let (status, health) = gateway.health().await;
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["upstream"], "none");
+    assert_eq!(health["websocket_enabled"], true);
+    assert_eq!(health["connections"], 0);
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(humantime::parse_rfc3339(health["timestamp"].as_str().unwrap()).is_ok());
+}
+
+#[tokio::test]
+async fn reserved_paths_are_never_proxied() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[
+        ("DASHBOARD_URL", &upstream.url()),
+        ("WEBSOCKET_ENABLED", "false"),
+    ])
+    .await;
+    gateway.wait_upstream("up").await;
+    let response = get(&gateway.url("/ws")).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(json_body(response).await["error"], "websocket disabled");
+    assert_eq!(get(&gateway.url("/_switchyard/x")).await.status(), 404);
+    assert_eq!(gateway.health().await.1["websocket_enabled"], false);
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_dropped_within_10_seconds() {
+    let gateway = Gateway::start(&[]).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let started = Instant::now();
+    let head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed_after = None;
+    for byte in head.iter() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 256];
+        // A closed connection reads as EOF (or an error) instead of timing out.
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(_)) => {} // e.g. a 408 answer; the close follows
+            Err(_) => {}
+        }
+    }
+    let closed_after = closed_after.expect("the gateway never closed the slow connection");
+    assert!(
+        closed_after <= Duration::from_secs(12),
+        "closed after {closed_after:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_secs(9),
+        "closed after {closed_after:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_keep_alive_reuses_a_connection() {
+    let gateway = Gateway::start(&[]).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let huge = "a".repeat(100 * 1024);
+    let request = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = vec![0u8; 64];
+    let n = stream.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 431"));
+
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..3 {
+        let request = Request::get("/health")
+            .header("host", "x")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_works() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[("DASHBOARD_URL", &upstream.url())]).await;
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("http://dash.example/inspect")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let hosts: Vec<_> = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p[0] == "host")
+        .collect();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0][1], "dash.example");
+}
+
+#[tokio::test]
+async fn startup_line_shows_config_with_secrets_masked() {
+    let gateway = Gateway::start(&[
+        ("PUBLISH_TOKEN", "hunter2-secret"),
+        ("REDIS_URL", "redis://:pw@127.0.0.1:1/"),
+    ])
+    .await;
+    let logs = gateway.logs().join("\n");
+    assert!(!logs.contains("hunter2-secret"), "{logs}");
+    assert!(!logs.contains(":pw@"), "{logs}");
+    let config = gateway.log_events("configuration");
+    assert!(config[0]["config"]
+        .as_str()
+        .unwrap()
+        .contains("publish_token"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
+    let upstream = Upstream::start().await;
+    let mut gateway = Gateway::start(&[
+        ("DASHBOARD_URL", &upstream.url()),
+        ("SHUTDOWN_GRACE_SECS", "10"),
+    ])
+    .await;
+    let slow = tokio::spawn({
+        let url = gateway.url("/slow?ms=2000");
+        async move {
+            let response = get(&url).await;
+            (response.status(), text_body(response).await)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    gateway.signal("TERM");
+
+    // Stops accepting at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(gateway.addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "slow hello");
+    let exit = gateway.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(exit.code(), Some(0));
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+    assert!(!gateway.log_events("drained; bye").is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_closes_tunnels_and_exits_well_within_the_grace() {
+    let upstream = Upstream::start().await;
+    let mut gateway = Gateway::start(&[
+        ("DASHBOARD_URL", &upstream.url()),
+        ("SHUTDOWN_GRACE_SECS", "30"),
+    ])
+    .await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(gateway.ws_url("/_stcore/stream"))
+        .await
+        .unwrap();
+    socket.send(Message::text("ping?")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("ping?")
+    );
+
+    let signalled = Instant::now();
+    gateway.signal("INT");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "tunnel still open after SIGINT");
+    assert_eq!(
+        gateway.wait_exit(Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "waited for the grace instead of closing tunnels"
+    );
+}

@@ -1,0 +1,224 @@
+//! Shared test helpers: the real gateway binary as a child process, a real
+//! upstream HTTP + WebSocket server, and a small HTTP client over real TCP.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// The `switchyard` binary, started with `PORT=0` and JSON logs.
+pub struct Gateway {
+    child: Child,
+    /// Where it listens (on 127.0.0.1).
+    pub addr: SocketAddr,
+    /// Every stdout line so far (one JSON object each).
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts the gateway with `env` on top of a clean environment and waits
+    /// for its `listening` line.
+    pub async fn start(env: &[(&str, &str)]) -> Gateway {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("spawn switchyard");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut addr_tx = Some(addr_tx);
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if value["message"] == "listening" {
+                        let port: u16 = value["addr"]
+                            .as_str()
+                            .and_then(|a| a.rsplit(':').next())
+                            .and_then(|p| p.parse().ok())
+                            .expect("port in listening line");
+                        if let Some(tx) = addr_tx.take() {
+                            let _ = tx.send(SocketAddr::from(([127, 0, 0, 1], port)));
+                        }
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(format!("stderr: {line}"));
+            }
+        });
+        let addr = match tokio::time::timeout(Duration::from_secs(20), addr_rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => panic!("gateway did not start; logs: {:#?}", logs.lock().unwrap()),
+        };
+        Gateway { child, addr, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("gateway still running")
+    }
+
+    /// Sends a signal by name (TERM, INT, KILL).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("gateway exits in time")
+            .expect("wait for gateway")
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Log lines (parsed) whose message is `message`.
+    pub fn log_events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|value| value["message"] == message)
+            .collect()
+    }
+
+    /// `(VmRSS, VmHWM)` of the gateway process in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+                .expect("memory field")
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// GET /health as JSON (status code, body).
+    pub async fn health(&self) -> (u16, serde_json::Value) {
+        let response = get(&self.url("/health")).await;
+        let status = response.status().as_u16();
+        (status, json_body(response).await)
+    }
+
+    /// Polls /health until `upstream` reads `want`.
+    pub async fn wait_upstream(&self, want: &str) {
+        for _ in 0..100 {
+            let (_, body) = self.health().await;
+            if body["upstream"] == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("upstream never became {want}: {:?}", self.health().await);
+    }
+}
+
+/// Opens one HTTP/1.1 connection to the URL's host and sends `request` on it.
+pub async fn send<B>(request: Request<B>) -> Response<Incoming>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let authority = request.uri().authority().expect("absolute URL").to_string();
+    let stream = TcpStream::connect(&authority).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection.with_upgrades());
+    let mut request = request;
+    if !request.headers().contains_key(http::header::HOST) {
+        request
+            .headers_mut()
+            .insert(http::header::HOST, authority.parse().expect("host header"));
+    }
+    // Send the path only (origin-form), as a browser does.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *request.uri_mut() = path.parse().expect("path");
+    sender.send_request(request).await.expect("send request")
+}
+
+pub async fn get(url: &str) -> Response<Incoming> {
+    send(Request::get(url).body(Empty::<Bytes>::new()).unwrap()).await
+}
+
+pub async fn post(url: &str, body: impl Into<Bytes>) -> Response<Incoming> {
+    send(Request::post(url).body(Full::new(body.into())).unwrap()).await
+}
+
+pub async fn body_bytes(response: Response<Incoming>) -> Bytes {
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("read body")
+        .to_bytes()
+}
+
+pub async fn text_body(response: Response<Incoming>) -> String {
+    String::from_utf8(body_bytes(response).await.to_vec()).expect("utf-8 body")
+}
+
+pub async fn json_body(response: Response<Incoming>) -> serde_json::Value {
+    let bytes = body_bytes(response).await;
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("JSON body, got {:?}", String::from_utf8_lossy(&bytes)))
+}
+
+/// A 127.0.0.1 port on which nothing listens (bound, then released).
+pub fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
