@@ -259,6 +259,7 @@ impl Checker {
                 let valid = v.starts_with('/')
                     && v.len() > 1
                     && !v.starts_with(RESERVED_PREFIX)
+                    && v != "/_switchyard"
                     && v != "/health"
                     && v.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
@@ -315,7 +316,7 @@ impl Checker {
             });
         let shutdown_grace = Duration::from_secs(fit_grace(
             configured_grace as u64,
-            raw.shutdown_grace_secs.is_some(),
+            non_empty(&raw.shutdown_grace_secs).is_some(),
             draining,
         ));
         let redis_url = non_empty(&raw.redis_url).and_then(|v| {

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,11 +26,12 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, RESERVED_PREFIX};
+use crate::hub::Hub;
 use crate::proxy::Proxy;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::upstream::UpstreamHealth;
-use crate::{assets, health};
+use crate::{assets, cors, health, publish, state, ws};
 
 /// A client sending its request head slower than this is dropped (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +49,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Everything the handlers share, built once at start.
 pub struct Gateway {
     pub config: Config,
+    /// The event bus behind /ws, publish, state and SSE.
+    pub hub: Arc<dyn Hub>,
     /// Present when a dashboard is configured.
     pub proxy: Option<Proxy>,
     /// What `/health` reports about the dashboard.
@@ -56,6 +59,28 @@ pub struct Gateway {
     pub clients: AtomicUsize,
     /// Tells upgraded tasks to finish and waits for them.
     pub shutdown: Shutdown,
+}
+
+impl Gateway {
+    /// Takes one of MAX_CONNECTIONS client places, if any is free.
+    pub fn reserve_client(self: &Arc<Self>) -> Option<ClientSlot> {
+        let max = self.config.max_connections;
+        self.clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientSlot(self.clone()))
+    }
+}
+
+/// One counted client; gives its place back when dropped.
+pub struct ClientSlot(Arc<Gateway>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves `listener` until `signal` resolves, then drains within the grace.
@@ -131,9 +156,9 @@ async fn route(
     let answer = if path == "/health" {
         health::respond(&gateway, request.method())
     } else if path == gateway.config.websocket_path {
-        websocket_placeholder(&gateway)
+        ws::upgrade(&gateway, peer, request)
     } else if path.starts_with(RESERVED_PREFIX) || path == "/_switchyard" {
-        response::json_error(StatusCode::NOT_FOUND, "no such switchyard route")
+        reserved(&gateway, peer, request).await
     } else if let Some(proxy) = &gateway.proxy {
         proxy.forward(request, peer).await
     } else if path == "/" && matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -149,17 +174,24 @@ async fn route(
     Ok(answer)
 }
 
-/// `/ws` until the broadcaster lands: it is part of the router already so
-/// that it is never proxied.
-fn websocket_placeholder(gateway: &Gateway) -> Response<Body> {
-    if gateway.config.websocket_enabled {
-        response::json_error(
-            StatusCode::NOT_FOUND,
-            "websocket broadcaster not available yet",
-        )
-    } else {
-        response::json_error(StatusCode::NOT_FOUND, "websocket disabled")
+/// The `/_switchyard/*` HTTP routes, with CORS around them.
+async fn reserved(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let config = &gateway.config;
+    if request.method() == Method::OPTIONS {
+        return cors::preflight(config, request.headers());
     }
+    let request_headers = request.headers().clone();
+    let mut answer = match request.uri().path().strip_prefix(RESERVED_PREFIX) {
+        Some("publish") => publish::handle(gateway, peer, request).await,
+        Some("state") => state::handle(gateway, request).await,
+        _ => response::json_error(StatusCode::NOT_FOUND, "no such switchyard route"),
+    };
+    cors::decorate(config, &request_headers, &mut answer);
+    answer
 }
 
 /// Accept errors come in bursts (EMFILE while at the fd limit): one warning

@@ -31,7 +31,20 @@ impl Gateway {
     /// Starts the gateway with `env` on top of a clean environment and waits
     /// for its `listening` line.
     pub async fn start(env: &[(&str, &str)]) -> Gateway {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        Gateway::start_with_prefix(&[], env).await
+    }
+
+    /// Like `start`, with the binary run through `prefix` (e.g. `prlimit …`).
+    pub async fn start_with_prefix(prefix: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let binary = env!("CARGO_BIN_EXE_switchyard");
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -221,4 +234,72 @@ pub async fn json_body(response: Response<Incoming>) -> serde_json::Value {
 pub fn dead_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
+}
+
+/// A WebSocket client of the broadcaster.
+pub type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Connects to `/ws` + `query` (e.g. `?topics=a/%23`).
+pub async fn connect(gateway: &Gateway, query: &str) -> Client {
+    let (client, _) = tokio_tungstenite::connect_async(gateway.ws_url(&format!("/ws{query}")))
+        .await
+        .expect("websocket connect");
+    client
+}
+
+/// The next text frame as JSON (pings and pongs skipped); panics after 5 s.
+pub async fn next_json(client: &mut Client) -> serde_json::Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), client.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("connection open")
+            .expect("valid frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON frame"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame; returns its code.
+pub async fn close_code(client: &mut Client, limit: Duration) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next()).await {
+            Err(_) => panic!("no close within {limit:?}"),
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) | Ok(None) => return None,
+        }
+    }
+}
+
+/// POSTs a publish body from loopback; answers (status, JSON).
+pub async fn publish(gateway: &Gateway, body: &str) -> (u16, serde_json::Value) {
+    let response = post(&gateway.url("/_switchyard/publish"), body.to_owned()).await;
+    let status = response.status().as_u16();
+    (status, json_body(response).await)
+}
+
+/// Publishes `{"topic":topic,"data":data}` and answers its seq.
+pub async fn publish_one(gateway: &Gateway, topic: &str, data: serde_json::Value) -> u64 {
+    let body = serde_json::json!({"topic": topic, "data": data}).to_string();
+    let (status, answer) = publish(gateway, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["seq"].as_u64().expect("seq")
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the command name, which is in parentheses.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }

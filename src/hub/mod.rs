@@ -1,0 +1,238 @@
+//! The event bus: sequence numbers, history, retained state and fan-out.
+//!
+//! Owns: what an event is ([`Event`], encoded once), epochs and resume
+//! points, the [`Hub`] trait every backend implements, and the local
+//! subscriber registry ([`subscribers`]) that both backends fan out through.
+//!
+//! Does not own: any transport. The hub never sees HTTP or WebSockets; a
+//! transport asks it for a [`Subscription`] and writes what arrives on its
+//! queue.
+
+pub mod memory;
+pub mod subscribers;
+pub mod topics;
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+pub use topics::{Pattern, Topic, TopicError};
+
+/// Position of an event in its epoch; the first event is 1.
+pub type Seq = u64;
+
+/// Names one unbroken history. Opaque to clients.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Epoch(Arc<str>);
+
+impl Epoch {
+    /// A fresh epoch: 16 hex digits from the standard library's randomly
+    /// seeded hasher, mixed with the clock and the pid.
+    pub fn generate() -> Epoch {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let random = RandomState::new().hash_one((nanos, std::process::id()));
+        Epoch(Arc::from(format!("{random:016x}")))
+    }
+
+    pub fn from_string(text: &str) -> Epoch {
+        Epoch(Arc::from(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Epoch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// One event as a publisher submits it.
+#[derive(Debug)]
+pub struct Publication {
+    pub topic: Topic,
+    pub data: Box<RawValue>,
+    /// Keep as the topic's current state; with `data: null`, delete it.
+    pub retain: bool,
+}
+
+/// An accepted event, shared by history, retained state and every queue.
+#[derive(Debug)]
+pub struct Event {
+    pub seq: Seq,
+    pub topic: Topic,
+    pub data: Box<RawValue>,
+    pub retain: bool,
+    /// `{"type":"event",...}`, encoded once and shared by every subscriber.
+    pub frame: Utf8Bytes,
+}
+
+impl Event {
+    pub fn new(seq: Seq, publication: Publication) -> Event {
+        #[derive(Serialize)]
+        struct Frame<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            seq: Seq,
+            topic: &'a str,
+            data: &'a RawValue,
+            ts: String,
+        }
+        let frame = Frame {
+            kind: "event",
+            seq,
+            topic: publication.topic.as_str(),
+            data: &publication.data,
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        };
+        // Serialising borrowed strings and a RawValue cannot fail.
+        let frame = serde_json::to_string(&frame).unwrap_or_default();
+        Event {
+            seq,
+            topic: publication.topic,
+            data: publication.data,
+            retain: publication.retain,
+            frame: Utf8Bytes::from(frame),
+        }
+    }
+
+    /// `retain: true` with `data: null` deletes the retained state.
+    pub fn deletes_state(&self) -> bool {
+        self.retain && self.data.get() == "null"
+    }
+}
+
+/// Where a client wants to pick up: after `seq` of `epoch` (`None`: the
+/// hub's current epoch, for simple clients that send only `since`).
+#[derive(Clone, Debug)]
+pub struct ResumePoint {
+    pub epoch: Option<Epoch>,
+    pub seq: Seq,
+}
+
+/// What a client must apply before live events.
+#[derive(Debug)]
+pub enum Catchup {
+    /// The resume point was served: these are the missed matching events.
+    Resumed(Vec<Arc<Event>>),
+    /// A fresh start: the retained state matching the patterns, by topic.
+    Fresh(Vec<Arc<Event>>),
+}
+
+/// The answer to a poll or a subscribe: where the hub is, and what to apply.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub epoch: Epoch,
+    /// The last seq covered by `catchup`; live events follow from seq + 1.
+    pub seq: Seq,
+    pub catchup: Catchup,
+}
+
+/// The result of a publish.
+#[derive(Debug, Serialize)]
+pub struct Receipt {
+    pub epoch: Epoch,
+    pub seqs: Vec<Seq>,
+}
+
+/// Identifies one subscriber; the serial makes a reused slot distinct.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriberId {
+    pub(crate) slot: usize,
+    pub(crate) serial: u64,
+}
+
+/// A live subscription. Dropping it unsubscribes.
+pub struct Subscription {
+    pub id: SubscriberId,
+    /// The hello: state or missed events, atomically with registration.
+    pub snapshot: Snapshot,
+    /// Events after `snapshot.seq`, bounded by CLIENT_QUEUE.
+    pub queue: mpsc::Receiver<Arc<Event>>,
+    /// Cancelled when the client fell CLIENT_QUEUE behind and was dropped.
+    pub cut_off: CancellationToken,
+    hub: Arc<dyn Hub>,
+}
+
+impl Subscription {
+    pub fn hub(&self) -> &Arc<dyn Hub> {
+        &self.hub
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.id);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("backplane unavailable")]
+    Unavailable,
+    #[error("no such subscriber")]
+    UnknownSubscriber,
+}
+
+pub type HubFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HubError>> + Send + 'a>>;
+
+/// What every backend offers. Registration and snapshot happen atomically
+/// with respect to publishing, so a client never misses or repeats an event
+/// between its hello and its live stream.
+pub trait Hub: Send + Sync + 'static {
+    /// The current epoch.
+    fn epoch(&self) -> Epoch;
+
+    /// Accepts a batch all-or-nothing, assigning consecutive seqs.
+    fn publish(&self, batch: Vec<Publication>) -> HubFuture<'_, Receipt>;
+
+    /// Registers a subscriber with a bounded queue and answers its hello.
+    fn subscribe(
+        self: Arc<Self>,
+        patterns: Vec<Pattern>,
+        resume: Option<ResumePoint>,
+        queue_capacity: usize,
+    ) -> HubFuture<'static, Subscription>;
+
+    /// Adds patterns to a subscriber; answers the retained state they match.
+    fn add_patterns(
+        &self,
+        id: SubscriberId,
+        patterns: Vec<Pattern>,
+    ) -> HubFuture<'_, Vec<Arc<Event>>>;
+
+    /// Removes patterns from a subscriber.
+    fn remove_patterns(&self, id: SubscriberId, patterns: Vec<Pattern>) -> HubFuture<'_, ()>;
+
+    /// Forgets a subscriber (called from `Subscription::drop`).
+    fn unsubscribe(&self, id: SubscriberId);
+
+    /// Polling: the events after `resume` when it can be served, else the
+    /// retained state; never a silent hole.
+    fn snapshot(
+        &self,
+        patterns: Vec<Pattern>,
+        resume: Option<ResumePoint>,
+    ) -> HubFuture<'_, Snapshot>;
+}

@@ -1,0 +1,168 @@
+//! The local subscriber registry: who listens to what, and the bounded
+//! queue each listener reads from.
+//!
+//! Owns: fan-out of one event to every matching subscriber (each event is
+//! `Arc`-shared, so a delivery is a pointer push), the once-per-subscriber
+//! rule when several of its patterns match, and cutting off a subscriber
+//! whose queue is full: it is removed at once and its `cut_off` token fires,
+//! so the transport closes it with 1008 and its memory is freed. A full
+//! queue never makes the publisher wait.
+//!
+//! Does not own: locking. The owner (a hub) keeps this inside the same lock
+//! as its seq counter, which is what makes registration atomic with publish.
+
+use std::sync::Arc;
+
+use slab::Slab;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::topics::{Pattern, PatternIndex};
+use super::{Event, Seq, SubscriberId};
+
+struct Subscriber {
+    serial: u64,
+    patterns: Vec<Pattern>,
+    queue: mpsc::Sender<Arc<Event>>,
+    /// Seq of the last event queued: a second matching pattern is a no-op.
+    last_seq: Seq,
+    cut_off: CancellationToken,
+}
+
+/// What `add` hands to the transport.
+pub struct Registration {
+    pub id: SubscriberId,
+    pub queue: mpsc::Receiver<Arc<Event>>,
+    pub cut_off: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct Subscribers {
+    slots: Slab<Subscriber>,
+    index: PatternIndex<usize>,
+    next_serial: u64,
+    /// Subscribers cut off for being slow since start.
+    pub cut_off_total: u64,
+}
+
+impl Subscribers {
+    /// Registers a subscriber that has seen everything up to `seq`.
+    pub fn add(&mut self, patterns: Vec<Pattern>, seq: Seq, capacity: usize) -> Registration {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let cut_off = CancellationToken::new();
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        let slot = self.slots.insert(Subscriber {
+            serial,
+            patterns: Vec::new(),
+            queue: sender,
+            last_seq: seq,
+            cut_off: cut_off.clone(),
+        });
+        let id = SubscriberId { slot, serial };
+        self.add_patterns(id, &patterns);
+        Registration {
+            id,
+            queue: receiver,
+            cut_off,
+        }
+    }
+
+    /// Adds the patterns the subscriber does not hold yet; answers those.
+    pub fn add_patterns(&mut self, id: SubscriberId, patterns: &[Pattern]) -> Option<Vec<Pattern>> {
+        let subscriber = self
+            .slots
+            .get_mut(id.slot)
+            .filter(|s| s.serial == id.serial)?;
+        let mut added = Vec::new();
+        for pattern in patterns {
+            if !subscriber.patterns.contains(pattern) && !added.contains(pattern) {
+                added.push(pattern.clone());
+            }
+        }
+        for pattern in &added {
+            self.index.insert(pattern, id.slot);
+        }
+        subscriber.patterns.extend(added.iter().cloned());
+        Some(added)
+    }
+
+    pub fn remove_patterns(&mut self, id: SubscriberId, patterns: &[Pattern]) -> bool {
+        let Some(subscriber) = self
+            .slots
+            .get_mut(id.slot)
+            .filter(|s| s.serial == id.serial)
+        else {
+            return false;
+        };
+        for pattern in patterns {
+            if let Some(at) = subscriber.patterns.iter().position(|p| p == pattern) {
+                subscriber.patterns.swap_remove(at);
+                self.index.remove(pattern, id.slot);
+            }
+        }
+        true
+    }
+
+    pub fn remove(&mut self, id: SubscriberId) {
+        if self
+            .slots
+            .get(id.slot)
+            .is_some_and(|s| s.serial == id.serial)
+        {
+            self.remove_slot(id.slot);
+        }
+    }
+
+    fn remove_slot(&mut self, slot: usize) {
+        let subscriber = self.slots.remove(slot);
+        for pattern in &subscriber.patterns {
+            self.index.remove(pattern, slot);
+        }
+    }
+
+    /// Queues `event` for every matching subscriber; cuts off the ones whose
+    /// queue is full. Returns how many queues it reached.
+    pub fn deliver(&mut self, event: &Arc<Event>) -> usize {
+        let mut delivered = 0;
+        let mut too_slow = Vec::new();
+        let slots = &mut self.slots;
+        self.index.for_each_match(&event.topic, |slot| {
+            let Some(subscriber) = slots.get_mut(slot) else {
+                return;
+            };
+            if subscriber.last_seq >= event.seq {
+                return;
+            }
+            subscriber.last_seq = event.seq;
+            match subscriber.queue.try_send(event.clone()) {
+                Ok(()) => delivered += 1,
+                Err(TrySendError::Full(_)) => too_slow.push(slot),
+                // The transport is gone and will unsubscribe; nothing to do.
+                Err(TrySendError::Closed(_)) => {}
+            }
+        });
+        for slot in too_slow {
+            if let Some(subscriber) = self.slots.get(slot) {
+                warn!(
+                    subscriber = subscriber.serial,
+                    seq = event.seq,
+                    "client queue full; cutting it off"
+                );
+                subscriber.cut_off.cancel();
+            }
+            self.cut_off_total += 1;
+            self.remove_slot(slot);
+        }
+        delivered
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}

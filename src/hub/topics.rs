@@ -1,0 +1,342 @@
+//! Topics, subscription patterns and the index that matches them.
+//!
+//! A topic is 1–256 characters of `[A-Za-z0-9_.:/-]`, its levels separated
+//! by `/`. A pattern is a topic whose levels may also be `+` (exactly one
+//! level) or, as the last level only, `#` (this level and every one below,
+//! so `a/#` matches `a` too, as in MQTT).
+//!
+//! [`PatternIndex`] is a trie over pattern levels: matching an event walks
+//! the topic's levels once, following the exact child, the `+` child and any
+//! `#` entries, so the cost grows with the topic's depth and the number of
+//! matches — never with subscribers × patterns, and with no string work per
+//! subscriber.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest topic or pattern, in bytes (all allowed characters are ASCII).
+pub const MAX_TOPIC_LEN: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("must be 1-256 characters of [A-Za-z0-9_.:/-]")]
+    Topic,
+    #[error("must be 1-256 characters of [A-Za-z0-9_.:/-], with + as a whole level and # only as the whole last level")]
+    Pattern,
+}
+
+fn is_topic_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-')
+}
+
+/// A validated topic name, cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    pub fn parse(text: &str) -> Result<Topic, TopicError> {
+        let valid =
+            !text.is_empty() && text.len() <= MAX_TOPIC_LEN && text.bytes().all(is_topic_byte);
+        if valid {
+            Ok(Topic(Arc::from(text)))
+        } else {
+            Err(TopicError::Topic)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn levels(&self) -> std::str::Split<'_, char> {
+        self.0.split('/')
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One level of a pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Level {
+    Exact(Box<str>),
+    /// `+`
+    Any,
+    /// `#`, always last
+    Rest,
+}
+
+/// A validated subscription pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    text: Arc<str>,
+    levels: Arc<[Level]>,
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Pattern, TopicError> {
+        if text.is_empty() || text.len() > MAX_TOPIC_LEN {
+            return Err(TopicError::Pattern);
+        }
+        let parts: Vec<&str> = text.split('/').collect();
+        let mut levels = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let level = match *part {
+                "+" => Level::Any,
+                "#" if i == parts.len() - 1 => Level::Rest,
+                exact if exact.bytes().all(is_topic_byte) => Level::Exact(exact.into()),
+                _ => return Err(TopicError::Pattern),
+            };
+            levels.push(level);
+        }
+        Ok(Pattern {
+            text: Arc::from(text),
+            levels: levels.into(),
+        })
+    }
+
+    /// The pattern that matches every topic.
+    pub fn everything() -> Pattern {
+        Pattern {
+            text: Arc::from("#"),
+            levels: Arc::from([Level::Rest]),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Direct match of one pattern, for small sets (a client's own patterns
+    /// against retained state); fan-out uses [`PatternIndex`].
+    pub fn matches(&self, topic: &Topic) -> bool {
+        let mut topic_levels = topic.levels();
+        for level in self.levels.iter() {
+            match level {
+                Level::Rest => return true,
+                Level::Any => {
+                    if topic_levels.next().is_none() {
+                        return false;
+                    }
+                }
+                Level::Exact(exact) => {
+                    if topic_levels.next() != Some(&**exact) {
+                        return false;
+                    }
+                }
+            }
+        }
+        topic_levels.next().is_none()
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// True when any of `patterns` matches `topic`.
+pub fn any_matches(patterns: &[Pattern], topic: &Topic) -> bool {
+    patterns.iter().any(|p| p.matches(topic))
+}
+
+/// Maps patterns to the keys (subscribers) that hold them.
+#[derive(Debug)]
+pub struct PatternIndex<K> {
+    root: Node<K>,
+}
+
+#[derive(Debug)]
+struct Node<K> {
+    exact: HashMap<Box<str>, Node<K>>,
+    any: Option<Box<Node<K>>>,
+    /// Keys whose pattern ends with `#` at this node.
+    rest: Vec<K>,
+    /// Keys whose pattern ends exactly here.
+    here: Vec<K>,
+}
+
+impl<K> Default for Node<K> {
+    fn default() -> Self {
+        Node {
+            exact: HashMap::new(),
+            any: None,
+            rest: Vec::new(),
+            here: Vec::new(),
+        }
+    }
+}
+
+impl<K> Node<K> {
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.any.is_none() && self.rest.is_empty() && self.here.is_empty()
+    }
+}
+
+impl<K: Copy + PartialEq> Default for PatternIndex<K> {
+    fn default() -> Self {
+        PatternIndex {
+            root: Node::default(),
+        }
+    }
+}
+
+impl<K: Copy + PartialEq> PatternIndex<K> {
+    pub fn insert(&mut self, pattern: &Pattern, key: K) {
+        let mut node = &mut self.root;
+        for level in pattern.levels.iter() {
+            match level {
+                Level::Exact(exact) => node = node.exact.entry(exact.clone()).or_default(),
+                Level::Any => node = node.any.get_or_insert_with(Default::default),
+                Level::Rest => {
+                    node.rest.push(key);
+                    return;
+                }
+            }
+        }
+        node.here.push(key);
+    }
+
+    /// Removes one registration of `key` under `pattern`; prunes empty nodes.
+    pub fn remove(&mut self, pattern: &Pattern, key: K) {
+        fn remove_from<K: PartialEq>(list: &mut Vec<K>, key: K) {
+            if let Some(at) = list.iter().position(|k| *k == key) {
+                list.swap_remove(at);
+            }
+        }
+        fn walk<K: PartialEq + Copy>(node: &mut Node<K>, levels: &[Level], key: K) {
+            let Some((first, rest)) = levels.split_first() else {
+                remove_from(&mut node.here, key);
+                return;
+            };
+            match first {
+                Level::Rest => remove_from(&mut node.rest, key),
+                Level::Any => {
+                    if let Some(child) = node.any.as_deref_mut() {
+                        walk(child, rest, key);
+                        if child.is_empty() {
+                            node.any = None;
+                        }
+                    }
+                }
+                Level::Exact(exact) => {
+                    if let Some(child) = node.exact.get_mut(exact) {
+                        walk(child, rest, key);
+                        if child.is_empty() {
+                            node.exact.remove(exact);
+                        }
+                    }
+                }
+            }
+        }
+        walk(&mut self.root, &pattern.levels, key);
+    }
+
+    /// Calls `visit` for every key with a pattern matching `topic`. A key
+    /// with several matching patterns is visited once per pattern; callers
+    /// deduplicate (the hub does it with each subscriber's last seq).
+    pub fn for_each_match(&self, topic: &Topic, mut visit: impl FnMut(K)) {
+        let levels: Vec<&str> = topic.levels().collect();
+        fn walk<K: Copy>(node: &Node<K>, levels: &[&str], visit: &mut impl FnMut(K)) {
+            node.rest.iter().copied().for_each(&mut *visit);
+            let Some((first, rest)) = levels.split_first() else {
+                node.here.iter().copied().for_each(&mut *visit);
+                return;
+            };
+            if let Some(child) = node.exact.get(*first) {
+                walk(child, rest, visit);
+            }
+            if let Some(child) = node.any.as_deref() {
+                walk(child, rest, visit);
+            }
+        }
+        walk(&self.root, &levels, &mut visit);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.root.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(text: &str) -> Topic {
+        Topic::parse(text).unwrap()
+    }
+
+    fn pattern(text: &str) -> Pattern {
+        Pattern::parse(text).unwrap()
+    }
+
+    #[test]
+    fn topic_validation() {
+        assert!(Topic::parse("positions/NIFTY24DEC24000CE").is_ok());
+        assert!(Topic::parse("a:b.c-d_e/f").is_ok());
+        assert!(Topic::parse("").is_err());
+        assert!(Topic::parse("a b").is_err());
+        assert!(Topic::parse("a/#").is_err());
+        assert!(Topic::parse("a/+").is_err());
+        assert!(Topic::parse(&"x".repeat(256)).is_ok());
+        assert!(Topic::parse(&"x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn pattern_validation() {
+        for ok in ["#", "+", "a/#", "a/+/c", "+/+", "a"] {
+            assert!(Pattern::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a#", "a+/b", "#/a", "a b", "a/b#"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn matching_rules() {
+        let cases = [
+            ("#", "a", true),
+            ("#", "a/b/c", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("a/#", "ab", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a", false),
+            ("a/+", "a/b/c", false),
+            ("+/b", "a/b", true),
+            ("a/b", "a/b", true),
+            ("a/b", "a/b/c", false),
+            ("a/+/#", "a/b", true),
+            ("a/+/#", "a", false),
+        ];
+        for (p, t, expected) in cases {
+            assert_eq!(pattern(p).matches(&topic(t)), expected, "{p} vs {t}");
+            let mut index = PatternIndex::default();
+            index.insert(&pattern(p), 1u32);
+            let mut hits = 0;
+            index.for_each_match(&topic(t), |_| hits += 1);
+            assert_eq!(hits > 0, expected, "index: {p} vs {t}");
+        }
+    }
+
+    #[test]
+    fn removal_prunes_and_leaves_others() {
+        let mut index = PatternIndex::default();
+        index.insert(&pattern("a/+/c"), 1u32);
+        index.insert(&pattern("a/#"), 2);
+        index.insert(&pattern("a/b/c"), 3);
+        let mut hits = Vec::new();
+        index.for_each_match(&topic("a/b/c"), |k| hits.push(k));
+        hits.sort();
+        assert_eq!(hits, [1, 2, 3]);
+        index.remove(&pattern("a/+/c"), 1);
+        index.remove(&pattern("a/#"), 2);
+        index.remove(&pattern("a/b/c"), 3);
+        assert!(index.is_empty());
+    }
+}

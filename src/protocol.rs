@@ -1,0 +1,360 @@
+//! The wire protocol shared by every transport (WebSocket, SSE, polling):
+//! the subscription query string, the frames the server sends, and the
+//! frames and publish bodies a client sends.
+//!
+//! Owns: parsing untrusted input into typed values with an error that names
+//! the field, and encoding server frames. Does not own: sockets, HTTP, or
+//! what the hub does with a parsed value.
+
+use std::sync::Arc;
+
+use percent_encoding::percent_decode_str;
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::hub::{Catchup, Epoch, Event, Pattern, Publication, ResumePoint, Seq, Snapshot, Topic};
+
+/// A bad field in client input; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+fn bad(field: &str, problem: impl std::fmt::Display) -> BadInput {
+    BadInput(format!("{field}: {problem}"))
+}
+
+/// Deserialises JSON, naming the field that failed (`retain: invalid type…`)
+/// under `context` (`body`, `[2]`, `frame`) when no field is to blame.
+fn from_json<'a, T: Deserialize<'a>>(text: &'a str, context: &str) -> Result<T, BadInput> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." {
+            context.to_owned()
+        } else if context.starts_with('[') {
+            format!("{context}.{path}")
+        } else {
+            path
+        };
+        bad(&field, error.into_inner())
+    })?;
+    deserializer.end().map_err(|error| bad(context, error))?;
+    Ok(value)
+}
+
+/// What a client asks for when it connects (`?topics=&epoch=&since=&token=`).
+#[derive(Debug, Default)]
+pub struct SubscriptionQuery {
+    pub patterns: Vec<Pattern>,
+    pub resume: Option<ResumePoint>,
+    pub token: Option<String>,
+}
+
+impl SubscriptionQuery {
+    /// Parses a raw query string. Values are percent-decoded (`%23` is `#`);
+    /// a literal `+` stays `+`. No `topics` means everything.
+    pub fn parse(query: Option<&str>) -> Result<SubscriptionQuery, BadInput> {
+        let mut patterns = Vec::new();
+        let mut epoch = None;
+        let mut since = None;
+        let mut token = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode_str(raw_value)
+                .decode_utf8()
+                .map_err(|_| bad(key, "not valid UTF-8"))?;
+            match key {
+                "topics" => {
+                    for text in value.split(',').filter(|t| !t.is_empty()) {
+                        let pattern = Pattern::parse(text)
+                            .map_err(|e| bad("topics", format!("{text:?} {e}")))?;
+                        if !patterns.contains(&pattern) {
+                            patterns.push(pattern);
+                        }
+                    }
+                }
+                "epoch" if !value.is_empty() => epoch = Some(Epoch::from_string(&value)),
+                "since" => {
+                    let seq: Seq = value
+                        .parse()
+                        .map_err(|_| bad("since", "must be a whole number"))?;
+                    since = Some(seq);
+                }
+                "token" => token = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        if patterns.is_empty() {
+            patterns.push(Pattern::everything());
+        }
+        let resume = since.map(|seq| ResumePoint { epoch, seq });
+        Ok(SubscriptionQuery {
+            patterns,
+            resume,
+            token,
+        })
+    }
+}
+
+/// Parses `EPOCH:SEQ` (an SSE `Last-Event-ID`).
+pub fn parse_event_id(id: &str) -> Option<ResumePoint> {
+    let (epoch, seq) = id.rsplit_once(':')?;
+    Some(ResumePoint {
+        epoch: Some(Epoch::from_string(epoch)),
+        seq: seq.parse().ok()?,
+    })
+}
+
+/// One event as a publisher sends it, before validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishFields {
+    topic: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    retain: bool,
+}
+
+impl PublishFields {
+    fn validate(self, prefix: &str) -> Result<Publication, BadInput> {
+        let topic = Topic::parse(&self.topic).map_err(|e| bad(&format!("{prefix}topic"), e))?;
+        Ok(Publication {
+            topic,
+            data: self.data,
+            retain: self.retain,
+        })
+    }
+}
+
+/// A publish body: one event object, or a non-empty array of them. The
+/// whole body is validated before anything is applied.
+pub fn parse_publish_body(body: &[u8]) -> Result<(Vec<Publication>, bool), BadInput> {
+    let text = std::str::from_utf8(body).map_err(|_| BadInput("body: not valid UTF-8".into()))?;
+    let is_array = text.trim_start().starts_with('[');
+    if !is_array {
+        let fields: PublishFields = from_json(text, "body")?;
+        return Ok((vec![fields.validate("")?], false));
+    }
+    let items: Vec<&RawValue> = from_json(text, "body")?;
+    if items.is_empty() {
+        return Err(BadInput("body: an empty array publishes nothing".into()));
+    }
+    let mut batch = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let prefix = format!("[{i}].");
+        let fields: PublishFields = from_json(item.get(), &format!("[{i}]"))?;
+        batch.push(fields.validate(&prefix)?);
+    }
+    Ok((batch, true))
+}
+
+/// A frame a WebSocket client sends.
+#[derive(Debug)]
+pub enum ClientFrame {
+    Subscribe(Vec<Pattern>),
+    Unsubscribe(Vec<Pattern>),
+    Publish(Publication),
+}
+
+/// All fields any client frame may carry; `type` picks which are required.
+/// (serde's tagged enums cannot hold a `RawValue`, so the dispatch is ours.)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    topics: Option<Vec<String>>,
+    topic: Option<String>,
+    data: Option<Box<RawValue>>,
+    retain: Option<bool>,
+}
+
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, BadInput> {
+    let raw: RawClientFrame = from_json(text, "frame")?;
+    let patterns = |topics: Option<Vec<String>>| -> Result<Vec<Pattern>, BadInput> {
+        let topics = topics.ok_or_else(|| bad("topics", "required"))?;
+        if topics.is_empty() {
+            return Err(bad("topics", "must name at least one topic"));
+        }
+        topics
+            .iter()
+            .map(|t| Pattern::parse(t).map_err(|e| bad("topics", format!("{t:?} {e}"))))
+            .collect()
+    };
+    match raw.kind.as_str() {
+        "subscribe" => Ok(ClientFrame::Subscribe(patterns(raw.topics)?)),
+        "unsubscribe" => Ok(ClientFrame::Unsubscribe(patterns(raw.topics)?)),
+        "publish" => {
+            let fields = PublishFields {
+                topic: raw.topic.ok_or_else(|| bad("topic", "required"))?,
+                data: raw.data.ok_or_else(|| bad("data", "required"))?,
+                retain: raw.retain.unwrap_or(false),
+            };
+            Ok(ClientFrame::Publish(fields.validate("")?))
+        }
+        other => Err(bad(
+            "type",
+            format!("{other:?} is not subscribe, unsubscribe or publish"),
+        )),
+    }
+}
+
+/// Retained state as `{topic: {"seq": S, "data": D}, ...}`.
+pub struct StateMap<'a>(pub &'a [Arc<Event>]);
+
+impl Serialize for StateMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            seq: Seq,
+            data: &'a RawValue,
+        }
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for event in self.0 {
+            map.serialize_entry(
+                event.topic.as_str(),
+                &Entry {
+                    seq: event.seq,
+                    data: &event.data,
+                },
+            )?;
+        }
+        map.end()
+    }
+}
+
+const EMPTY: &[Arc<Event>] = &[];
+
+/// `{"type":"hello",...}`, the first frame of every stream. The missed
+/// events of a resumed snapshot are not in it: they follow as event frames.
+pub fn hello_frame(snapshot: &Snapshot) -> String {
+    #[derive(Serialize)]
+    struct Hello<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        epoch: &'a Epoch,
+        seq: Seq,
+        resumed: bool,
+        state: StateMap<'a>,
+    }
+    let (resumed, state) = match &snapshot.catchup {
+        Catchup::Resumed(_) => (true, EMPTY),
+        Catchup::Fresh(state) => (false, state.as_slice()),
+    };
+    encode(&Hello {
+        kind: "hello",
+        epoch: &snapshot.epoch,
+        seq: snapshot.seq,
+        resumed,
+        state: StateMap(state),
+    })
+}
+
+/// `{"type":"subscribed","topics":[...],"state":{...}}`.
+pub fn subscribed_frame(patterns: &[Pattern], state: &[Arc<Event>]) -> String {
+    #[derive(Serialize)]
+    struct Subscribed<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        topics: Vec<&'a str>,
+        state: StateMap<'a>,
+    }
+    encode(&Subscribed {
+        kind: "subscribed",
+        topics: patterns.iter().map(Pattern::as_str).collect(),
+        state: StateMap(state),
+    })
+}
+
+/// `{"type":"error","message":...}`.
+pub fn error_frame(message: &str) -> String {
+    encode(&serde_json::json!({"type": "error", "message": message}))
+}
+
+/// Our frames hold only strings, numbers and already-valid raw JSON.
+fn encode(value: &impl Serialize) -> String {
+    serde_json::to_string(value)
+        .unwrap_or_else(|_| r#"{"type":"error","message":"encoding failed"}"#.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decodes_percent_but_keeps_plus() {
+        let query = SubscriptionQuery::parse(Some("topics=positions/%23,a/+/c&since=7")).unwrap();
+        let texts: Vec<_> = query
+            .patterns
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        assert_eq!(texts, ["positions/#", "a/+/c"]);
+        let resume = query.resume.unwrap();
+        assert_eq!((resume.epoch, resume.seq), (None, 7));
+    }
+
+    #[test]
+    fn query_errors_name_the_field() {
+        assert!(SubscriptionQuery::parse(Some("since=abc"))
+            .unwrap_err()
+            .0
+            .starts_with("since"));
+        assert!(SubscriptionQuery::parse(Some("topics=a%20b"))
+            .unwrap_err()
+            .0
+            .starts_with("topics"));
+        assert_eq!(
+            SubscriptionQuery::parse(None).unwrap().patterns,
+            [Pattern::everything()]
+        );
+    }
+
+    #[test]
+    fn publish_body_errors_name_the_field() {
+        let err = |body: &str| parse_publish_body(body.as_bytes()).unwrap_err().0;
+        assert!(err(r#"{"data":1}"#).contains("topic"));
+        assert!(err(r#"{"topic":"a b","data":1}"#).starts_with("topic"));
+        assert!(err(r#"[{"topic":"a","data":1},{"topic":"","data":1}]"#).starts_with("[1].topic"));
+        assert!(err(r#"{"topic":"a","data":1,"extra":2}"#).contains("extra"));
+        assert!(err(r#"{"topic":"a","data":1,"retain":"yes"}"#).starts_with("retain"));
+        assert!(
+            err(r#"[{"topic":"a","data":1},{"topic":"b","data":1,"retain":1}]"#)
+                .starts_with("[1].retain")
+        );
+        assert!(err("[]").contains("empty"));
+        let (batch, is_array) =
+            parse_publish_body(br#"{"topic":"a/b","data":{"x":[1,2]},"retain":true}"#).unwrap();
+        assert!(!is_array);
+        assert_eq!(batch[0].data.get(), r#"{"x":[1,2]}"#);
+    }
+
+    #[test]
+    fn client_frames() {
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"subscribe","topics":["a/#"]}"#),
+            Ok(ClientFrame::Subscribe(p)) if p.len() == 1
+        ));
+        assert!(parse_client_frame(r#"{"type":"shout"}"#)
+            .unwrap_err()
+            .0
+            .starts_with("type"));
+        assert!(parse_client_frame(r#"{"type":"publish","data":1}"#)
+            .unwrap_err()
+            .0
+            .starts_with("topic"));
+        assert!(parse_client_frame("not json")
+            .unwrap_err()
+            .0
+            .starts_with("frame"));
+    }
+
+    #[test]
+    fn event_ids_round_trip() {
+        let point = parse_event_id("abc123:42").unwrap();
+        assert_eq!(point.epoch.unwrap().as_str(), "abc123");
+        assert_eq!(point.seq, 42);
+        assert!(parse_event_id("nocolon").is_none());
+    }
+}
