@@ -92,6 +92,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The WebSocket URI a browser should use (wss://DOMAIN/ws on Railway).
     pub public_websocket_uri: String,
+    /// True when no public domain is configured and the URI is the local
+    /// `ws://localhost:PORT/ws`, which must follow the port really bound.
+    public_uri_is_local: bool,
 }
 
 /// How log lines look.
@@ -225,6 +228,16 @@ impl Config {
     }
 }
 
+impl Config {
+    /// With `PORT=0` the real port is known only after binding; the local
+    /// WebSocket URI follows it.
+    pub fn settle_bound_port(&mut self, port: u16) {
+        if self.public_uri_is_local {
+            self.public_websocket_uri = local_websocket_uri(port, &self.websocket_path);
+        }
+    }
+}
+
 /// Collects problems while turning [`RawEnv`] into [`Config`].
 #[derive(Default)]
 struct Checker {
@@ -344,6 +357,8 @@ impl Checker {
             },
         );
         let public_websocket_uri = public_websocket_uri(&raw, port, &websocket_path);
+        let public_uri_is_local =
+            public_websocket_uri == local_websocket_uri(port, &websocket_path);
 
         if !self.problems.is_empty() {
             return Err(ConfigError {
@@ -370,6 +385,7 @@ impl Checker {
             redis_prefix,
             log_format,
             public_websocket_uri,
+            public_uri_is_local,
         })
     }
 
@@ -548,6 +564,10 @@ fn public_websocket_uri(raw: &RawEnv, port: u16, websocket_path: &str) -> String
         };
         return format!("{scheme}://{host}{websocket_path}");
     }
+    local_websocket_uri(port, websocket_path)
+}
+
+fn local_websocket_uri(port: u16, websocket_path: &str) -> String {
     format!("ws://localhost:{port}{websocket_path}")
 }
 

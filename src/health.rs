@@ -22,6 +22,9 @@ struct HealthReport {
     websocket_enabled: bool,
     upstream: UpstreamState,
     version: &'static str,
+    /// Only when supervising a dashboard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restarts: Option<u64>,
 }
 
 pub fn respond(gateway: &Gateway, method: &Method) -> Response<Body> {
@@ -37,6 +40,10 @@ pub fn respond(gateway: &Gateway, method: &Method) -> Response<Body> {
         websocket_enabled: gateway.config.websocket_enabled,
         upstream,
         version: env!("CARGO_PKG_VERSION"),
+        restarts: gateway
+            .dashboard_restarts
+            .as_ref()
+            .map(|restarts| restarts.load(Ordering::Relaxed)),
     };
     let status = if starting {
         StatusCode::SERVICE_UNAVAILABLE

@@ -16,14 +16,18 @@ pub mod response;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod supervisor;
 pub mod upstream;
 pub mod ws;
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 pub use config::Config;
@@ -33,12 +37,14 @@ use crate::hub::Hub;
 use crate::proxy::Proxy;
 use crate::server::Gateway;
 use crate::shutdown::Shutdown;
+use crate::supervisor::Supervisor;
 use crate::upstream::UpstreamHealth;
 
 /// Binds the public port and serves until `signal` resolves, then drains.
-pub async fn run(config: Config, signal: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> std::io::Result<()> {
     let listener = TcpListener::bind(config.listen_addr).await?;
     let addr = listener.local_addr()?;
+    config.settle_bound_port(addr.port());
     info!(config = ?config, "configuration");
 
     raise_open_file_limit(config.max_connections);
@@ -56,16 +62,77 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> std::io::R
         .map_or_else(|| "none".to_owned(), ToString::to_string);
     info!(%addr, dashboard, "listening");
 
+    let supervisor = config.dashboard_command.clone().map(|command| {
+        Supervisor::start(command, child_environment(&config, addr), upstream.clone())
+    });
     let gateway = Arc::new(Gateway {
-        config,
         hub,
         proxy,
         upstream,
+        dashboard_restarts: supervisor.as_ref().map(|s| s.restarts.clone()),
         clients: AtomicUsize::new(0),
         shutdown,
+        config,
     });
-    server::serve(listener, gateway, signal).await;
+
+    // The grace covers draining and then stopping the child; the child gets
+    // up to half of it (at most 5 s) for its own SIGTERM handling.
+    let grace = gateway.config.shutdown_grace;
+    let child_budget = if supervisor.is_some() {
+        (grace / 2).min(Duration::from_secs(5))
+    } else {
+        Duration::ZERO
+    };
+    let signalled_at = Arc::new(OnceLock::new());
+    let mark = signalled_at.clone();
+    let signal = async move {
+        signal.await;
+        let _ = mark.set(Instant::now());
+    };
+    server::serve(listener, gateway, signal, grace - child_budget).await;
+    if let Some(supervisor) = supervisor {
+        let signalled = signalled_at.get().copied().unwrap_or_else(Instant::now);
+        supervisor.stop(signalled + grace).await;
+    }
     Ok(())
+}
+
+/// What the supervised dashboard finds in its environment besides ours:
+/// where to publish and subscribe on loopback, the public WebSocket URI, and
+/// `PORT` set to the dashboard's own port (so an app that honours PORT
+/// listens where the proxy looks).
+fn child_environment(config: &Config, bound: SocketAddr) -> Vec<(String, String)> {
+    let local = match bound.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    let port = bound.port();
+    let mut env = vec![
+        (
+            "SWITCHYARD_PUBLISH_URL".to_owned(),
+            format!("http://{local}:{port}/_switchyard/publish"),
+        ),
+        (
+            "SWITCHYARD_WS_URL".to_owned(),
+            format!("ws://{local}:{port}{}", config.websocket_path),
+        ),
+        (
+            "WEBSOCKET_PUBLIC_URI".to_owned(),
+            config.public_websocket_uri.clone(),
+        ),
+        (
+            "WEBSOCKET_ENABLED".to_owned(),
+            config.websocket_enabled.to_string(),
+        ),
+    ];
+    if let Some(url) = &config.dashboard_url {
+        env.push((
+            "PORT".to_owned(),
+            url.authority.port_u16().unwrap_or(80).to_string(),
+        ));
+    }
+    env
 }
 
 /// Descriptors the process needs besides its clients: listener, dashboard

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,8 @@ pub struct Gateway {
     pub proxy: Option<Proxy>,
     /// What `/health` reports about the dashboard.
     pub upstream: Arc<UpstreamHealth>,
+    /// Restarts of a supervised dashboard, for `/health`.
+    pub dashboard_restarts: Option<Arc<AtomicU64>>,
     /// Live WebSocket and SSE clients, for `/health` and MAX_CONNECTIONS.
     pub clients: AtomicUsize,
     /// Tells upgraded tasks to finish and waits for them.
@@ -83,8 +85,14 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Serves `listener` until `signal` resolves, then drains within the grace.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Future<Output = ()>) {
+/// Serves `listener` until `signal` resolves, then drains for at most
+/// `drain_for` (the grace, less what stopping a supervised child needs).
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    signal: impl Future<Output = ()>,
+    drain_for: Duration,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -128,7 +136,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Fu
     }
 
     drop(listener);
-    let grace = gateway.config.shutdown_grace;
+    let grace = drain_for;
     info!(
         grace_secs = grace.as_secs(),
         "shutting down: stopped accepting, draining"

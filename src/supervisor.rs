@@ -1,0 +1,247 @@
+//! The dashboard child process (`DASHBOARD_COMMAND`): start, log, restart,
+//! stop.
+//!
+//! Owns: spawning the command through `sh` in its own process group with
+//! the switchyard variables in its environment; forwarding its stdout and
+//! stderr line by line into the log (target `dashboard`); restarting it with
+//! exponential backoff (1 s doubling to 30 s, reset after 60 s of running);
+//! and stopping the whole group (SIGTERM, then SIGKILL at the deadline).
+//!
+//! No orphan survives the gateway: at shutdown the group is signalled; and
+//! if the gateway itself is SIGKILLed, the kernel sends the child shell
+//! SIGTERM (PR_SET_PDEATHSIG), whose trap passes it to the whole group.
+//!
+//! Does not own: whether the dashboard answers (see `upstream`).
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::upstream::UpstreamHealth;
+
+/// First wait before a restart.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait before a restart.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A child that ran this long was healthy: the next backoff starts over.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// Longest line forwarded to the log; longer ones are cut in pieces.
+const MAX_LINE: usize = 16 * 1024;
+
+/// What the gateway keeps of the supervisor.
+pub struct Supervisor {
+    /// Restarts since start, for `/health`.
+    pub restarts: Arc<AtomicU64>,
+    /// Cancelled to stop the child; carries the deadline for SIGKILL.
+    stop: CancellationToken,
+    stop_deadline: Arc<std::sync::Mutex<Option<Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Supervisor {
+    /// Starts `command` now and keeps it running until [`Supervisor::stop`].
+    pub fn start(
+        command: String,
+        env: Vec<(String, String)>,
+        health: Arc<UpstreamHealth>,
+    ) -> Supervisor {
+        let restarts = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let stop_deadline = Arc::new(std::sync::Mutex::new(None));
+        let task = tokio::spawn(supervise(
+            command,
+            env,
+            health,
+            restarts.clone(),
+            stop.clone(),
+            stop_deadline.clone(),
+        ));
+        Supervisor {
+            restarts,
+            stop,
+            stop_deadline,
+            task,
+        }
+    }
+
+    /// Sends SIGTERM to the child's group, SIGKILL at `deadline`, and waits
+    /// for it to be gone.
+    pub async fn stop(self, deadline: Instant) {
+        if let Ok(mut slot) = self.stop_deadline.lock() {
+            *slot = Some(deadline);
+        }
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn supervise(
+    command: String,
+    env: Vec<(String, String)>,
+    health: Arc<UpstreamHealth>,
+    restarts: Arc<AtomicU64>,
+    stop: CancellationToken,
+    stop_deadline: Arc<std::sync::Mutex<Option<Instant>>>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        match spawn(&command, &env) {
+            Ok(mut child) => {
+                let pid = child.id();
+                info!(target: "dashboard", pid, command, "dashboard started");
+                tokio::select! {
+                    status = child.wait() => {
+                        health.mark_exited();
+                        log_exit(status, started.elapsed());
+                    }
+                    _ = stop.cancelled() => {
+                        let deadline = stop_deadline.lock().ok().and_then(|d| *d).unwrap_or_else(Instant::now);
+                        terminate(&mut child, deadline).await;
+                        return;
+                    }
+                }
+            }
+            Err(spawn_error) => {
+                error!(target: "dashboard", %spawn_error, command, "cannot start the dashboard");
+            }
+        }
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = FIRST_BACKOFF;
+        }
+        let count = restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        warn!(target: "dashboard", restart = count, backoff_secs = backoff.as_secs(), "restarting the dashboard");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn log_exit(status: std::io::Result<ExitStatus>, ran: Duration) {
+    let ran_secs = ran.as_secs_f64();
+    match status {
+        Ok(status) => {
+            warn!(target: "dashboard", %status, code = status.code(), ran_secs, "dashboard exited")
+        }
+        Err(wait_error) => {
+            error!(target: "dashboard", %wait_error, ran_secs, "cannot wait for the dashboard")
+        }
+    }
+}
+
+/// The shell script the child runs. The command runs as a background job
+/// of a shell that waits for it, so the shell can pass a SIGTERM (ours, or
+/// the kernel's when the gateway dies) to the whole process group.
+fn script(command: &str) -> String {
+    format!(
+        "trap 'trap \"\" TERM; kill -TERM 0 2>/dev/null; exit 143' TERM\n\
+         {{ {command}\n}} &\n\
+         wait $!\n"
+    )
+}
+
+fn spawn(command: &str, env: &[(String, String)]) -> std::io::Result<Child> {
+    let gateway_pid = std::process::id();
+    let mut child = Command::new("sh");
+    child
+        .arg("-c")
+        .arg(script(command))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // The gateway's own dashboard settings would make a child that is
+        // itself a switchyard proxy to itself, or supervise another copy.
+        .env_remove("DASHBOARD_URL")
+        .env_remove("DASHBOARD_COMMAND")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe work is allowed: it makes two raw syscalls through
+    // rustix (prctl and getppid) and allocates nothing.
+    unsafe {
+        child.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+            // The gateway may have died before the prctl took effect.
+            if rustix::process::getppid()
+                .map(Pid::as_raw_nonzero)
+                .map(|p| p.get() as u32)
+                != Some(gateway_pid)
+            {
+                return Err(std::io::Error::other("gateway exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = child.spawn()?;
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward_lines(stdout, "stdout"));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward_lines(stderr, "stderr"));
+    }
+    Ok(child)
+}
+
+/// Copies a pipe into the log, one event per line, never mid-line.
+async fn forward_lines(pipe: impl AsyncRead + Unpin, stream: &'static str) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await;
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                info!(target: "dashboard", stream, "{text}");
+            }
+        }
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL at `deadline`; reaps the child.
+async fn terminate(child: &mut Child, deadline: Instant) {
+    let Some(group) = child.id().and_then(|id| Pid::from_raw(id as i32)) else {
+        return;
+    };
+    info!(target: "dashboard", pid = group.as_raw_nonzero().get(), "stopping the dashboard (SIGTERM)");
+    let _ = rustix::process::kill_process_group(group, Signal::TERM);
+    match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(status) => log_exit(status, Duration::ZERO),
+        Err(_) => {
+            warn!(target: "dashboard", "dashboard still running at the deadline; SIGKILL");
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+            let _ = child.wait().await;
+        }
+    }
+    // Whatever else is left in the group (the shell is gone, a grandchild
+    // may not be) goes too.
+    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::script;
+
+    #[test]
+    fn the_command_is_one_background_group() {
+        let text = script("cd /app && streamlit run app.py; echo done");
+        assert!(text.contains("{ cd /app && streamlit run app.py; echo done\n} &"));
+        assert!(text.starts_with("trap "));
+    }
+}
