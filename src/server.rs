@@ -31,7 +31,7 @@ use crate::proxy::Proxy;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::upstream::UpstreamHealth;
-use crate::{assets, cors, health, publish, state, ws};
+use crate::{assets, cors, health, public_config, publish, sse, state, ws};
 
 /// A client sending its request head slower than this is dropped (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,7 +184,7 @@ async fn route(
 
 /// The `/_switchyard/*` HTTP routes, with CORS around them.
 async fn reserved(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Body> {
@@ -196,6 +196,8 @@ async fn reserved(
     let mut answer = match request.uri().path().strip_prefix(RESERVED_PREFIX) {
         Some("publish") => publish::handle(gateway, peer, request).await,
         Some("state") => state::handle(gateway, request).await,
+        Some("events") => sse::handle(gateway, request).await,
+        Some("config") => public_config::respond(gateway),
         _ => response::json_error(StatusCode::NOT_FOUND, "no such switchyard route"),
     };
     cors::decorate(config, &request_headers, &mut answer);

@@ -4,6 +4,9 @@
 //! `{"epoch","seq","resumed":true,"events":[event frames]}` when the hub can
 //! serve that point, else `{"epoch","seq","resumed":false,"state":{...}}`,
 //! the full retained state the client must replace its own with.
+//!
+//! `&wait=N` (at most 30 s) long-polls: when the resume point is current and
+//! nothing new matches yet, the answer waits for the first event (or N s).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::HeaderValue;
@@ -11,12 +14,18 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::hub::{Catchup, Epoch, Seq};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::hub::{Catchup, Epoch, HubError, Seq, Snapshot};
 use crate::protocol::{StateMap, SubscriptionQuery};
 use crate::response::{self, Body};
 use crate::server::Gateway;
 
-pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<Body> {
+/// Longest long-poll a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
@@ -24,7 +33,15 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<B
         Ok(query) => query,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };
-    let snapshot = match gateway.hub.snapshot(query.patterns, query.resume).await {
+    let wait = match parse_wait(request.uri().query()) {
+        Ok(wait) => wait,
+        Err(message) => return response::json_error(StatusCode::BAD_REQUEST, message),
+    };
+    let snapshot = match wait {
+        Some(wait) if query.resume.is_some() => long_poll(gateway, query, wait).await,
+        _ => gateway.hub.snapshot(query.patterns, query.resume).await,
+    };
+    let snapshot = match snapshot {
         Ok(snapshot) => snapshot,
         Err(error) => {
             return response::json_error(StatusCode::SERVICE_UNAVAILABLE, &error.to_string())
@@ -76,4 +93,62 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<B
         HeaderValue::from_static("no-store"),
     );
     answer
+}
+
+/// `wait=N`: whole seconds, 0 to 30.
+fn parse_wait(query: Option<&str>) -> Result<Option<Duration>, &'static str> {
+    let Some(value) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("wait="))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(secs) => Ok(Some(Duration::from_secs(secs).min(MAX_WAIT))),
+        Err(_) => Err("wait: must be a whole number of seconds (at most 30)"),
+    }
+}
+
+/// Subscribes from the resume point; when that yields nothing yet, waits for
+/// the first matching event (and whatever arrived with it).
+async fn long_poll(
+    gateway: &Arc<Gateway>,
+    query: SubscriptionQuery,
+    wait: Duration,
+) -> Result<Snapshot, HubError> {
+    let mut subscription = gateway
+        .hub
+        .clone()
+        .subscribe(query.patterns, query.resume, gateway.config.client_queue)
+        .await?;
+    let (epoch, mut seq) = (
+        subscription.snapshot.epoch.clone(),
+        subscription.snapshot.seq,
+    );
+    let catchup = std::mem::replace(
+        &mut subscription.snapshot.catchup,
+        Catchup::Resumed(Vec::new()),
+    );
+    let catchup = match catchup {
+        Catchup::Resumed(events) if events.is_empty() => {
+            let mut arrived = Vec::new();
+            tokio::select! {
+                _ = subscription.queue.recv_many(&mut arrived, 256) => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = gateway.shutdown.requested() => {}
+            }
+            if let Some(last) = arrived.last() {
+                seq = last.seq;
+            }
+            Catchup::Resumed(arrived)
+        }
+        other => other,
+    };
+    Ok(Snapshot {
+        epoch,
+        seq,
+        catchup,
+    })
 }

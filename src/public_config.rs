@@ -1,0 +1,35 @@
+//! `GET /_switchyard/config`: what a client needs to pick a transport. No
+//! secrets: everything here is visible to any browser.
+
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::response::{self, Body};
+use crate::server::Gateway;
+
+#[derive(Serialize)]
+struct PublicConfig<'a> {
+    websocket_enabled: bool,
+    /// The public URI (wss://DOMAIN/ws on Railway); a same-origin page may
+    /// as well derive it from its own location.
+    websocket_uri: &'a str,
+    websocket_path: &'a str,
+    events_url: &'static str,
+    state_url: &'static str,
+    publish_url: &'static str,
+}
+
+pub fn respond(gateway: &Gateway) -> Response<Body> {
+    let config = &gateway.config;
+    response::json(
+        StatusCode::OK,
+        &PublicConfig {
+            websocket_enabled: config.websocket_enabled,
+            websocket_uri: &config.public_websocket_uri,
+            websocket_path: &config.websocket_path,
+            events_url: "/_switchyard/events",
+            state_url: "/_switchyard/state",
+            publish_url: "/_switchyard/publish",
+        },
+    )
+}

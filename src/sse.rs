@@ -1,0 +1,205 @@
+//! `GET /_switchyard/events`: the broadcaster as Server-Sent Events, for
+//! networks or clients where a WebSocket will not do.
+//!
+//! The same stream as `/ws`: `hello` first, then `event` frames, each as
+//! `id: EPOCH:SEQ`, `event: <type>`, `data: <the WebSocket frame's JSON>`.
+//! Resume from `Last-Event-ID` (what EventSource sends by itself after a
+//! drop) or `?epoch=&since=`, with the same exactly-once-or-`resumed:false`
+//! rule. Comment heartbeats every PING_INTERVAL_SECS; the same slow-client
+//! rule (the stream ends when the client falls CLIENT_QUEUE behind); counted
+//! in `/health` and MAX_CONNECTIONS; ended at shutdown.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::stream;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tracing::debug;
+
+use crate::hub::{Catchup, Epoch, Event, Subscription};
+use crate::protocol::{self, parse_event_id, SubscriptionQuery};
+use crate::response::{self, Body, BoxError};
+use crate::server::{ClientSlot, Gateway};
+use crate::shutdown::Shutdown;
+
+/// Most queued events written in one chunk.
+const BATCH: usize = 256;
+
+pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+    if request.method() != Method::GET {
+        return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    }
+    let mut query = match SubscriptionQuery::parse(request.uri().query()) {
+        Ok(query) => query,
+        Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
+    };
+    // EventSource resends the last id it saw; it wins over the query string,
+    // which still holds the point the page first asked for.
+    if let Some(id) = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        match parse_event_id(id) {
+            Some(point) => query.resume = Some(point),
+            None => {
+                return response::json_error(
+                    StatusCode::BAD_REQUEST,
+                    "Last-Event-ID: expected EPOCH:SEQ",
+                )
+            }
+        }
+    }
+    let Some(slot) = gateway.reserve_client() else {
+        return response::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    };
+    let config = &gateway.config;
+    let subscription = match gateway
+        .hub
+        .clone()
+        .subscribe(query.patterns, query.resume, config.client_queue)
+        .await
+    {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            return response::json_error(StatusCode::SERVICE_UNAVAILABLE, &error.to_string())
+        }
+    };
+    debug!(
+        resumed = matches!(subscription.snapshot.catchup, Catchup::Resumed(_)),
+        "sse client connected"
+    );
+
+    let interval = config.ping_interval;
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let opening = opening_chunk(&subscription);
+    let epoch = subscription.snapshot.epoch.clone();
+    let state = Stream {
+        opening: Some(opening),
+        subscription,
+        epoch,
+        heartbeat,
+        shutdown: gateway.shutdown.clone(),
+        batch: Vec::with_capacity(BATCH),
+        _slot: slot,
+    };
+    let frames = stream::unfold(state, Stream::next_chunk);
+
+    let mut answer = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    let out = answer.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Ask nginx-like proxies in front not to buffer the stream.
+    out.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    answer
+}
+
+/// One SSE client's stream, polled by hyper as the response body.
+struct Stream {
+    /// `hello` plus any resumed events, sent first.
+    opening: Option<Bytes>,
+    subscription: Subscription,
+    epoch: Epoch,
+    heartbeat: Interval,
+    shutdown: Shutdown,
+    batch: Vec<Arc<Event>>,
+    /// Counts this client until the stream is dropped.
+    _slot: ClientSlot,
+}
+
+type Chunk = Result<Frame<Bytes>, BoxError>;
+
+impl Stream {
+    async fn next_chunk(mut self) -> Option<(Chunk, Stream)> {
+        if let Some(opening) = self.opening.take() {
+            return Some((Ok(Frame::data(opening)), self));
+        }
+        let chunk = tokio::select! {
+            biased;
+            _ = self.subscription.cut_off.cancelled() => return None,
+            _ = self.shutdown.requested() => return None,
+            received = self.subscription.queue.recv_many(&mut self.batch, BATCH) => {
+                if received == 0 {
+                    return None;
+                }
+                let mut out = BytesMut::new();
+                for event in self.batch.drain(..) {
+                    write_event(&mut out, &self.epoch, &event);
+                }
+                out.freeze()
+            }
+            _ = self.heartbeat.tick() => Bytes::from_static(b": ping\n\n"),
+        };
+        Some((Ok(Frame::data(chunk)), self))
+    }
+}
+
+fn opening_chunk(subscription: &Subscription) -> Bytes {
+    let snapshot = &subscription.snapshot;
+    let mut out = BytesMut::new();
+    write_frame(
+        &mut out,
+        &snapshot.epoch,
+        snapshot.seq,
+        "hello",
+        protocol::hello_frame(snapshot).as_bytes(),
+    );
+    if let Catchup::Resumed(events) = &snapshot.catchup {
+        for event in events {
+            write_event(&mut out, &snapshot.epoch, event);
+        }
+    }
+    out.freeze()
+}
+
+fn write_event(out: &mut BytesMut, epoch: &Epoch, event: &Event) {
+    write_frame(out, epoch, event.seq, "event", event.frame.as_bytes());
+}
+
+/// One SSE message. A publisher's JSON may hold line breaks between tokens
+/// (never inside strings, where JSON escapes them): each line gets its own
+/// `data:` field, and the client joins them back with `\n`.
+fn write_frame(out: &mut BytesMut, epoch: &Epoch, seq: u64, kind: &str, json: &[u8]) {
+    out.put_slice(b"id: ");
+    out.put_slice(epoch.as_str().as_bytes());
+    out.put_u8(b':');
+    out.put_slice(seq.to_string().as_bytes());
+    out.put_slice(b"\nevent: ");
+    out.put_slice(kind.as_bytes());
+    out.put_u8(b'\n');
+    for line in json.split(|b| *b == b'\n' || *b == b'\r') {
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_line_json_becomes_several_data_fields() {
+        let mut out = BytesMut::new();
+        write_frame(
+            &mut out,
+            &Epoch::from_string("e1"),
+            7,
+            "event",
+            b"{\"a\":\n1}",
+        );
+        assert_eq!(
+            &out[..],
+            b"id: e1:7\nevent: event\ndata: {\"a\":\ndata: 1}\n\n"
+        );
+    }
+}
