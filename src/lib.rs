@@ -9,6 +9,7 @@ pub mod cors;
 pub mod health;
 pub mod hub;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod public_config;
@@ -36,6 +37,7 @@ pub use config::Config;
 
 use crate::hub::memory::MemoryHub;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::Gateway;
 use crate::shutdown::Shutdown;
@@ -67,11 +69,14 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> std::i
     let supervisor = config.dashboard_command.clone().map(|command| {
         Supervisor::start(command, child_environment(&config, addr), upstream.clone())
     });
+    let restarts = supervisor.as_ref().map(|s| s.restarts.clone());
+    let metrics = Metrics::new(hub.clone(), upstream.clone(), restarts.clone());
     let gateway = Arc::new(Gateway {
         hub,
         proxy,
         upstream,
-        dashboard_restarts: supervisor.as_ref().map(|s| s.restarts.clone()),
+        dashboard_restarts: restarts,
+        metrics,
         clients: AtomicUsize::new(0),
         shutdown,
         config,

@@ -27,11 +27,13 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, RESERVED_PREFIX};
 use crate::hub::Hub;
+use crate::metrics::{Metrics, Transport};
 use crate::proxy::Proxy;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::upstream::UpstreamHealth;
 use crate::{assets, cors, health, public_config, publish, sse, state, ws};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// A client sending its request head slower than this is dropped (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,27 +63,39 @@ pub struct Gateway {
     pub clients: AtomicUsize,
     /// Tells upgraded tasks to finish and waits for them.
     pub shutdown: Shutdown,
+    /// What `/_switchyard/metrics` reports.
+    pub metrics: Metrics,
 }
 
 impl Gateway {
     /// Takes one of MAX_CONNECTIONS client places, if any is free.
-    pub fn reserve_client(self: &Arc<Self>) -> Option<ClientSlot> {
+    pub fn reserve_client(self: &Arc<Self>, transport: Transport) -> Option<ClientSlot> {
         let max = self.config.max_connections;
         self.clients
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| ClientSlot(self.clone()))
+            .ok()?;
+        let gauge = self.metrics.connection_gauge(transport);
+        gauge.inc();
+        Some(ClientSlot {
+            gateway: self.clone(),
+            gauge,
+        })
     }
 }
 
 /// One counted client; gives its place back when dropped.
-pub struct ClientSlot(Arc<Gateway>);
+pub struct ClientSlot {
+    gateway: Arc<Gateway>,
+    /// Its transport's `switchyard_connections` gauge.
+    gauge: Gauge,
+}
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+        self.gateway.clients.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
     }
 }
 
@@ -168,7 +182,12 @@ async fn route(
     } else if path.starts_with(RESERVED_PREFIX) || path == "/_switchyard" {
         reserved(&gateway, peer, request).await
     } else if let Some(proxy) = &gateway.proxy {
-        proxy.forward(request, peer).await
+        let started = Instant::now();
+        let answer = proxy.forward(request, peer).await;
+        gateway
+            .metrics
+            .record_proxied(answer.status(), started.elapsed());
+        answer
     } else if path == "/" && matches!(*request.method(), Method::GET | Method::HEAD) {
         assets::console_page()
     } else {
@@ -198,6 +217,7 @@ async fn reserved(
         Some("state") => state::handle(gateway, request).await,
         Some("events") => sse::handle(gateway, request).await,
         Some("config") => public_config::respond(gateway),
+        Some("metrics") => gateway.metrics.respond(),
         _ => response::json_error(StatusCode::NOT_FOUND, "no such switchyard route"),
     };
     cors::decorate(config, &request_headers, &mut answer);

@@ -21,6 +21,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::debug;
 
 use crate::hub::{Catchup, Epoch, Event, Subscription};
+use crate::metrics::Transport;
 use crate::protocol::{self, parse_event_id, SubscriptionQuery};
 use crate::response::{self, Body, BoxError};
 use crate::server::{ClientSlot, Gateway};
@@ -54,7 +55,7 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
             }
         }
     }
-    let Some(slot) = gateway.reserve_client() else {
+    let Some(slot) = gateway.reserve_client(Transport::Sse) else {
         return response::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
     let config = &gateway.config;

@@ -30,6 +30,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use crate::hub::{Catchup, Subscription};
+use crate::metrics::Transport;
 use crate::protocol::{self, ClientFrame, SubscriptionQuery};
 use crate::response::{self, Body};
 use crate::server::{ClientSlot, Gateway};
@@ -87,7 +88,7 @@ pub fn upgrade(
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };
     let can_publish = publish::may_publish(config, peer, headers, query.token.as_deref());
-    let Some(slot) = gateway.reserve_client() else {
+    let Some(slot) = gateway.reserve_client(Transport::WebSocket) else {
         warn!(%peer, max = config.max_connections, "MAX_CONNECTIONS reached; refusing a websocket");
         return response::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };

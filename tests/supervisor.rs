@@ -140,6 +140,15 @@ async fn supervises_a_child_restarts_it_after_a_crash_and_logs_its_output() {
     let (_, health) = gateway.health().await;
     assert_eq!(health["restarts"], 1);
     assert_eq!(get(&gateway.url("/")).await.status(), 200);
+    let metrics = text_body(get(&gateway.url("/_switchyard/metrics")).await).await;
+    assert!(
+        metrics.contains("\nswitchyard_dashboard_restarts_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nswitchyard_upstream_up 1\n"),
+        "{metrics}"
+    );
     let exits = gateway.log_events("dashboard exited");
     assert!(!exits.is_empty());
     assert!(

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::subscribers::Subscribers;
 use super::topics::{any_matches, Pattern, Topic};
 use super::{
-    Catchup, Epoch, Event, Hub, HubError, HubFuture, Publication, Receipt, ResumePoint, Seq,
-    Snapshot, SubscriberId, Subscription,
+    Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Publication, Receipt, ResumePoint,
+    Seq, Snapshot, SubscriberId, Subscription,
 };
 
 pub struct MemoryHub {
@@ -200,6 +200,18 @@ impl Hub for MemoryHub {
 
     fn unsubscribe(&self, id: SubscriberId) {
         self.lock().subscribers.remove(id);
+    }
+
+    fn stats(&self) -> HubStats {
+        let state = self.lock();
+        HubStats {
+            published: state.seq,
+            delivered: state.subscribers.delivered_total,
+            dropped: state.subscribers.dropped_total,
+            cut_off: state.subscribers.cut_off_total,
+            history_len: state.history.len(),
+            subscribers: state.subscribers.len(),
+        }
     }
 
     fn snapshot(

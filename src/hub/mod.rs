@@ -149,6 +149,17 @@ pub struct Snapshot {
     pub catchup: Catchup,
 }
 
+/// Totals since start, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HubStats {
+    pub published: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub cut_off: u64,
+    pub history_len: usize,
+    pub subscribers: usize,
+}
+
 /// The result of a publish.
 #[derive(Debug, Serialize)]
 pub struct Receipt {
@@ -227,6 +238,9 @@ pub trait Hub: Send + Sync + 'static {
 
     /// Forgets a subscriber (called from `Subscription::drop`).
     fn unsubscribe(&self, id: SubscriberId);
+
+    /// Totals for metrics.
+    fn stats(&self) -> HubStats;
 
     /// Polling: the events after `resume` when it can be served, else the
     /// retained state; never a silent hole.

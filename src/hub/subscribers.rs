@@ -42,6 +42,10 @@ pub struct Subscribers {
     slots: Slab<Subscriber>,
     index: PatternIndex<usize>,
     next_serial: u64,
+    /// Deliveries queued since start.
+    pub delivered_total: u64,
+    /// Deliveries that found a full queue since start.
+    pub dropped_total: u64,
     /// Subscribers cut off for being slow since start.
     pub cut_off_total: u64,
 }
@@ -143,6 +147,8 @@ impl Subscribers {
                 Err(TrySendError::Closed(_)) => {}
             }
         });
+        self.delivered_total += delivered as u64;
+        self.dropped_total += too_slow.len() as u64;
         for slot in too_slow {
             if let Some(subscriber) = self.slots.get(slot) {
                 warn!(

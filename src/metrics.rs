@@ -1,0 +1,218 @@
+//! `GET /_switchyard/metrics`: Prometheus text format, through
+//! `prometheus-client`.
+//!
+//! Owns: the metric names and the registry. Counters the hot paths touch
+//! (connections by transport, proxy requests, upstream latency) are
+//! prometheus-client atomics updated in place; everything another module
+//! already counts (hub totals, dashboard state and restarts) is read at
+//! scrape time by a collector, so no number is kept twice.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::{Response, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::hub::Hub;
+use crate::response::{self, Body};
+use crate::upstream::{UpstreamHealth, UpstreamState};
+
+/// How a broadcaster client is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusClassLabel {
+    class: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<TransportLabel, Gauge>,
+    proxy_requests: Family<StatusClassLabel, Counter>,
+    upstream_latency: Histogram,
+}
+
+impl Metrics {
+    /// Registers every metric; `restarts` is present when supervising.
+    pub fn new(
+        hub: Arc<dyn Hub>,
+        upstream: Arc<UpstreamHealth>,
+        restarts: Option<Arc<AtomicU64>>,
+    ) -> Metrics {
+        let mut registry = Registry::with_prefix("switchyard");
+        let connections = Family::<TransportLabel, Gauge>::default();
+        registry.register(
+            "connections",
+            "Live broadcaster clients by transport",
+            connections.clone(),
+        );
+        let proxy_requests = Family::<StatusClassLabel, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Requests proxied to the dashboard, by status class of the answer",
+            proxy_requests.clone(),
+        );
+        // 0.5 ms .. ~16 s
+        let upstream_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "proxy_response_seconds",
+            "Time from receiving a proxied request to sending its response head (502/504 included)",
+            upstream_latency.clone(),
+        );
+        registry.register_collector(Box::new(Live {
+            hub,
+            upstream,
+            restarts,
+        }));
+        Metrics {
+            registry,
+            connections,
+            proxy_requests,
+            upstream_latency,
+        }
+    }
+
+    /// The gauge a client of this transport holds while connected.
+    pub fn connection_gauge(&self, transport: Transport) -> Gauge {
+        let transport = match transport {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        };
+        self.connections
+            .get_or_create(&TransportLabel { transport })
+            .clone()
+    }
+
+    /// One proxied request: its answer's status and the time to its head.
+    pub fn record_proxied(&self, status: StatusCode, elapsed: Duration) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.proxy_requests
+            .get_or_create(&StatusClassLabel { class })
+            .inc();
+        self.upstream_latency.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn respond(&self) -> Response<Body> {
+        let mut text = String::with_capacity(4096);
+        if prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry).is_err()
+        {
+            return response::json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics could not be encoded",
+            );
+        }
+        response::with_type(
+            StatusCode::OK,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            response::full(text),
+        )
+    }
+}
+
+/// Numbers owned elsewhere, read at each scrape.
+struct Live {
+    hub: Arc<dyn Hub>,
+    upstream: Arc<UpstreamHealth>,
+    restarts: Option<Arc<AtomicU64>>,
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let stats = self.hub.stats();
+        counter(
+            &mut encoder,
+            "events_published",
+            "Events accepted by this process",
+            stats.published,
+        )?;
+        counter(
+            &mut encoder,
+            "events_delivered",
+            "Events queued to a subscriber (one per subscriber per event)",
+            stats.delivered,
+        )?;
+        counter(
+            &mut encoder,
+            "events_dropped",
+            "Deliveries dropped because a client's queue was full",
+            stats.dropped,
+        )?;
+        counter(
+            &mut encoder,
+            "slow_client_disconnects",
+            "Clients cut off (close 1008) for falling CLIENT_QUEUE behind",
+            stats.cut_off,
+        )?;
+        gauge(
+            &mut encoder,
+            "history_size",
+            "Events kept for resume",
+            stats.history_len as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "subscribers",
+            "Subscribers registered in the hub",
+            stats.subscribers as i64,
+        )?;
+        let state = self.upstream.state();
+        if state != UpstreamState::None {
+            let up = i64::from(state == UpstreamState::Up);
+            gauge(
+                &mut encoder,
+                "upstream_up",
+                "1 when the dashboard answers",
+                up,
+            )?;
+        }
+        if let Some(restarts) = &self.restarts {
+            counter(
+                &mut encoder,
+                "dashboard_restarts",
+                "Restarts of the supervised dashboard",
+                restarts.load(Ordering::Relaxed),
+            )?;
+        }
+        Ok(())
+    }
+}
