@@ -218,9 +218,23 @@ async fn reserved(
         Some("events") => sse::handle(gateway, request).await,
         Some("config") => public_config::respond(gateway),
         Some("metrics") => gateway.metrics.respond(),
+        Some("client.js") => assets::client_js(request.uri().query()),
+        Some("") => assets::console_page(),
+        None => redirect_to_console(),
         _ => response::json_error(StatusCode::NOT_FOUND, "no such switchyard route"),
     };
     cors::decorate(config, &request_headers, &mut answer);
+    answer
+}
+
+/// `/_switchyard` → `/_switchyard/`, where the console is.
+fn redirect_to_console() -> Response<Body> {
+    let mut answer = Response::new(response::empty());
+    *answer.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    answer.headers_mut().insert(
+        http::header::LOCATION,
+        http::HeaderValue::from_static(RESERVED_PREFIX),
+    );
     answer
 }
 

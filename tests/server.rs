@@ -228,3 +228,66 @@ async fn sigterm_closes_tunnels_and_exits_well_within_the_grace() {
         "waited for the grace instead of closing tunnels"
     );
 }
+
+#[tokio::test]
+async fn the_console_and_client_js_are_served_from_the_binary() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[("DASHBOARD_URL", &upstream.url())]).await;
+    // With a dashboard, `/` is the dashboard's and the console moves.
+    assert_eq!(
+        text_body(get(&gateway.url("/")).await).await,
+        "hello from upstream\n"
+    );
+    let console = get(&gateway.url("/_switchyard/")).await;
+    assert_eq!(console.status(), 200);
+    let page = text_body(console).await;
+    assert!(page.contains("/_switchyard/client.js") && page.contains("Retained state"));
+    let redirect = get(&gateway.url("/_switchyard")).await;
+    assert_eq!(redirect.status(), 308);
+    assert_eq!(redirect.headers()["location"], "/_switchyard/");
+
+    let script = get(&gateway.url("/_switchyard/client.js")).await;
+    assert!(script.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let classic = text_body(script).await;
+    assert!(classic.contains("root.Switchyard = Switchyard"));
+    assert!(
+        !classic.contains("export default"),
+        "a classic script cannot export"
+    );
+    let module = text_body(get(&gateway.url("/_switchyard/client.js?esm")).await).await;
+    assert!(module.ends_with("export const connect = globalThis.Switchyard.connect;\n"));
+
+    // Both parse, as a script and as a module, where node is installed.
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let dir = std::env::temp_dir().join(format!("switchyard-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in [("client.js", &classic), ("client.mjs", &module)] {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            let check = std::process::Command::new("node")
+                .arg("--check")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("node not installed: skipping the parse check of client.js");
+    }
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|(_, uri, _)| !uri.starts_with("/_switchyard")));
+}

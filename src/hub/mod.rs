@@ -97,6 +97,10 @@ impl Event {
             seq: Seq,
             topic: &'a str,
             data: &'a RawValue,
+            /// Present (true) only on retained events, so a client can keep
+            /// its mirror of the retained state.
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            retain: bool,
             ts: String,
         }
         let frame = Frame {
@@ -104,6 +108,7 @@ impl Event {
             seq,
             topic: publication.topic.as_str(),
             data: &publication.data,
+            retain: publication.retain,
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         };
         // Serialising borrowed strings and a RawValue cannot fail.
