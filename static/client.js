@@ -254,13 +254,14 @@
         } catch (e) {
           return;
         }
+        apply(frame);
         if (frame.type === "hello") {
+          // Status after the hello is applied, so listeners see the state.
           everOpened.websocket = true;
           failures = 0;
           setStatus("open");
+          flush();
         }
-        apply(frame);
-        if (frame.type === "hello") flush();
       };
       socket.onclose = function () {
         transport = null;
@@ -288,13 +289,13 @@
         } catch (e) {
           return;
         }
+        apply(frame);
         if (frame.type === "hello") {
           everOpened.sse = true;
           failures = 0;
           setStatus("fallback-sse");
+          flush();
         }
-        apply(frame);
-        if (frame.type === "hello") flush();
       }
       source.addEventListener("hello", onFrame);
       source.addEventListener("event", onFrame);
@@ -331,13 +332,13 @@
         })
         .then(function (answer) {
           failures = 0;
-          setStatus("fallback-poll");
           if (answer.resumed) {
             (answer.events || []).forEach(apply);
             if (answer.epoch === epoch) seq = Math.max(seq, answer.seq);
           } else {
             replaceState(answer.epoch, answer.seq, answer.state, false);
           }
+          setStatus("fallback-poll");
           flush();
           transport = null;
           if (!closed) timer = setTimeout(start, 0);
