@@ -267,6 +267,24 @@ pub fn subscribed_frame(patterns: &[Pattern], state: &[Arc<Event>]) -> String {
     })
 }
 
+/// `{"type":"reset","epoch":E,"seq":N,"state":{...}}`.
+pub fn reset_frame(epoch: &Epoch, seq: Seq, state: &[Arc<Event>]) -> String {
+    #[derive(Serialize)]
+    struct ResetFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        epoch: &'a Epoch,
+        seq: Seq,
+        state: StateMap<'a>,
+    }
+    encode(&ResetFrame {
+        kind: "reset",
+        epoch,
+        seq,
+        state: StateMap(state),
+    })
+}
+
 /// `{"type":"error","message":...}`.
 pub fn error_frame(message: &str) -> String {
     encode(&serde_json::json!({"type": "error", "message": message}))

@@ -20,7 +20,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::debug;
 
-use crate::hub::{Catchup, Epoch, Event, Subscription};
+use crate::hub::{Catchup, Delivery, Epoch, Event, Subscription};
 use crate::metrics::Transport;
 use crate::protocol::{self, parse_event_id, SubscriptionQuery};
 use crate::response::{self, Body, BoxError};
@@ -111,7 +111,7 @@ struct Stream {
     epoch: Epoch,
     heartbeat: Interval,
     shutdown: Shutdown,
-    batch: Vec<Arc<Event>>,
+    batch: Vec<Delivery>,
     /// Counts this client until the stream is dropped.
     _slot: ClientSlot,
 }
@@ -132,8 +132,14 @@ impl Stream {
                     return None;
                 }
                 let mut out = BytesMut::new();
-                for event in self.batch.drain(..) {
-                    write_event(&mut out, &self.epoch, &event);
+                for delivery in self.batch.drain(..) {
+                    match delivery {
+                        Delivery::Event(event) => write_event(&mut out, &self.epoch, &event),
+                        Delivery::Reset(reset) => {
+                            self.epoch = reset.epoch.clone();
+                            write_frame(&mut out, &reset.epoch, reset.seq, "reset", reset.frame.as_bytes());
+                        }
+                    }
                 }
                 out.freeze()
             }

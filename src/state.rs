@@ -17,7 +17,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::hub::{Catchup, Epoch, HubError, Seq, Snapshot};
+use crate::hub::{Catchup, Delivery, Epoch, HubError, Seq, Snapshot};
 use crate::protocol::{StateMap, SubscriptionQuery};
 use crate::response::{self, Body};
 use crate::server::Gateway;
@@ -118,6 +118,7 @@ async fn long_poll(
     query: SubscriptionQuery,
     wait: Duration,
 ) -> Result<Snapshot, HubError> {
+    let query_patterns = query.patterns.clone();
     let mut subscription = gateway
         .hub
         .clone()
@@ -139,10 +140,22 @@ async fn long_poll(
                 _ = tokio::time::sleep(wait) => {}
                 _ = gateway.shutdown.requested() => {}
             }
-            if let Some(last) = arrived.last() {
+            let mut events = Vec::with_capacity(arrived.len());
+            for delivery in arrived {
+                match delivery {
+                    Delivery::Event(event) => events.push(event),
+                    // The hub's stream broke while we waited: answer with the
+                    // fresh state, as a reset would.
+                    Delivery::Reset(_) => {
+                        drop(subscription);
+                        return gateway.hub.snapshot(query_patterns, None).await;
+                    }
+                }
+            }
+            if let Some(last) = events.last() {
                 seq = last.seq;
             }
-            Catchup::Resumed(arrived)
+            Catchup::Resumed(events)
         }
         other => other,
     };

@@ -264,8 +264,8 @@ impl Client {
                         return Ending::TooSlow;
                     }
                     let write = async {
-                        for event in batch.drain(..) {
-                            sink.feed(Message::Text(event.frame.clone())).await?;
+                        for delivery in batch.drain(..) {
+                            sink.feed(Message::Text(delivery.frame())).await?;
                         }
                         sink.flush().await
                     };

@@ -317,10 +317,10 @@ mod tests {
         assert_eq!(hub.subscriber_count(), 1);
         let mut received = Vec::new();
         while let Ok(event) = fast.queue.try_recv() {
-            received.push(event.seq);
+            received.push(event.seq());
         }
         assert_eq!(received, [1, 2, 3, 4, 5]);
-        assert_eq!(slow.queue.recv().await.map(|e| e.seq), Some(1));
+        assert_eq!(slow.queue.recv().await.map(|e| e.seq()), Some(1));
         drop(fast);
         assert_eq!(hub.subscriber_count(), 0);
     }
@@ -335,7 +335,7 @@ mod tests {
         let mut subscription = hub.clone().subscribe(patterns, None, 10).await.unwrap();
         publish(&hub, "a/b", "1", false).await;
         publish(&hub, "z", "2", false).await;
-        assert_eq!(subscription.queue.recv().await.map(|e| e.seq), Some(1));
+        assert_eq!(subscription.queue.recv().await.map(|e| e.seq()), Some(1));
         assert!(subscription.queue.try_recv().is_err());
     }
 }

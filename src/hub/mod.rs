@@ -128,6 +128,43 @@ impl Event {
     }
 }
 
+/// What arrives on a subscriber's queue.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// The next matching event.
+    Event(Arc<Event>),
+    /// The hub's own stream broke (a backplane came back empty): the client
+    /// must replace its state with this one; live events after `seq` follow.
+    Reset(Arc<Reset>),
+}
+
+impl Delivery {
+    /// The seq the client is at once it has applied this.
+    pub fn seq(&self) -> Seq {
+        match self {
+            Delivery::Event(event) => event.seq,
+            Delivery::Reset(reset) => reset.seq,
+        }
+    }
+
+    /// The frame to send, shared, not copied.
+    pub fn frame(&self) -> Utf8Bytes {
+        match self {
+            Delivery::Event(event) => event.frame.clone(),
+            Delivery::Reset(reset) => reset.frame.clone(),
+        }
+    }
+}
+
+/// A `reset` for one subscriber (its state is filtered by its patterns).
+#[derive(Debug)]
+pub struct Reset {
+    pub epoch: Epoch,
+    pub seq: Seq,
+    /// `{"type":"reset",...}`, encoded for this subscriber.
+    pub frame: Utf8Bytes,
+}
+
 /// Where a client wants to pick up: after `seq` of `epoch` (`None`: the
 /// hub's current epoch, for simple clients that send only `since`).
 #[derive(Clone, Debug)]
@@ -185,7 +222,7 @@ pub struct Subscription {
     /// The hello: state or missed events, atomically with registration.
     pub snapshot: Snapshot,
     /// Events after `snapshot.seq`, bounded by CLIENT_QUEUE.
-    pub queue: mpsc::Receiver<Arc<Event>>,
+    pub queue: mpsc::Receiver<Delivery>,
     /// Cancelled when the client fell CLIENT_QUEUE behind and was dropped.
     pub cut_off: CancellationToken,
     hub: Arc<dyn Hub>,

@@ -18,13 +18,14 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::topics::any_matches;
 use super::topics::{Pattern, PatternIndex};
-use super::{Event, Seq, SubscriberId};
+use super::{Delivery, Epoch, Event, Reset, Seq, SubscriberId};
 
 struct Subscriber {
     serial: u64,
     patterns: Vec<Pattern>,
-    queue: mpsc::Sender<Arc<Event>>,
+    queue: mpsc::Sender<Delivery>,
     /// Seq of the last event queued: a second matching pattern is a no-op.
     last_seq: Seq,
     cut_off: CancellationToken,
@@ -33,7 +34,7 @@ struct Subscriber {
 /// What `add` hands to the transport.
 pub struct Registration {
     pub id: SubscriberId,
-    pub queue: mpsc::Receiver<Arc<Event>>,
+    pub queue: mpsc::Receiver<Delivery>,
     pub cut_off: CancellationToken,
 }
 
@@ -140,7 +141,7 @@ impl Subscribers {
                 return;
             }
             subscriber.last_seq = event.seq;
-            match subscriber.queue.try_send(event.clone()) {
+            match subscriber.queue.try_send(Delivery::Event(event.clone())) {
                 Ok(()) => delivered += 1,
                 Err(TrySendError::Full(_)) => too_slow.push(slot),
                 // The transport is gone and will unsubscribe; nothing to do.
@@ -149,19 +150,47 @@ impl Subscribers {
         });
         self.delivered_total += delivered as u64;
         self.dropped_total += too_slow.len() as u64;
+        self.cut_off(too_slow, event.seq);
+        delivered
+    }
+
+    /// Tells every subscriber its stream restarts at (`epoch`, `seq`) with
+    /// `retained` as the state (each gets the part its patterns match).
+    pub fn reset(&mut self, epoch: &Epoch, seq: Seq, retained: &[Arc<Event>]) {
+        let mut too_slow = Vec::new();
+        for (slot, subscriber) in self.slots.iter_mut() {
+            let state: Vec<Arc<Event>> = retained
+                .iter()
+                .filter(|event| any_matches(&subscriber.patterns, &event.topic))
+                .cloned()
+                .collect();
+            let reset = Reset {
+                epoch: epoch.clone(),
+                seq,
+                frame: crate::protocol::reset_frame(epoch, seq, &state).into(),
+            };
+            subscriber.last_seq = seq;
+            match subscriber.queue.try_send(Delivery::Reset(Arc::new(reset))) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => too_slow.push(slot),
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        self.cut_off(too_slow, seq);
+    }
+
+    fn cut_off(&mut self, too_slow: Vec<usize>, seq: Seq) {
         for slot in too_slow {
             if let Some(subscriber) = self.slots.get(slot) {
                 warn!(
                     subscriber = subscriber.serial,
-                    seq = event.seq,
-                    "client queue full; cutting it off"
+                    seq, "client queue full; cutting it off"
                 );
                 subscriber.cut_off.cancel();
             }
             self.cut_off_total += 1;
             self.remove_slot(slot);
         }
-        delivered
     }
 
     pub fn len(&self) -> usize {
@@ -170,5 +199,50 @@ impl Subscribers {
 
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Publication, Topic};
+    use serde_json::value::RawValue;
+
+    fn event(seq: Seq, topic: &str) -> Arc<Event> {
+        Arc::new(Event::new(
+            seq,
+            Publication {
+                topic: Topic::parse(topic).unwrap(),
+                data: RawValue::from_string(seq.to_string()).unwrap(),
+                retain: true,
+            },
+        ))
+    }
+
+    #[test]
+    fn a_reset_carries_each_subscriber_its_own_state_and_moves_its_seq() {
+        let mut subscribers = Subscribers::default();
+        let mut a = subscribers.add(vec![Pattern::parse("a/#").unwrap()], 0, 8);
+        let mut b = subscribers.add(vec![Pattern::parse("b").unwrap()], 0, 8);
+        let epoch = Epoch::from_string("new");
+        subscribers.reset(&epoch, 7, &[event(3, "a/x"), event(7, "b")]);
+        let Ok(Delivery::Reset(reset)) = a.queue.try_recv() else {
+            panic!("no reset for a")
+        };
+        assert_eq!(
+            reset.frame.as_str(),
+            r#"{"type":"reset","epoch":"new","seq":7,"state":{"a/x":{"seq":3,"data":3}}}"#
+        );
+        let Ok(Delivery::Reset(reset)) = b.queue.try_recv() else {
+            panic!("no reset for b")
+        };
+        assert!(reset
+            .frame
+            .as_str()
+            .contains(r#""state":{"b":{"seq":7,"data":7}}"#));
+        // Events the reset already covers are not delivered again.
+        assert_eq!(subscribers.deliver(&event(6, "a/y")), 0);
+        assert_eq!(subscribers.deliver(&event(8, "a/y")), 1);
+        assert_eq!(a.queue.try_recv().map(|d| d.seq()).ok(), Some(8));
     }
 }
