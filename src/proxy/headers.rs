@@ -5,6 +5,7 @@
 //! `Sec-WebSocket-*` header, even when a client names one in `Connection`
 //! (stripping those is a bug two Rust proxies shipped).
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -37,20 +38,39 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers. With `upgrading`, keeps `Upgrade`, sets
 /// `Connection: upgrade`, and keeps every `Sec-WebSocket-*` header.
+///
+/// Runs twice per proxied request, so it looks before it removes: one pass
+/// over the (few) names present instead of a hashed removal per hop-by-hop
+/// name, and headers named by `Connection` are only collected (and owned)
+/// when they are actually present.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|token| headers.contains_key(*token))
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .filter(|name| !(upgrading && is_upgrade_header(name)))
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    // Bit i set: HOP_BY_HOP[i] is present; bit HOP_BY_HOP.len(): Upgrade.
+    let mut present = 0u32;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        } else if !upgrading && name == header::UPGRADE {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present != 0 {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            if present & (1 << i) != 0 {
+                headers.remove(name);
+            }
+        }
     }
     if upgrading {
         headers.insert(header::CONNECTION, UPGRADE_TOKEN);
-    } else {
+    } else if present & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::UPGRADE);
     }
 }
@@ -65,12 +85,12 @@ pub fn set_forwarded(
     trusted: bool,
     original_host: Option<HeaderValue>,
 ) {
-    let peer_text = peer.to_string();
+    let peer_value = peer_header_value(peer);
     let forwarded_for = match (trusted, joined(headers, &X_FORWARDED_FOR)) {
-        (true, Some(previous)) => format!("{previous}, {peer_text}"),
-        _ => peer_text.clone(),
+        (true, Some(previous)) => HeaderValue::from_str(&format!("{previous}, {peer}")).ok(),
+        _ => peer_value.clone(),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
 
@@ -89,10 +109,31 @@ pub fn set_forwarded(
         }
     }
     if !keep(headers, &X_REAL_IP) {
-        if let Ok(value) = HeaderValue::from_str(&peer_text) {
+        if let Some(value) = peer_value {
             headers.insert(X_REAL_IP, value);
         }
     }
+}
+
+/// `peer` as a header value. Formatting an address and copying it into a
+/// `HeaderValue` costs more than the rest of the header work together, and a
+/// keep-alive client sends many requests from one address: each worker
+/// thread remembers the last address it formatted and shares the bytes.
+fn peer_header_value(peer: IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((ip, value)) = &*last {
+            if *ip == peer {
+                return Some(value.clone());
+            }
+        }
+        let value = HeaderValue::from_str(&peer.to_string()).ok()?;
+        *last = Some((peer, value.clone()));
+        Some(value)
+    })
 }
 
 fn is_upgrade_header(name: &HeaderName) -> bool {

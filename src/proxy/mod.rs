@@ -92,7 +92,6 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
         let wants_json = response::wants_json(request.headers());
         let upgrading =
             request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers());
@@ -104,6 +103,10 @@ impl Proxy {
                 return response::error_page(StatusCode::BAD_REQUEST, message, wants_json)
             }
         };
+
+        // For the logs: shares the request's bytes, no copy.
+        let path_and_query = outgoing.uri().path_and_query().cloned();
+        let path = path_and_query.as_ref().map_or("/", PathAndQuery::path);
 
         let result = match tokio::time::timeout(self.timeout, self.client.request(outgoing)).await {
             Err(_) => Err(Failure::TimedOut),
@@ -131,7 +134,7 @@ impl Proxy {
 
         match client_upgrade {
             Some(client_upgrade) if status == StatusCode::SWITCHING_PROTOCOLS => {
-                tunnel::open(client_upgrade, answer, &self.shutdown, path)
+                tunnel::open(client_upgrade, answer, &self.shutdown, path.to_owned())
             }
             _ => {
                 let (mut parts, body) = answer.into_parts();
@@ -164,17 +167,13 @@ impl Proxy {
                 authority
             }
         };
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| "request target cannot be forwarded")?;
+        let mut target = std::mem::take(&mut parts.uri).into_parts();
+        target.scheme = Some(self.upstream.scheme.clone());
+        target.authority = Some(self.upstream.authority.clone());
+        if target.path_and_query.is_none() {
+            target.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        parts.uri = Uri::from_parts(target).map_err(|_| "request target cannot be forwarded")?;
         parts.version = Version::HTTP_11;
 
         let peer_ip = peer.ip().to_canonical();
