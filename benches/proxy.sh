@@ -20,6 +20,22 @@
 #   Targets are interleaved (and their order rotated) over ROUNDS rounds and
 #   the median over rounds is reported per target and metric.
 #
+# Why the 1-connection runs are pinned to one CPU (PIN_1C, default on)
+#   Unpinned, every hop of a lone request (wrk -> proxy -> upstream and
+#   back) wakes a process on the other, idle, CPU. On this VM (cpuidle
+#   governor haltpoll) that wake-up either lands inside the guest's poll
+#   window or pays a halt/VM exit, so p50 at 1 connection was bimodal for
+#   every target, direct included: ~20 us or ~100 us depending on the run,
+#   not on the proxy. For the 1c runs only, wrk, the upstream and the proxy
+#   under test (all threads of all their processes) are moved to one CPU
+#   ($LAT_CPU) with taskset, the same way for direct, nginx and switchyard,
+#   and moved back to all CPUs afterwards. The chain then never idles a
+#   CPU: latency is the sum of the work each party does plus the context
+#   switches between them, so "added p50" is the proxy's own path length
+#   and it repeats within a few us. The 64c runs stay unpinned (the
+#   throughput comparison is about sharing the machine). PIN_1C=0 restores
+#   the old unpinned behaviour.
+#
 # Why CPU/request is the figure to trust here
 #   This machine has 2 cores shared by wrk, the upstream, the proxy and
 #   whatever else the host runs. Requests/s and latency mostly measure how the
@@ -33,7 +49,7 @@
 #   switchyard req/s >= 1.0x nginx's, <= 25 us CPU per request,
 #   added p50 at 1 connection <= nginx's.
 #
-# Usage: benches/proxy.sh            (ROUNDS=3 DURATION=5s WARMUP=1s)
+# Usage: benches/proxy.sh            (ROUNDS=3 DURATION=5s WARMUP=1s PIN_1C=1)
 #        ROUNDS=5 DURATION=10s benches/proxy.sh
 # Needs: Debian (installs wrk and nginx-light with apt-get if missing, as
 # root), cargo, python3, curl. Loopback only; nothing leaves 127.0.0.1.
@@ -44,6 +60,9 @@ DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-1s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
+PIN_1C=${PIN_1C:-1}
+LAT_CPU=${LAT_CPU:-0}
+ALL_CPUS="0-$(( $(nproc) - 1 ))"
 TARGET_RATIO=1.0   # switchyard req/s / nginx req/s, at least
 TARGET_CPU_US=25   # switchyard CPU per request, at most
 BODY="hello from upstream"
@@ -64,6 +83,7 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
+[ "$PIN_1C" = 0 ] || command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || die "missing ${need[*]} and not root: install them first"
     say "installing ${need[*]} with apt-get"
@@ -256,16 +276,34 @@ CLK_TCK=$(getconf CLK_TCK)
 RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
 
+# Moves every thread of the given processes to the given CPU list.
+pin() { # cpus pids...
+    local cpus=$1 pid
+    shift
+    for pid in "$@"; do taskset -a -p -c "$cpus" "$pid" >/dev/null || die "taskset $pid failed"; done
+}
+# Every process of the chain for a target: the upstream, and the proxy if any.
+chain_pids() { # target
+    proc_pids direct
+    [ "$1" = direct ] || proc_pids "$1"
+}
+
 # One wrk run; appends "target kind round rps requests p50_us p99_us cpu_us_per_req".
 run_wrk() { # target kind(64c|1c) round
     local t=$1 kind=$2 round=$3 port=${PORT_OF[$1]} out pids before after
-    local args=(-t"$THREADS" -c"$CONNS")
+    local args=(-t"$THREADS" -c"$CONNS") wrap=() chain=()
     [ "$kind" = 1c ] && args=(-t1 -c1)
+    if [ "$kind" = 1c ] && [ "$PIN_1C" != 0 ]; then
+        read -r -a chain <<<"$(chain_pids "$t")"
+        pin "$LAT_CPU" "${chain[@]}"
+        wrap=(taskset -c "$LAT_CPU")
+    fi
     read -r -a pids <<<"$(proc_pids "$t")"
     before=$(cpu_ticks "${pids[@]}")
     out="$TMP/wrk.$t.$kind.$round.txt"
-    wrk "${args[@]}" -d"$DURATION" --latency "http://127.0.0.1:$port/" >"$out"
+    "${wrap[@]}" wrk "${args[@]}" -d"$DURATION" --latency "http://127.0.0.1:$port/" >"$out"
     after=$(cpu_ticks "${pids[@]}")
+    [ ${#chain[@]} -eq 0 ] || pin "$ALL_CPUS" "${chain[@]}"
     python3 - "$out" "$t" "$kind" "$round" "$before" "$after" "$CLK_TCK" >>"$RESULTS" <<'EOF' \
         || die "bad wrk run ($out):"$'\n'"$(cat "$out")"
 import re, sys
@@ -313,7 +351,7 @@ done
 
 # ---------------------------------------------------------------- report
 echo
-echo "# $0 ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS THREADS=$THREADS — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "# $0 ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS THREADS=$THREADS PIN_1C=$PIN_1C — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "# $(nproc) cores, $("$NGINX" -v 2>&1 | sed 's/.*version: //'), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}'), switchyard $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); medians over $ROUNDS rounds"
 python3 - "$RESULTS" "$TARGET_RATIO" "$TARGET_CPU_US" <<'EOF'
 import statistics, sys
