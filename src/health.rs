@@ -25,6 +25,9 @@ struct HealthReport {
     /// Only when supervising a dashboard.
     #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<u64>,
+    /// Only when REDIS_URL is set: "up" or "down".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<&'static str>,
 }
 
 pub fn respond(gateway: &Gateway, method: &Method) -> Response<Body> {
@@ -44,6 +47,10 @@ pub fn respond(gateway: &Gateway, method: &Method) -> Response<Body> {
             .dashboard_restarts
             .as_ref()
             .map(|restarts| restarts.load(Ordering::Relaxed)),
+        redis: gateway
+            .hub
+            .backplane_up()
+            .map(|up| if up { "up" } else { "down" }),
     };
     let status = if starting {
         StatusCode::SERVICE_UNAVAILABLE

@@ -36,6 +36,7 @@ use tracing::{info, warn};
 pub use config::Config;
 
 use crate::hub::memory::MemoryHub;
+use crate::hub::redis::RedisHub;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -54,7 +55,16 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> std::i
     raise_open_file_limit(config.max_connections);
 
     let shutdown = Shutdown::new();
-    let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(config.history_size));
+    let hub: Arc<dyn Hub> = match &config.redis_url {
+        Some(url) => RedisHub::start(
+            url.expose(),
+            &config.redis_prefix,
+            config.history_size,
+            &shutdown,
+        )
+        .map_err(std::io::Error::other)?,
+        None => Arc::new(MemoryHub::new(config.history_size)),
+    };
     let upstream = Arc::new(UpstreamHealth::new(config.dashboard_url.is_some()));
     let proxy = config.dashboard_url.clone().map(|url| {
         upstream::spawn_probe(upstream.clone(), url.connect_to.clone(), shutdown.clone());

@@ -205,6 +205,14 @@ impl Collector for Live {
                 up,
             )?;
         }
+        if let Some(up) = self.hub.backplane_up() {
+            gauge(
+                &mut encoder,
+                "redis_up",
+                "1 when the Redis backplane answers",
+                i64::from(up),
+            )?;
+        }
         if let Some(restarts) = &self.restarts {
             counter(
                 &mut encoder,

@@ -9,6 +9,7 @@
 //! queue.
 
 pub mod memory;
+pub mod redis;
 pub mod subscribers;
 pub mod topics;
 
@@ -283,6 +284,11 @@ pub trait Hub: Send + Sync + 'static {
 
     /// Totals for metrics.
     fn stats(&self) -> HubStats;
+
+    /// Whether the backplane answers; `None` for a hub without one.
+    fn backplane_up(&self) -> Option<bool> {
+        None
+    }
 
     /// Polling: the events after `resume` when it can be served, else the
     /// retained state; never a silent hole.

@@ -154,6 +154,26 @@ impl Subscribers {
         delivered
     }
 
+    /// Queues `event` for one subscriber only (a backfill), if it matches.
+    pub fn deliver_to(&mut self, id: SubscriberId, event: &Arc<Event>) {
+        let Some(subscriber) = self
+            .slots
+            .get_mut(id.slot)
+            .filter(|s| s.serial == id.serial)
+        else {
+            return;
+        };
+        if subscriber.last_seq >= event.seq || !any_matches(&subscriber.patterns, &event.topic) {
+            return;
+        }
+        subscriber.last_seq = event.seq;
+        match subscriber.queue.try_send(Delivery::Event(event.clone())) {
+            Ok(()) => self.delivered_total += 1,
+            Err(TrySendError::Full(_)) => self.cut_off(vec![id.slot], event.seq),
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
     /// Tells every subscriber its stream restarts at (`epoch`, `seq`) with
     /// `retained` as the state (each gets the part its patterns match).
     pub fn reset(&mut self, epoch: &Epoch, seq: Seq, retained: &[Arc<Event>]) {
