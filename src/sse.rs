@@ -86,7 +86,7 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
         epoch,
         heartbeat,
         shutdown: gateway.shutdown.clone(),
-        batch: Vec::with_capacity(BATCH),
+        batch: Vec::new(),
         _slot: slot,
     };
     let frames = stream::unfold(state, Stream::next_chunk);

@@ -104,7 +104,9 @@ pub fn upgrade(
     let socket_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes))
-        .read_buffer_size(4 * 1024)
+        // Clients send few, small frames; an idle connection should cost
+        // little (this buffer is allocated up front, per connection).
+        .read_buffer_size(512)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size((config.max_message_bytes * 4).max(1 << 20));
     gateway.shutdown.spawn(async move {
@@ -252,7 +254,8 @@ impl Client {
         let mut pings = tokio::time::interval_at(Instant::now() + interval, interval);
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let mut batch = Vec::with_capacity(BATCH);
+        // Grows on first use: idle clients hold no batch buffer.
+        let mut batch = Vec::new();
         loop {
             tokio::select! {
                 biased;
