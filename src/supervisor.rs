@@ -100,12 +100,18 @@ async fn supervise(
                 info!(target: "dashboard", pid, command, "dashboard started");
                 tokio::select! {
                     status = child.wait() => {
+                        // The shell is gone; whatever it left in its group
+                        // (a dashboard whose shell was killed) goes too, or
+                        // it would keep the port from the next start.
+                        if let Some(group) = pid.and_then(|id| Pid::from_raw(id as i32)) {
+                            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                        }
                         health.mark_exited();
                         log_exit(status, started.elapsed());
                     }
                     _ = stop.cancelled() => {
                         let deadline = stop_deadline.lock().ok().and_then(|d| *d).unwrap_or_else(Instant::now);
-                        terminate(&mut child, deadline).await;
+                        terminate(&mut child, deadline, started).await;
                         return;
                     }
                 }
@@ -215,14 +221,14 @@ async fn forward_lines(pipe: impl AsyncRead + Unpin, stream: &'static str) {
 }
 
 /// SIGTERM to the group, then SIGKILL at `deadline`; reaps the child.
-async fn terminate(child: &mut Child, deadline: Instant) {
+async fn terminate(child: &mut Child, deadline: Instant, started: Instant) {
     let Some(group) = child.id().and_then(|id| Pid::from_raw(id as i32)) else {
         return;
     };
     info!(target: "dashboard", pid = group.as_raw_nonzero().get(), "stopping the dashboard (SIGTERM)");
     let _ = rustix::process::kill_process_group(group, Signal::TERM);
     match tokio::time::timeout_at(deadline, child.wait()).await {
-        Ok(status) => log_exit(status, Duration::ZERO),
+        Ok(status) => log_exit(status, started.elapsed()),
         Err(_) => {
             warn!(target: "dashboard", "dashboard still running at the deadline; SIGKILL");
             let _ = rustix::process::kill_process_group(group, Signal::KILL);

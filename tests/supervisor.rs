@@ -290,3 +290,40 @@ async fn long_lines_from_both_streams_are_logged_whole() {
         );
     }
 }
+
+#[tokio::test]
+async fn when_only_the_shell_dies_the_whole_group_is_replaced() {
+    let port = dead_port();
+    let gateway = Gateway::start(&[
+        ("DASHBOARD_URL", &format!("http://127.0.0.1:{port}")),
+        ("DASHBOARD_COMMAND", &child_command("")),
+    ])
+    .await;
+    gateway.wait_upstream("up").await;
+    let shell = children(gateway.pid());
+    let old_dashboard: Vec<u32> = descendants(gateway.pid())
+        .into_iter()
+        .filter(|pid| !shell.contains(pid))
+        .collect();
+    assert_eq!((shell.len(), old_dashboard.len()), (1, 1));
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(shell[0].to_string())
+        .status();
+
+    wait_for("the orphaned dashboard to be killed", || {
+        !alive(old_dashboard[0])
+    })
+    .await;
+    wait_for("a restarted dashboard", || {
+        descendants(gateway.pid())
+            .iter()
+            .any(|pid| !old_dashboard.contains(pid) && !shell.contains(pid))
+    })
+    .await;
+    gateway.wait_upstream("up").await;
+    assert_eq!(gateway.health().await.1["restarts"], 1);
+    assert_eq!(get(&gateway.url("/")).await.status(), 200);
+    // The new child got the port: no "address in use" exit after the restart.
+    assert_eq!(gateway.log_events("dashboard exited").len(), 1);
+}
