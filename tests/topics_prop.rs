@@ -1,0 +1,302 @@
+//! Property tests for `switchyard::hub::topics`: topic and pattern
+//! validation, `Pattern::matches` and `PatternIndex`, each checked against a
+//! plain reference implementation written here.
+//!
+//! Topics and patterns are built from a tiny alphabet of levels (including
+//! the empty level, which `Topic::parse` accepts) so that matches are common.
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use switchyard::hub::topics::{Pattern, PatternIndex, Topic, MAX_TOPIC_LEN};
+
+// ---------------------------------------------------------------------------
+// Reference implementation
+// ---------------------------------------------------------------------------
+
+fn ref_topic_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"_.:/-".contains(&b)
+}
+
+/// Topic validity: 1–256 bytes, every one of `[A-Za-z0-9_.:/-]`.
+fn ref_topic_valid(text: &str) -> bool {
+    (1..=MAX_TOPIC_LEN).contains(&text.len()) && text.bytes().all(ref_topic_byte)
+}
+
+/// Pattern validity: 1–256 bytes; each `/`-separated level is `+`, or `#`
+/// when it is the last level, or otherwise only topic characters.
+fn ref_pattern_valid(text: &str) -> bool {
+    if !(1..=MAX_TOPIC_LEN).contains(&text.len()) {
+        return false;
+    }
+    let levels: Vec<&str> = text.split('/').collect();
+    let last = levels.len() - 1;
+    levels.iter().enumerate().all(|(i, level)| {
+        *level == "+" || (*level == "#" && i == last) || level.bytes().all(ref_topic_byte)
+    })
+}
+
+/// Pattern matching: split both on `/`; `+` matches exactly one level, `#`
+/// as the last level matches zero or more remaining levels, anything else
+/// must be equal.
+fn ref_matches(pattern: &str, topic: &str) -> bool {
+    fn go(pattern: &[&str], topic: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => topic.is_empty(),
+            Some((&"#", [])) => true,
+            Some((&"+", rest)) => !topic.is_empty() && go(rest, &topic[1..]),
+            Some((level, rest)) => topic.first() == Some(level) && go(rest, &topic[1..]),
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('/').collect();
+    let topic: Vec<&str> = topic.split('/').collect();
+    go(&pattern, &topic)
+}
+
+/// Keys (with multiplicity) of `entries` whose pattern matches `topic`, sorted.
+fn ref_index_matches(entries: &[(u8, String)], topic: &str) -> Vec<u8> {
+    let mut keys: Vec<u8> = entries
+        .iter()
+        .filter(|(_, pattern)| ref_matches(pattern, topic))
+        .map(|(key, _)| *key)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+fn index_matches(index: &PatternIndex<u8>, topic: &Topic) -> Vec<u8> {
+    let mut keys = Vec::new();
+    index.for_each_match(topic, |key| keys.push(key));
+    keys.sort_unstable();
+    keys
+}
+
+// ---------------------------------------------------------------------------
+// Strategies
+// ---------------------------------------------------------------------------
+
+/// A small alphabet of topic levels; `""` is a legal (empty) level.
+fn topic_level() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just("a"), Just("b"), Just("c"), Just("")]
+}
+
+/// A valid topic of 1–5 levels from the small alphabet.
+fn topic_text() -> impl Strategy<Value = String> {
+    vec(topic_level(), 1..=5)
+        .prop_map(|levels| levels.join("/"))
+        .prop_filter("a topic is not empty", |t| !t.is_empty())
+}
+
+/// A valid pattern of 1–5 levels from the small alphabet plus `+`, with
+/// an optional trailing `#`.
+fn pattern_text() -> impl Strategy<Value = String> {
+    let level = prop_oneof![
+        3 => topic_level(),
+        1 => Just("+"),
+    ];
+    (vec(level, 0..=4), any::<bool>())
+        .prop_map(|(mut levels, rest)| {
+            if rest || levels.is_empty() {
+                levels.push("#");
+            }
+            levels.join("/")
+        })
+        .prop_filter("a pattern is not empty", |p| !p.is_empty())
+}
+
+/// `(key, pattern)` registrations with few distinct keys and patterns, so
+/// the same key often holds several patterns and the same pattern is often
+/// registered more than once.
+fn registrations() -> impl Strategy<Value = Vec<(u8, String)>> {
+    vec((0u8..6, pattern_text()), 0..24)
+}
+
+/// Strings that are mostly, but not always, made of topic characters, with
+/// lengths around the 256 limit as well as short ones.
+fn topic_candidate() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9_.:/-]{0,8}",
+        "[A-Za-z0-9_.:/-]{250,260}",
+        "[a/#+ \t%é\\x00-]{0,8}",
+        "[A-Za-z0-9_.:/-]{0,8}[^A-Za-z0-9_.:/-][A-Za-z0-9_.:/-]{0,8}",
+        "[ab/]{250,260}[^A-Za-z0-9_.:/-]?",
+        any::<String>(),
+    ]
+}
+
+/// Candidate pattern strings built from interesting levels: valid ones,
+/// `#`/`+` inside a level, `#` not last, bad characters.
+fn pattern_candidate() -> impl Strategy<Value = String> {
+    let level = prop_oneof![
+        Just("a"),
+        Just("b"),
+        Just(""),
+        Just("+"),
+        Just("#"),
+        Just("++"),
+        Just("##"),
+        Just("a+"),
+        Just("+a"),
+        Just("a#"),
+        Just("#a"),
+        Just("a b"),
+        Just("é"),
+    ];
+    prop_oneof![
+        4 => vec(level, 1..=5).prop_map(|levels| levels.join("/")),
+        1 => "[ab/+#]{250,260}",
+        1 => "[ab/+#]{0,10}",
+        1 => any::<String>(),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------
+
+fn topic(text: &str) -> Topic {
+    Topic::parse(text).unwrap_or_else(|e| panic!("generated topic {text:?} rejected: {e}"))
+}
+
+fn pattern(text: &str) -> Pattern {
+    Pattern::parse(text).unwrap_or_else(|e| panic!("generated pattern {text:?} rejected: {e}"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// (1) `Pattern::matches` agrees with the reference.
+    #[test]
+    fn matches_agrees_with_reference(p in pattern_text(), t in topic_text()) {
+        let expected = ref_matches(&p, &t);
+        prop_assert_eq!(pattern(&p).matches(&topic(&t)), expected, "{} vs {}", p, t);
+    }
+
+    /// (1b) A one-pattern index agrees with `Pattern::matches`.
+    #[test]
+    fn single_pattern_index_agrees_with_matches(p in pattern_text(), t in topic_text()) {
+        let (p, t) = (pattern(&p), topic(&t));
+        let mut index = PatternIndex::default();
+        index.insert(&p, 7u8);
+        let hits = index_matches(&index, &t);
+        let expected: &[u8] = if p.matches(&t) { &[7] } else { &[] };
+        prop_assert_eq!(&hits[..], expected, "{} vs {}", p, t);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// (2) `for_each_match` yields exactly the keys (once per matching
+    /// registration) whose pattern matches per the reference.
+    #[test]
+    fn index_matches_reference(
+        entries in registrations(),
+        topics in vec(topic_text(), 1..8),
+    ) {
+        let mut index = PatternIndex::default();
+        for (key, p) in &entries {
+            index.insert(&pattern(p), *key);
+        }
+        prop_assert_eq!(index.is_empty(), entries.is_empty());
+        for t in &topics {
+            prop_assert_eq!(
+                index_matches(&index, &topic(t)),
+                ref_index_matches(&entries, t),
+                "topic {}", t
+            );
+        }
+    }
+
+    /// (3) After removing a random subset the remaining matches are the
+    /// reference for the remaining registrations; removing a registration
+    /// that does not exist changes nothing; removing all leaves it empty.
+    #[test]
+    fn index_removal_matches_reference(
+        entries in registrations(),
+        removed_mask in vec(any::<bool>(), 24),
+        absent in (6u8..8, pattern_text()),
+        topics in vec(topic_text(), 1..8),
+    ) {
+        let mut index = PatternIndex::default();
+        for (key, p) in &entries {
+            index.insert(&pattern(p), *key);
+        }
+
+        let (removed, remaining): (Vec<_>, Vec<_>) = entries
+            .iter()
+            .cloned()
+            .zip(&removed_mask)
+            .partition(|(_, gone)| **gone);
+        let removed: Vec<(u8, String)> = removed.into_iter().map(|(e, _)| e).collect();
+        let remaining: Vec<(u8, String)> = remaining.into_iter().map(|(e, _)| e).collect();
+
+        for (key, p) in &removed {
+            index.remove(&pattern(p), *key);
+        }
+        // Keys 6 and 7 are never registered: removing them is a no-op.
+        index.remove(&pattern(&absent.1), absent.0);
+
+        prop_assert_eq!(index.is_empty(), remaining.is_empty());
+        for t in &topics {
+            prop_assert_eq!(
+                index_matches(&index, &topic(t)),
+                ref_index_matches(&remaining, t),
+                "topic {} after removing {:?}", t, removed
+            );
+        }
+
+        for (key, p) in &remaining {
+            index.remove(&pattern(p), *key);
+        }
+        prop_assert!(index.is_empty());
+        for t in &topics {
+            prop_assert_eq!(index_matches(&index, &topic(t)), Vec::<u8>::new());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// (4a) `Topic::parse` accepts exactly 1–256 characters of
+    /// `[A-Za-z0-9_.:/-]`, and keeps the text as given.
+    #[test]
+    fn topic_parse_accepts_exactly_valid(text in topic_candidate()) {
+        let parsed = Topic::parse(&text);
+        prop_assert_eq!(parsed.is_ok(), ref_topic_valid(&text), "{:?}", text);
+        if let Ok(t) = parsed {
+            prop_assert_eq!(t.as_str(), text.as_str());
+            prop_assert_eq!(t.levels().collect::<Vec<_>>(), text.split('/').collect::<Vec<_>>());
+        }
+    }
+
+    /// (4b) `Pattern::parse` agrees with the reference validity rule; in
+    /// particular `#` is accepted only as the whole last level and `+` only
+    /// as a whole level.
+    #[test]
+    fn pattern_parse_accepts_exactly_valid(text in pattern_candidate()) {
+        let parsed = Pattern::parse(&text);
+        prop_assert_eq!(parsed.is_ok(), ref_pattern_valid(&text), "{:?}", text);
+        if let Ok(p) = parsed {
+            prop_assert_eq!(p.as_str(), text.as_str());
+            let levels: Vec<&str> = text.split('/').collect();
+            let last = levels.len() - 1;
+            for (i, level) in levels.iter().enumerate() {
+                if level.contains('#') {
+                    prop_assert!(*level == "#" && i == last, "{:?} accepted", text);
+                }
+                if level.contains('+') {
+                    prop_assert_eq!(*level, "+", "{:?} accepted", text);
+                }
+            }
+        }
+    }
+
+    /// (4c) Every valid topic is also a valid pattern, matching itself.
+    #[test]
+    fn topic_is_a_pattern_matching_itself(text in "[A-Za-z0-9_.:/-]{1,256}") {
+        let t = topic(&text);
+        let p = pattern(&text);
+        prop_assert!(p.matches(&t));
+    }
+}
