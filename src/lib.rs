@@ -81,12 +81,14 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> std::i
     });
     let restarts = supervisor.as_ref().map(|s| s.restarts.clone());
     let metrics = Metrics::new(hub.clone(), upstream.clone(), restarts.clone());
+    let ping_clock = spawn_ping_clock(config.ping_interval, &shutdown);
     let gateway = Arc::new(Gateway {
         hub,
         proxy,
         upstream,
         dashboard_restarts: restarts,
         metrics,
+        ping_clock,
         clients: AtomicUsize::new(0),
         shutdown,
         config,
@@ -176,4 +178,21 @@ fn raise_open_file_limit(max_connections: usize) {
         }
         Err(error) => warn!(%error, "cannot read or raise the open-file limit"),
     }
+}
+
+/// Ticks for every client's keepalive until shutdown.
+fn spawn_ping_clock(interval: Duration, shutdown: &Shutdown) -> tokio::sync::watch::Receiver<()> {
+    let (ticks, clock) = tokio::sync::watch::channel(());
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let mut timer = tokio::time::interval_at(Instant::now() + interval, interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = timer.tick() => ticks.send_replace(()),
+                _ = stop.requested() => return,
+            }
+        }
+    });
+    clock
 }

@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, RESERVED_PREFIX};
@@ -65,6 +66,9 @@ pub struct Gateway {
     pub shutdown: Shutdown,
     /// What `/_switchyard/metrics` reports.
     pub metrics: Metrics,
+    /// Ticks every PING_INTERVAL_SECS: one clock for every client's
+    /// keepalive, so an idle connection holds no timer of its own.
+    pub ping_clock: watch::Receiver<()>,
 }
 
 impl Gateway {

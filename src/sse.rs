@@ -17,7 +17,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::sync::watch;
 use tracing::debug;
 
 use crate::hub::{Catchup, Delivery, Epoch, Event, Subscription};
@@ -75,9 +75,8 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
         "sse client connected"
     );
 
-    let interval = config.ping_interval;
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut heartbeat = gateway.ping_clock.clone();
+    heartbeat.mark_unchanged();
     let opening = opening_chunk(&subscription);
     let epoch = subscription.snapshot.epoch.clone();
     let state = Stream {
@@ -109,7 +108,8 @@ struct Stream {
     opening: Option<Bytes>,
     subscription: Subscription,
     epoch: Epoch,
-    heartbeat: Interval,
+    /// The gateway's keepalive clock: a comment line on each tick.
+    heartbeat: watch::Receiver<()>,
     shutdown: Shutdown,
     batch: Vec<Delivery>,
     /// Counts this client until the stream is dropped.
@@ -125,7 +125,7 @@ impl Stream {
         }
         let chunk = tokio::select! {
             biased;
-            _ = self.subscription.cut_off.cancelled() => return None,
+            _ = self.subscription.queue.closed() => return None,
             _ = self.shutdown.requested() => return None,
             received = self.subscription.queue.recv_many(&mut self.batch, BATCH) => {
                 if received == 0 {
@@ -143,7 +143,7 @@ impl Stream {
                 }
                 out.freeze()
             }
-            _ = self.heartbeat.tick() => Bytes::from_static(b": ping\n\n"),
+            Ok(()) = self.heartbeat.changed() => Bytes::from_static(b": ping\n\n"),
         };
         Some((Ok(Frame::data(chunk)), self))
     }

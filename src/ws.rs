@@ -21,7 +21,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
+use crate::hub::queue::ClientQueue;
 use crate::hub::{Catchup, Subscription};
 use crate::metrics::Transport;
 use crate::protocol::{self, ClientFrame, SubscriptionQuery};
@@ -106,7 +107,7 @@ pub fn upgrade(
         .max_frame_size(Some(config.max_message_bytes))
         // Clients send few, small frames; an idle connection should cost
         // little (this buffer is allocated up front, per connection).
-        .read_buffer_size(512)
+        .read_buffer_size(256)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size((config.max_message_bytes * 4).max(1 << 20));
     gateway.shutdown.spawn(async move {
@@ -231,7 +232,7 @@ impl Client {
     ) -> Ending {
         let shutdown = &self.gateway.shutdown;
         let interval = self.gateway.config.ping_interval;
-        let cut_off = subscription.cut_off.clone();
+        let queue = subscription.queue.clone();
 
         let hello = protocol::hello_frame(&subscription.snapshot);
         let catchup = match &subscription.snapshot.catchup {
@@ -245,21 +246,21 @@ impl Client {
             }
             sink.flush().await
         };
-        if let Err(ending) = self.guarded(greeting, &cut_off).await {
+        if let Err(ending) = self.guarded(greeting, &queue).await {
             return ending;
         }
         // The catch-up is written; its events need not stay alive with us.
         subscription.snapshot.catchup = Catchup::Resumed(Vec::new());
 
-        let mut pings = tokio::time::interval_at(Instant::now() + interval, interval);
-        pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut pings = self.gateway.ping_clock.clone();
+        pings.mark_unchanged();
         let mut last_heard = Instant::now();
         // Grows on first use: idle clients hold no batch buffer.
         let mut batch = Vec::new();
         loop {
             tokio::select! {
                 biased;
-                _ = cut_off.cancelled() => return Ending::TooSlow,
+                _ = queue.closed() => return Ending::TooSlow,
                 _ = shutdown.requested() => return Ending::Shutdown,
                 received = subscription.queue.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
@@ -272,7 +273,7 @@ impl Client {
                         }
                         sink.flush().await
                     };
-                    if let Err(ending) = self.guarded(write, &cut_off).await {
+                    if let Err(ending) = self.guarded(write, &queue).await {
                         return ending;
                     }
                 }
@@ -287,16 +288,16 @@ impl Client {
                         Some(Err(_)) => return Ending::Gone,
                     };
                     if let Some(reply) = reply {
-                        if let Err(ending) = self.guarded(sink.send(Message::text(reply)), &cut_off).await {
+                        if let Err(ending) = self.guarded(sink.send(Message::text(reply)), &queue).await {
                             return ending;
                         }
                     }
                 }
-                _ = pings.tick() => {
+                Ok(()) = pings.changed() => {
                     if last_heard.elapsed() > interval * 3 {
                         return Ending::Silent;
                     }
-                    if let Err(ending) = self.guarded(sink.send(Message::Ping(Default::default())), &cut_off).await {
+                    if let Err(ending) = self.guarded(sink.send(Message::Ping(Default::default())), &queue).await {
                         return ending;
                     }
                 }
@@ -309,11 +310,11 @@ impl Client {
     async fn guarded(
         &self,
         write: impl Future<Output = Result<(), tungstenite::Error>>,
-        cut_off: &tokio_util::sync::CancellationToken,
+        queue: &ClientQueue,
     ) -> Result<(), Ending> {
         tokio::select! {
             biased;
-            _ = cut_off.cancelled() => Err(Ending::TooSlow),
+            _ = queue.closed() => Err(Ending::TooSlow),
             _ = self.gateway.shutdown.requested() => Err(Ending::Shutdown),
             written = write => written.map_err(|_| Ending::Gone),
         }

@@ -9,6 +9,7 @@
 //! queue.
 
 pub mod memory;
+pub mod queue;
 pub mod redis;
 pub mod subscribers;
 pub mod topics;
@@ -23,9 +24,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
 pub use topics::{Pattern, Topic, TopicError};
 
@@ -223,9 +222,7 @@ pub struct Subscription {
     /// The hello: state or missed events, atomically with registration.
     pub snapshot: Snapshot,
     /// Events after `snapshot.seq`, bounded by CLIENT_QUEUE.
-    pub queue: mpsc::Receiver<Delivery>,
-    /// Cancelled when the client fell CLIENT_QUEUE behind and was dropped.
-    pub cut_off: CancellationToken,
+    pub queue: Arc<queue::ClientQueue>,
     hub: Arc<dyn Hub>,
 }
 

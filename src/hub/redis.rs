@@ -538,7 +538,6 @@ impl Hub for RedisHub {
                     catchup,
                 },
                 queue: registration.queue,
-                cut_off: registration.cut_off,
                 hub: self,
             })
         })

@@ -4,7 +4,7 @@
 //! Owns: fan-out of one event to every matching subscriber (each event is
 //! `Arc`-shared, so a delivery is a pointer push), the once-per-subscriber
 //! rule when several of its patterns match, and cutting off a subscriber
-//! whose queue is full: it is removed at once and its `cut_off` token fires,
+//! whose queue is full: it is removed at once and its queue is closed,
 //! so the transport closes it with 1008 and its memory is freed. A full
 //! queue never makes the publisher wait.
 //!
@@ -14,10 +14,9 @@
 use std::sync::Arc;
 
 use slab::Slab;
-use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::queue::{ClientQueue, PushError};
 use super::topics::any_matches;
 use super::topics::{Pattern, PatternIndex};
 use super::{Delivery, Epoch, Event, Reset, Seq, SubscriberId};
@@ -25,17 +24,15 @@ use super::{Delivery, Epoch, Event, Reset, Seq, SubscriberId};
 struct Subscriber {
     serial: u64,
     patterns: Vec<Pattern>,
-    queue: mpsc::Sender<Delivery>,
+    queue: Arc<ClientQueue>,
     /// Seq of the last event queued: a second matching pattern is a no-op.
     last_seq: Seq,
-    cut_off: CancellationToken,
 }
 
 /// What `add` hands to the transport.
 pub struct Registration {
     pub id: SubscriberId,
-    pub queue: mpsc::Receiver<Delivery>,
-    pub cut_off: CancellationToken,
+    pub queue: Arc<ClientQueue>,
 }
 
 #[derive(Default)]
@@ -54,24 +51,18 @@ pub struct Subscribers {
 impl Subscribers {
     /// Registers a subscriber that has seen everything up to `seq`.
     pub fn add(&mut self, patterns: Vec<Pattern>, seq: Seq, capacity: usize) -> Registration {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
-        let cut_off = CancellationToken::new();
+        let queue = Arc::new(ClientQueue::new(capacity));
         self.next_serial += 1;
         let serial = self.next_serial;
         let slot = self.slots.insert(Subscriber {
             serial,
             patterns: Vec::new(),
-            queue: sender,
+            queue: queue.clone(),
             last_seq: seq,
-            cut_off: cut_off.clone(),
         });
         let id = SubscriberId { slot, serial };
         self.add_patterns(id, &patterns);
-        Registration {
-            id,
-            queue: receiver,
-            cut_off,
-        }
+        Registration { id, queue }
     }
 
     /// Adds the patterns the subscriber does not hold yet; answers those.
@@ -122,6 +113,8 @@ impl Subscribers {
 
     fn remove_slot(&mut self, slot: usize) {
         let subscriber = self.slots.remove(slot);
+        // A reader still waiting learns it is out once the queue drains.
+        subscriber.queue.close();
         for pattern in &subscriber.patterns {
             self.index.remove(pattern, slot);
         }
@@ -141,11 +134,11 @@ impl Subscribers {
                 return;
             }
             subscriber.last_seq = event.seq;
-            match subscriber.queue.try_send(Delivery::Event(event.clone())) {
+            match subscriber.queue.push(Delivery::Event(event.clone())) {
                 Ok(()) => delivered += 1,
-                Err(TrySendError::Full(_)) => too_slow.push(slot),
+                Err(PushError::Full) => too_slow.push(slot),
                 // The transport is gone and will unsubscribe; nothing to do.
-                Err(TrySendError::Closed(_)) => {}
+                Err(PushError::Closed) => {}
             }
         });
         self.delivered_total += delivered as u64;
@@ -167,10 +160,10 @@ impl Subscribers {
             return;
         }
         subscriber.last_seq = event.seq;
-        match subscriber.queue.try_send(Delivery::Event(event.clone())) {
+        match subscriber.queue.push(Delivery::Event(event.clone())) {
             Ok(()) => self.delivered_total += 1,
-            Err(TrySendError::Full(_)) => self.cut_off(vec![id.slot], event.seq),
-            Err(TrySendError::Closed(_)) => {}
+            Err(PushError::Full) => self.cut_off(vec![id.slot], event.seq),
+            Err(PushError::Closed) => {}
         }
     }
 
@@ -190,10 +183,10 @@ impl Subscribers {
                 frame: crate::protocol::reset_frame(epoch, seq, &state).into(),
             };
             subscriber.last_seq = seq;
-            match subscriber.queue.try_send(Delivery::Reset(Arc::new(reset))) {
+            match subscriber.queue.push(Delivery::Reset(Arc::new(reset))) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => too_slow.push(slot),
-                Err(TrySendError::Closed(_)) => {}
+                Err(PushError::Full) => too_slow.push(slot),
+                Err(PushError::Closed) => {}
             }
         }
         self.cut_off(too_slow, seq);
@@ -206,7 +199,6 @@ impl Subscribers {
                     subscriber = subscriber.serial,
                     seq, "client queue full; cutting it off"
                 );
-                subscriber.cut_off.cancel();
             }
             self.cut_off_total += 1;
             self.remove_slot(slot);
@@ -246,14 +238,14 @@ mod tests {
         let mut b = subscribers.add(vec![Pattern::parse("b").unwrap()], 0, 8);
         let epoch = Epoch::from_string("new");
         subscribers.reset(&epoch, 7, &[event(3, "a/x"), event(7, "b")]);
-        let Ok(Delivery::Reset(reset)) = a.queue.try_recv() else {
+        let Some(Delivery::Reset(reset)) = a.queue.try_pop() else {
             panic!("no reset for a")
         };
         assert_eq!(
             reset.frame.as_str(),
             r#"{"type":"reset","epoch":"new","seq":7,"state":{"a/x":{"seq":3,"data":3}}}"#
         );
-        let Ok(Delivery::Reset(reset)) = b.queue.try_recv() else {
+        let Some(Delivery::Reset(reset)) = b.queue.try_pop() else {
             panic!("no reset for b")
         };
         assert!(reset
@@ -263,6 +255,6 @@ mod tests {
         // Events the reset already covers are not delivered again.
         assert_eq!(subscribers.deliver(&event(6, "a/y")), 0);
         assert_eq!(subscribers.deliver(&event(8, "a/y")), 1);
-        assert_eq!(a.queue.try_recv().map(|d| d.seq()).ok(), Some(8));
+        assert_eq!(a.queue.try_pop().map(|d| d.seq()), Some(8));
     }
 }

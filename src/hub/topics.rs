@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Longest topic or pattern, in bytes (all allowed characters are ASCII).
 pub const MAX_TOPIC_LEN: usize = 256;
@@ -99,12 +99,16 @@ impl Pattern {
         })
     }
 
-    /// The pattern that matches every topic.
+    /// The pattern that matches every topic: one shared instance, since
+    /// most clients subscribe to it and each would otherwise allocate it.
     pub fn everything() -> Pattern {
-        Pattern {
-            text: Arc::from("#"),
-            levels: Arc::from([Level::Rest]),
-        }
+        static EVERYTHING: OnceLock<Pattern> = OnceLock::new();
+        EVERYTHING
+            .get_or_init(|| Pattern {
+                text: Arc::from("#"),
+                levels: Arc::from([Level::Rest]),
+            })
+            .clone()
     }
 
     pub fn as_str(&self) -> &str {
