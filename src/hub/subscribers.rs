@@ -234,8 +234,8 @@ mod tests {
     #[test]
     fn a_reset_carries_each_subscriber_its_own_state_and_moves_its_seq() {
         let mut subscribers = Subscribers::default();
-        let mut a = subscribers.add(vec![Pattern::parse("a/#").unwrap()], 0, 8);
-        let mut b = subscribers.add(vec![Pattern::parse("b").unwrap()], 0, 8);
+        let a = subscribers.add(vec![Pattern::parse("a/#").unwrap()], 0, 8);
+        let b = subscribers.add(vec![Pattern::parse("b").unwrap()], 0, 8);
         let epoch = Epoch::from_string("new");
         subscribers.reset(&epoch, 7, &[event(3, "a/x"), event(7, "b")]);
         let Some(Delivery::Reset(reset)) = a.queue.try_pop() else {
