@@ -78,6 +78,9 @@
     var timer = null;
     var config = null;
     var everOpened = { websocket: false, sse: false };
+    // Attempts of a transport that ended before its hello since it last
+    // worked: two, and the next transport down is tried instead.
+    var misses = { websocket: 0, sse: 0 };
 
     var client = {
       state: {},
@@ -196,8 +199,8 @@
      *  worked here; then SSE; then polling. */
     function choose() {
       var wsAllowed = !config || config.websocket_enabled;
-      if (wsAllowed && root.WebSocket && (everOpened.websocket || failures < 2)) return "websocket";
-      if (root.EventSource && (everOpened.sse || failures < 4)) return "sse";
+      if (wsAllowed && root.WebSocket && misses.websocket < 2) return "websocket";
+      if (root.EventSource && misses.sse < 2) return "sse";
       return "poll";
     }
 
@@ -258,13 +261,19 @@
         if (frame.type === "hello") {
           // Status after the hello is applied, so listeners see the state.
           everOpened.websocket = true;
+          misses.websocket = 0;
           failures = 0;
           setStatus("open");
           flush();
         }
       };
+      var greeted = false;
+      socket.addEventListener("message", function () {
+        greeted = true;
+      });
       socket.onclose = function () {
         transport = null;
+        if (!greeted) misses.websocket += 1;
         if (closed) return;
         setStatus("connecting");
         retry();
@@ -292,6 +301,8 @@
         apply(frame);
         if (frame.type === "hello") {
           everOpened.sse = true;
+          greeted = true;
+          misses.sse = 0;
           failures = 0;
           setStatus("fallback-sse");
           flush();
@@ -300,7 +311,9 @@
       source.addEventListener("hello", onFrame);
       source.addEventListener("event", onFrame);
       source.addEventListener("reset", onFrame);
+      var greeted = false;
       source.onerror = function () {
+        if (!greeted) misses.sse += 1;
         // EventSource would reconnect with Last-Event-ID by itself; we
         // reconnect ourselves so the resume point and backoff stay ours.
         source.close();
@@ -332,6 +345,11 @@
         })
         .then(function (answer) {
           failures = 0;
+          // Polling works. If a faster transport worked here before, the
+          // outage was the gateway's: try it again next time. If it never
+          // did, it is blocked on this network: keep polling.
+          if (everOpened.websocket) misses.websocket = 0;
+          if (everOpened.sse) misses.sse = 0;
           if (answer.resumed) {
             (answer.events || []).forEach(apply);
             if (answer.epoch === epoch) seq = Math.max(seq, answer.seq);

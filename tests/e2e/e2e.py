@@ -551,7 +551,14 @@ def main():
 
     passed = sum(1 for _, ok, _ in results if ok)
     failed = len(results) - passed
-    print(f"{passed} passed, {failed} failed", flush=True)
+    counts_file = os.environ.get("E2E_COUNTS_FILE")
+    if counts_file:
+        # run.sh sums this script's counts with client_e2e.py's and prints
+        # the one `N passed, M failed` line itself.
+        Path(counts_file).write_text(f"{passed} {failed}\n")
+        print(f"e2e.py subtotal: passed={passed} failed={failed}", flush=True)
+    else:
+        print(f"{passed} passed, {failed} failed", flush=True)
     return 1 if failed else 0
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test: a real Streamlit app behind switchyard, driven by headless
 # Chromium through Playwright. Installs what it needs, builds the gateway,
-# runs tests/e2e/e2e.py. Exits non-zero if any check failed.
+# runs tests/e2e/e2e.py, then tests/e2e/client_e2e.py (client.js and the live
+# console in the same Chromium). Prints one `N passed, M failed` line for both;
+# exits non-zero if any check failed.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,7 +42,46 @@ else
     (cd "$ROOT" && cargo build --release --quiet)
 fi
 
-# 4. The test itself.
-log "running e2e.py"
+# 4. The tests: e2e.py (Streamlit behind the gateway), then client_e2e.py
+# (client.js and the live console). Each writes `passed failed` to
+# $E2E_COUNTS_FILE and prints a subtotal; the one `N passed, M failed` line
+# at the end sums both. A script that dies without its counts (crash,
+# timeout) counts as one failure.
 cd "$ROOT"
-exec "$VENV/bin/python" "$HERE/e2e.py" "$@"
+counts="$(mktemp -d)"
+trap 'rm -rf "$counts"' EXIT
+total_passed=0
+total_failed=0
+
+run_script() {
+    local name="$1" budget="$2"
+    shift 2
+    local rc=0 passed=0 failed=0 t0=$SECONDS
+    log "running $name"
+    if [[ "$budget" == 0 ]]; then
+        E2E_COUNTS_FILE="$counts/$name" "$VENV/bin/python" "$HERE/$name" "$@" || rc=$?
+    else
+        # client_e2e.py turns SIGTERM into a clean exit (its gateways stop too).
+        E2E_COUNTS_FILE="$counts/$name" timeout --kill-after=20 "$budget" \
+            "$VENV/bin/python" "$HERE/$name" "$@" || rc=$?
+    fi
+    if [[ -s "$counts/$name" ]]; then
+        read -r passed failed < "$counts/$name"
+    fi
+    if [[ $rc -ne 0 && $failed -eq 0 ]]; then
+        echo "FAIL $name: exited with status $rc without reporting a failed check"
+        failed=1
+    elif [[ ! -s "$counts/$name" ]]; then
+        echo "FAIL $name: exited without reporting its counts"
+        failed=1
+    fi
+    log "$name: passed=$passed failed=$failed (exit $rc, $((SECONDS - t0))s)"
+    total_passed=$((total_passed + passed))
+    total_failed=$((total_failed + failed))
+}
+
+run_script e2e.py 0 "$@"
+run_script client_e2e.py 300
+
+echo "$total_passed passed, $total_failed failed"
+[[ $total_failed -eq 0 ]]
