@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 #[derive(Clone, Debug, Default)]
@@ -35,6 +35,12 @@ impl Shutdown {
     /// Resolves when draining has begun.
     pub async fn requested(&self) {
         self.token.cancelled().await
+    }
+
+    /// Like [`Shutdown::requested`], owning what it needs, for state that
+    /// keeps one drain signal for its whole life (an SSE stream).
+    pub fn requested_owned(&self) -> WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
     }
 
     pub fn is_requested(&self) -> bool {

@@ -9,6 +9,7 @@
 //! rule (the stream ends when the client falls CLIENT_QUEUE behind); counted
 //! in `/health` and MAX_CONNECTIONS; ended at shutdown.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -18,6 +19,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::sync::watch;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
 use crate::hub::{Catchup, Delivery, Epoch, Event, Subscription};
@@ -25,7 +27,6 @@ use crate::metrics::Transport;
 use crate::protocol::{self, parse_event_id, SubscriptionQuery};
 use crate::response::{self, Body, BoxError};
 use crate::server::{ClientSlot, Gateway};
-use crate::shutdown::Shutdown;
 
 /// Most queued events written in one chunk.
 const BATCH: usize = 256;
@@ -84,7 +85,7 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
         subscription,
         epoch,
         heartbeat,
-        shutdown: gateway.shutdown.clone(),
+        stop: Box::pin(gateway.shutdown.requested_owned()),
         batch: Vec::new(),
         _slot: slot,
     };
@@ -110,7 +111,9 @@ struct Stream {
     epoch: Epoch,
     /// The gateway's keepalive clock: a comment line on each tick.
     heartbeat: watch::Receiver<()>,
-    shutdown: Shutdown,
+    /// Registered once: a new waiter per chunk would contend on the shared
+    /// shutdown token's lock.
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
     batch: Vec<Delivery>,
     /// Counts this client until the stream is dropped.
     _slot: ClientSlot,
@@ -126,7 +129,7 @@ impl Stream {
         let chunk = tokio::select! {
             biased;
             _ = self.subscription.queue.closed() => return None,
-            _ = self.shutdown.requested() => return None,
+            _ = self.stop.as_mut() => return None,
             received = self.subscription.queue.recv_many(&mut self.batch, BATCH) => {
                 if received == 0 {
                     return None;

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,9 +231,13 @@ impl Client {
         stream: &mut futures_util::stream::SplitStream<Socket>,
         subscription: &mut Subscription,
     ) -> Ending {
-        let shutdown = &self.gateway.shutdown;
         let interval = self.gateway.config.ping_interval;
         let queue = subscription.queue.clone();
+        // One drain signal for the whole connection: registering a fresh
+        // waiter on the shared shutdown token at every wake-up would make
+        // every client contend on its lock, once per event.
+        let stop = self.gateway.shutdown.requested();
+        tokio::pin!(stop);
 
         let hello = protocol::hello_frame(&subscription.snapshot);
         let catchup = match &subscription.snapshot.catchup {
@@ -246,7 +251,7 @@ impl Client {
             }
             sink.flush().await
         };
-        if let Err(ending) = self.guarded(greeting, &queue).await {
+        if let Err(ending) = self.guarded(greeting, &queue, stop.as_mut()).await {
             return ending;
         }
         // The catch-up is written; its events need not stay alive with us.
@@ -260,8 +265,9 @@ impl Client {
         loop {
             tokio::select! {
                 biased;
-                _ = queue.closed() => return Ending::TooSlow,
-                _ = shutdown.requested() => return Ending::Shutdown,
+                _ = stop.as_mut() => return Ending::Shutdown,
+                // A cut-off client learns it here (0: queue closed) or, when
+                // its socket is stalled, from `guarded`.
                 received = subscription.queue.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
                         // The hub dropped our queue: we were cut off.
@@ -273,7 +279,7 @@ impl Client {
                         }
                         sink.flush().await
                     };
-                    if let Err(ending) = self.guarded(write, &queue).await {
+                    if let Err(ending) = self.guarded(write, &queue, stop.as_mut()).await {
                         return ending;
                     }
                 }
@@ -288,7 +294,7 @@ impl Client {
                         Some(Err(_)) => return Ending::Gone,
                     };
                     if let Some(reply) = reply {
-                        if let Err(ending) = self.guarded(sink.send(Message::text(reply)), &queue).await {
+                        if let Err(ending) = self.guarded(sink.send(Message::text(reply)), &queue, stop.as_mut()).await {
                             return ending;
                         }
                     }
@@ -297,7 +303,7 @@ impl Client {
                     if last_heard.elapsed() > interval * 3 {
                         return Ending::Silent;
                     }
-                    if let Err(ending) = self.guarded(sink.send(Message::Ping(Default::default())), &queue).await {
+                    if let Err(ending) = self.guarded(sink.send(Message::Ping(Default::default())), &queue, stop.as_mut()).await {
                         return ending;
                     }
                 }
@@ -311,11 +317,12 @@ impl Client {
         &self,
         write: impl Future<Output = Result<(), tungstenite::Error>>,
         queue: &ClientQueue,
+        stop: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), Ending> {
         tokio::select! {
             biased;
             _ = queue.closed() => Err(Ending::TooSlow),
-            _ = self.gateway.shutdown.requested() => Err(Ending::Shutdown),
+            _ = stop => Err(Ending::Shutdown),
             written = write => written.map_err(|_| Ending::Gone),
         }
     }
