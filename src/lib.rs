@@ -46,7 +46,13 @@ use crate::supervisor::Supervisor;
 use crate::upstream::UpstreamHealth;
 
 /// Binds the public port and serves until `signal` resolves, then drains.
-pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> std::io::Result<()> {
+/// `client_runtime` runs the broadcaster's WebSocket clients (it may be the
+/// current runtime's handle).
+pub async fn run(
+    mut config: Config,
+    signal: impl Future<Output = ()>,
+    client_runtime: tokio::runtime::Handle,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(config.listen_addr).await?;
     let addr = listener.local_addr()?;
     config.settle_bound_port(addr.port());
@@ -89,6 +95,7 @@ pub async fn run(mut config: Config, signal: impl Future<Output = ()>) -> std::i
         dashboard_restarts: restarts,
         metrics,
         ping_clock,
+        client_runtime,
         clients: AtomicUsize::new(0),
         shutdown,
         config,

@@ -30,6 +30,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Broadcaster clients run on a runtime of their own: a fan-out to
+    // thousands of clients then never queues the HTTP side (publishes,
+    // health checks, proxied requests) behind their tasks.
+    let clients = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("switchyard-clients")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            error!(%error, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    let client_runtime = clients.handle().clone();
     let outcome = runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -40,10 +55,11 @@ fn main() -> ExitCode {
             };
             info!(signal = name, "shutdown requested");
         };
-        switchyard::run(config, signalled).await
+        switchyard::run(config, signalled, client_runtime).await
     });
     // Connections still open after the grace period are cut here.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    clients.shutdown_timeout(Duration::from_millis(100));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

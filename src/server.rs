@@ -69,6 +69,8 @@ pub struct Gateway {
     /// Ticks every PING_INTERVAL_SECS: one clock for every client's
     /// keepalive, so an idle connection holds no timer of its own.
     pub ping_clock: watch::Receiver<()>,
+    /// Where WebSocket client tasks run (see `main`).
+    pub client_runtime: tokio::runtime::Handle,
 }
 
 impl Gateway {

@@ -32,6 +32,14 @@ impl Shutdown {
         self.tasks.spawn(task);
     }
 
+    /// Spawns a task the drain waits for, on another runtime.
+    pub fn spawn_on<F>(&self, task: F, runtime: &tokio::runtime::Handle)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn_on(task, runtime);
+    }
+
     /// Resolves when draining has begun.
     pub async fn requested(&self) {
         self.token.cancelled().await

@@ -111,7 +111,7 @@ pub fn upgrade(
         .read_buffer_size(256)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size((config.max_message_bytes * 4).max(1 << 20));
-    gateway.shutdown.spawn(async move {
+    let task = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -126,7 +126,8 @@ pub fn upgrade(
         )
         .await;
         client.run(socket, query).await;
-    });
+    };
+    gateway.shutdown.spawn_on(task, &gateway.client_runtime);
 
     let mut answer = Response::new(response::empty());
     *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
