@@ -187,14 +187,8 @@ impl Hub for MemoryHub {
     }
 
     fn remove_patterns(&self, id: SubscriberId, patterns: Vec<Pattern>) -> HubFuture<'_, ()> {
-        let found = self.lock().subscribers.remove_patterns(id, &patterns);
-        Box::pin(async move {
-            if found {
-                Ok(())
-            } else {
-                Err(HubError::UnknownSubscriber)
-            }
-        })
+        let removed = self.lock().subscribers.remove_patterns(id, &patterns);
+        Box::pin(std::future::ready(removed))
     }
 
     fn unsubscribe(&self, id: SubscriberId) {
@@ -203,14 +197,7 @@ impl Hub for MemoryHub {
 
     fn stats(&self) -> HubStats {
         let state = self.lock();
-        HubStats {
-            published: state.seq,
-            delivered: state.subscribers.delivered_total,
-            dropped: state.subscribers.dropped_total,
-            cut_off: state.subscribers.cut_off_total,
-            history_len: state.history.len(),
-            subscribers: state.subscribers.len(),
-        }
+        state.subscribers.stats(state.seq, state.history.len())
     }
 
     fn snapshot(

@@ -564,14 +564,8 @@ impl Hub for RedisHub {
     }
 
     fn remove_patterns(&self, id: SubscriberId, patterns: Vec<Pattern>) -> HubFuture<'_, ()> {
-        let found = self.lock().subscribers.remove_patterns(id, &patterns);
-        Box::pin(async move {
-            if found {
-                Ok(())
-            } else {
-                Err(HubError::UnknownSubscriber)
-            }
-        })
+        let removed = self.lock().subscribers.remove_patterns(id, &patterns);
+        Box::pin(std::future::ready(removed))
     }
 
     fn unsubscribe(&self, id: SubscriberId) {
@@ -580,14 +574,9 @@ impl Hub for RedisHub {
 
     fn stats(&self) -> HubStats {
         let local = self.lock();
-        HubStats {
-            published: local.seq,
-            delivered: local.subscribers.delivered_total,
-            dropped: local.subscribers.dropped_total,
-            cut_off: local.subscribers.cut_off_total,
-            history_len: self.history_size.min(local.seq as usize),
-            subscribers: local.subscribers.len(),
-        }
+        local
+            .subscribers
+            .stats(local.seq, self.history_size.min(local.seq as usize))
     }
 
     fn backplane_up(&self) -> Option<bool> {

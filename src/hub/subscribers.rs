@@ -19,7 +19,7 @@ use tracing::warn;
 use super::queue::{ClientQueue, PushError};
 use super::topics::any_matches;
 use super::topics::{Pattern, PatternIndex};
-use super::{Delivery, Epoch, Event, Reset, Seq, SubscriberId};
+use super::{Delivery, Epoch, Event, HubError, HubStats, Reset, Seq, SubscriberId};
 
 struct Subscriber {
     serial: u64,
@@ -84,13 +84,17 @@ impl Subscribers {
         Some(added)
     }
 
-    pub fn remove_patterns(&mut self, id: SubscriberId, patterns: &[Pattern]) -> bool {
+    pub fn remove_patterns(
+        &mut self,
+        id: SubscriberId,
+        patterns: &[Pattern],
+    ) -> Result<(), HubError> {
         let Some(subscriber) = self
             .slots
             .get_mut(id.slot)
             .filter(|s| s.serial == id.serial)
         else {
-            return false;
+            return Err(HubError::UnknownSubscriber);
         };
         for pattern in patterns {
             if let Some(at) = subscriber.patterns.iter().position(|p| p == pattern) {
@@ -98,7 +102,7 @@ impl Subscribers {
                 self.index.remove(pattern, id.slot);
             }
         }
-        true
+        Ok(())
     }
 
     pub fn remove(&mut self, id: SubscriberId) {
@@ -202,6 +206,18 @@ impl Subscribers {
             }
             self.cut_off_total += 1;
             self.remove_slot(slot);
+        }
+    }
+
+    /// Totals for metrics; the owner knows what it published and keeps.
+    pub fn stats(&self, published: u64, history_len: usize) -> HubStats {
+        HubStats {
+            published,
+            delivered: self.delivered_total,
+            dropped: self.dropped_total,
+            cut_off: self.cut_off_total,
+            history_len,
+            subscribers: self.len(),
         }
     }
 
