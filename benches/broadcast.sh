@@ -33,6 +33,9 @@
 # and the cost per message falls as load rises, because a client that is
 # behind gets several events per write.
 #
+# The Redis backplane (several replicas, publish throughput) has its own
+# script, benches/redis.sh, on the same load generator.
+#
 # Usage: benches/broadcast.sh                 (all five, 20 s each: ~3 minutes)
 #        SCENARIOS="3 4" DURATION=10 benches/broadcast.sh
 # Needs: cargo; a hard fd limit of at least ~15,100 for scenario 4 (the load

@@ -36,6 +36,22 @@
 //! `--idle`: only connects, holds the connections for `--duration` seconds
 //! and reports the server's RSS per connection.
 //!
+//! `--replicas N --redis-url URL`: starts N servers sharing one Redis
+//! backplane under one `REDIS_PREFIX` unique to the run (`--redis-prefix`),
+//! each only once its `/health` says `"redis":"up"`; client i connects to
+//! replica i mod N, publishes go round-robin (`--pool` connections per
+//! replica). Loss, gaps, duplicates and latency are reported per replica and
+//! overall, server CPU and RSS summed, Redis's own CPU and script time from
+//! INFO; the first hello's epoch must match on every replica and every
+//! receipt. At the end the run deletes its keys (SCAN MATCH prefix*, DEL).
+//!
+//! `--throughput`: instead of a schedule, `--pool` closed-loop connections
+//! per replica publish arrays of `--batch` events back to back for
+//! `--duration` seconds; reports accepted events/s and whether the (few)
+//! subscribers got every seq exactly once.
+//!
+//! The last line, `result: key=value ...`, is for scripts (benches/redis.sh).
+//!
 //! Reading the CPU figures: on loopback the kernel's receive path of a
 //! segment (the clients' sockets, softirq) mostly runs in the sending
 //! process's syscall, so the server's sys time includes work that remote
@@ -85,9 +101,21 @@ load:
   --stall-at F           when the stall starts, as a fraction of --duration (default 0.5)
   --stall-rcvbuf B       SO_RCVBUF of stalled clients' sockets (default 65536)
   --idle                 only connect, hold, report RSS per connection
-  --server-env K=V       extra environment for the server (repeatable)
+  --server-env K=V       extra environment for the server(s) (repeatable)
+  --throughput           (alias --max-rate) publish as fast as possible for --duration instead
+                         of --rate: --pool closed-loop connections per replica, --batch events
+                         per request; reports accepted events/s and whether every subscriber
+                         got every seq exactly once
+  --batch N              events per request with --throughput (default 50)
+replicas:
+  --replicas N           switchyard processes (default 1); clients are spread evenly over
+                         them (client i -> replica i mod N), publishes go round-robin;
+                         N > 1 needs --redis-url
+  --redis-url URL        REDIS_URL of every replica (default: none, the in-process hub)
+  --redis-prefix P       REDIS_PREFIX of every replica (default bench:<pid>:<nanos>:, unique
+                         per run); the run deletes the keys under it at the end
 publisher:
-  --pool P               keep-alive HTTP/1.1 connections (default 4)
+  --pool P               keep-alive HTTP/1.1 connections per replica (default 4)
   --tick-ms M            publish tick when rate > 1000/M (default 10)
   --max-body B           largest publish body; bigger ticks are split (default 60000)
 client side:
@@ -104,6 +132,11 @@ report:
   --target-rss-kib X     PASS/MISS: server RSS per connection <= X KiB
   --target-stall         PASS/MISS: others' p99 during stall <= 1.5x before, stalled clients
                          closed with 1008, RSS growth during the stall < CLIENT_QUEUE x frame size
+  --target-events-per-s X  PASS/MISS (--throughput): accepted events/s >= X
+  with --replicas > 1 a PASS/MISS line for one epoch is always printed: the first hello on
+  every replica and every publish receipt carry the same epoch
+
+The last line of the report is `result: key=value ...` for scripts (benches/redis.sh).
 
 env: SWITCHYARD_BIN (default <crate>/target/release/switchyard)
 ";
@@ -136,6 +169,13 @@ struct Args {
     target_p99_ms: Option<f64>,
     target_rss_kib: Option<f64>,
     target_stall: bool,
+    target_events_per_s: Option<f64>,
+    throughput: bool,
+    batch: usize,
+    replicas: usize,
+    redis_url: Option<String>,
+    /// Set whenever redis_url is: given, or unique per run.
+    redis_prefix: Option<String>,
     /// The arguments as given, for the table's command line.
     raw: Vec<String>,
 }
@@ -171,6 +211,12 @@ impl Args {
             target_p99_ms: None,
             target_rss_kib: None,
             target_stall: false,
+            target_events_per_s: None,
+            throughput: false,
+            batch: 50,
+            replicas: 1,
+            redis_url: None,
+            redis_prefix: None,
             raw: raw.clone(),
         };
         let mut it = raw.into_iter();
@@ -209,6 +255,12 @@ impl Args {
                 "--target-p99-ms" => args.target_p99_ms = Some(num(&flag, value()?)?),
                 "--target-rss-kib" => args.target_rss_kib = Some(num(&flag, value()?)?),
                 "--target-stall" => args.target_stall = true,
+                "--target-events-per-s" => args.target_events_per_s = Some(num(&flag, value()?)?),
+                "--throughput" | "--max-rate" => args.throughput = true,
+                "--batch" => args.batch = num(&flag, value()?)?,
+                "--replicas" => args.replicas = num(&flag, value()?)?,
+                "--redis-url" => args.redis_url = Some(value()?),
+                "--redis-prefix" => args.redis_prefix = Some(value()?),
                 "-h" | "--help" => {
                     print!("{USAGE}");
                     std::process::exit(0);
@@ -216,8 +268,8 @@ impl Args {
                 other => return Err(format!("unknown argument {other} (see --help)")),
             }
         }
-        if args.clients == 0 {
-            return Err("--clients must be at least 1".into());
+        if args.clients == 0 && !args.throughput {
+            return Err("--clients must be at least 1 (0 only with --throughput)".into());
         }
         let not_positive = |x: f64| x.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater);
         if !args.idle && (not_positive(args.rate) || not_positive(args.duration)) {
@@ -234,6 +286,35 @@ impl Args {
         }
         if args.read_buffer == 0 {
             args.read_buffer = (2 * args.size + 512).next_power_of_two().clamp(4096, 65536);
+        }
+        if args.replicas == 0 || args.batch == 0 {
+            return Err("--replicas and --batch must be at least 1".into());
+        }
+        if args.replicas > 1 && args.redis_url.is_none() {
+            return Err(
+                "--replicas > 1 needs --redis-url: in-process hubs do not share events".into(),
+            );
+        }
+        if args.redis_url.is_none() && args.redis_prefix.is_some() {
+            return Err("--redis-prefix needs --redis-url".into());
+        }
+        if args
+            .server_env
+            .iter()
+            .any(|(k, _)| k == "REDIS_URL" || k == "REDIS_PREFIX")
+        {
+            return Err("use --redis-url and --redis-prefix, not --server-env REDIS_*".into());
+        }
+        if args.throughput && (args.idle || args.stall > 0) {
+            return Err("--throughput does not combine with --idle or --stall".into());
+        }
+        if args.redis_url.is_some() && args.redis_prefix.is_none() {
+            args.redis_prefix = Some(format!("bench:{}:{}:", std::process::id(), wall_ns()));
+        }
+        if let Some(prefix) = &args.redis_prefix {
+            if prefix.is_empty() || prefix.len() > 64 || prefix.contains(char::is_whitespace) {
+                return Err("--redis-prefix: 1-64 characters without spaces".into());
+            }
         }
         Ok(args)
     }
@@ -260,6 +341,20 @@ impl Args {
         line
     }
 
+    /// Which replica client `idx` connects to.
+    fn replica_of(&self, idx: usize) -> usize {
+        idx % self.replicas
+    }
+
+    /// "in-process hub" or "Redis", for titles and the result line.
+    fn hub_name(&self) -> &'static str {
+        if self.redis_url.is_some() {
+            "redis"
+        } else {
+            "in-process"
+        }
+    }
+
     fn topic(&self, event_index: u64) -> usize {
         self.topics.map_or(0, |t| (event_index % t as u64) as usize)
     }
@@ -279,6 +374,9 @@ impl Args {
 const BUCKETS: usize = 2304;
 /// Latencies are split by publish time: 0 before the stall, 1 during it.
 const PHASES: usize = 2;
+/// Histogram slots per worker thread: PHASES per replica (replica r, phase
+/// p is slot r * PHASES + p). Set once in main, before any client runs.
+static HIST_SLOTS: AtomicUsize = AtomicUsize::new(PHASES);
 
 fn bucket_of(us: u64) -> usize {
     let us = us.min((1 << 40) - 1);
@@ -303,27 +401,29 @@ fn bucket_low(i: usize) -> u64 {
 /// the run; atomics only so the reader may look without unsafe code.
 struct ThreadHist {
     counts: Vec<AtomicU64>,
-    max: [AtomicU64; PHASES],
+    max: Vec<AtomicU64>,
 }
 
 static ALL_HISTS: Mutex<Vec<Arc<ThreadHist>>> = Mutex::new(Vec::new());
 
 thread_local! {
     static LOCAL_HIST: Arc<ThreadHist> = {
+        let slots = HIST_SLOTS.load(Relaxed);
         let hist = Arc::new(ThreadHist {
-            counts: (0..BUCKETS * PHASES).map(|_| AtomicU64::new(0)).collect(),
-            max: [AtomicU64::new(0), AtomicU64::new(0)],
+            counts: (0..BUCKETS * slots).map(|_| AtomicU64::new(0)).collect(),
+            max: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         });
         ALL_HISTS.lock().unwrap().push(hist.clone());
         hist
     };
 }
 
-fn record_latency(phase: usize, us: u64) {
+/// `slot`: replica * PHASES + phase.
+fn record_latency(slot: usize, us: u64) {
     LOCAL_HIST.with(|h| {
-        bump(&h.counts[phase * BUCKETS + bucket_of(us)], 1);
-        if us > h.max[phase].load(Relaxed) {
-            h.max[phase].store(us, Relaxed);
+        bump(&h.counts[slot * BUCKETS + bucket_of(us)], 1);
+        if us > h.max[slot].load(Relaxed) {
+            h.max[slot].store(us, Relaxed);
         }
     });
 }
@@ -351,14 +451,6 @@ impl Hist {
         self.total += 1;
     }
 
-    fn merge(&mut self, other: &Hist) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.max = self.max.max(other.max);
-        self.total += other.total;
-    }
-
     /// The q-quantile in us: the upper edge of its bucket, never above max.
     fn quantile(&self, q: f64) -> Option<u64> {
         if self.total == 0 {
@@ -380,19 +472,27 @@ impl Hist {
         Some(self.max)
     }
 
-    /// The worker threads' histograms of one phase, merged.
-    fn collect(phase: usize) -> Hist {
+    /// The worker threads' histograms, merged: of one replica or all, of
+    /// one phase or both.
+    fn collect(replica: Option<usize>, phase: Option<usize>) -> Hist {
         let mut merged = Hist::new();
         for h in ALL_HISTS.lock().unwrap().iter() {
-            for (i, c) in h.counts[phase * BUCKETS..(phase + 1) * BUCKETS]
-                .iter()
-                .enumerate()
-            {
-                let c = c.load(Relaxed);
-                merged.counts[i] += c;
-                merged.total += c;
+            for slot in 0..h.max.len() {
+                if replica.is_some_and(|r| slot / PHASES != r)
+                    || phase.is_some_and(|p| slot % PHASES != p)
+                {
+                    continue;
+                }
+                for (i, c) in h.counts[slot * BUCKETS..(slot + 1) * BUCKETS]
+                    .iter()
+                    .enumerate()
+                {
+                    let c = c.load(Relaxed);
+                    merged.counts[i] += c;
+                    merged.total += c;
+                }
+                merged.max = merged.max.max(h.max[slot].load(Relaxed));
             }
-            merged.max = merged.max.max(h.max[phase].load(Relaxed));
         }
         merged
     }
@@ -489,23 +589,166 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// CPU time of the server and of this process over a window.
+/// CPU time of the servers and of this process over a window.
 struct CpuWindow {
+    /// Summed over the replicas.
     server: (u64, u64),
+    /// Per replica.
+    servers: Vec<(u64, u64)>,
     me: (u64, u64),
     machine: (u64, u64),
     at: Instant,
 }
 
 impl CpuWindow {
-    fn now(server_pid: u32) -> CpuWindow {
+    fn now(servers: &[Server]) -> CpuWindow {
+        let per: Vec<(u64, u64)> = servers
+            .iter()
+            .map(|s| cpu_ticks(&s.pid.to_string()).unwrap_or_default())
+            .collect();
         CpuWindow {
-            server: cpu_ticks(&server_pid.to_string()).unwrap_or_default(),
+            server: per.iter().fold((0, 0), |acc, t| (acc.0 + t.0, acc.1 + t.1)),
+            servers: per,
             me: cpu_ticks("self").unwrap_or_default(),
             machine: machine_jiffies().unwrap_or((0, 0)),
             at: Instant::now(),
         }
     }
+}
+
+/// RSS summed over the replicas.
+fn rss_sum(servers: &[Server]) -> u64 {
+    servers.iter().map(|s| rss_kib(s.pid).unwrap_or(0)).sum()
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).to_owned();
+    Some((status, body))
+}
+
+// ---------------------------------------------------------------- Redis
+
+/// What INFO says about the Redis server, for the cost of the backplane.
+#[derive(Clone, Default)]
+struct RedisInfo {
+    /// used_cpu_user + used_cpu_sys, seconds.
+    cpu: (f64, f64),
+    /// cmdstat_evalsha (calls, usec) plus cmdstat_eval.
+    scripts: (u64, u64),
+    /// cmdstat_publish (calls, usec): the scripts' PUBLISH calls.
+    publish: (u64, u64),
+    /// Connected clients (all of them, not only ours).
+    clients: u64,
+}
+
+async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| "redis: connect timed out".to_owned())?
+    .map_err(|e| format!("redis: {e}"))
+}
+
+async fn redis_info(connection: &mut redis::aio::MultiplexedConnection) -> Option<RedisInfo> {
+    let text: String = redis::cmd("INFO")
+        .arg("all")
+        .query_async(connection)
+        .await
+        .ok()?;
+    let field = |name: &str| -> Option<&str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let float = |name: &str| {
+        field(name)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cmdstat = |name: &str| -> (u64, u64) {
+        let Some(v) = field(name) else { return (0, 0) };
+        let get = |key: &str| {
+            v.split(',')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (get("calls"), get("usec"))
+    };
+    let (evalsha, eval) = (cmdstat("cmdstat_evalsha"), cmdstat("cmdstat_eval"));
+    Some(RedisInfo {
+        cpu: (float("used_cpu_user"), float("used_cpu_sys")),
+        scripts: (evalsha.0 + eval.0, evalsha.1 + eval.1),
+        publish: cmdstat("cmdstat_publish"),
+        clients: field("connected_clients")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+async fn scan_keys(
+    connection: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(connection)
+            .await
+            .map_err(|e| format!("redis SCAN: {e}"))?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// Deletes every key under `prefix`: (deleted, still there afterwards).
+async fn redis_cleanup(url: &str, prefix: &str) -> Result<(u64, u64), String> {
+    let mut connection = redis_connection(url).await?;
+    // the prefix is literal: escape MATCH's glob characters
+    let mut pattern = String::new();
+    for c in prefix.chars() {
+        if "*?[]\\".contains(c) {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('*');
+    let keys = scan_keys(&mut connection, &pattern).await?;
+    let mut deleted = 0u64;
+    for chunk in keys.chunks(500) {
+        let n: u64 = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| format!("redis DEL: {e}"))?;
+        deleted += n;
+    }
+    let left = scan_keys(&mut connection, &pattern).await?.len() as u64;
+    Ok((deleted, left))
 }
 
 // ---------------------------------------------------------------- the server
@@ -519,7 +762,10 @@ struct Server {
 }
 
 impl Server {
-    fn start(args: &Args) -> Result<Server, String> {
+    /// Starts replica number `replica` and waits until it listens (and,
+    /// with Redis, until its `/health` says `"redis":"up"`: its listener has
+    /// the epoch, so a hello cannot race the first catch-up).
+    fn start(args: &Args, replica: usize) -> Result<Server, String> {
         let bin = std::env::var_os("SWITCHYARD_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -535,8 +781,10 @@ impl Server {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
             probe.local_addr().map_err(|e| e.to_string())?.port()
         };
-        let log =
-            std::env::temp_dir().join(format!("switchyard-loadgen-{}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!(
+            "switchyard-loadgen-{}-r{replica}.log",
+            std::process::id()
+        ));
         let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&bin);
@@ -547,9 +795,15 @@ impl Server {
                 (args.clients * 2).max(1_000_000).to_string(),
             )
             .env("RUST_LOG", "warn")
-            .env("LOG_FORMAT", "pretty");
+            .env("LOG_FORMAT", "pretty")
+            // only --redis-url makes a Redis run, never this shell's environment
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_PREFIX");
         for (k, v) in &args.server_env {
             cmd.env(k, v);
+        }
+        if let (Some(url), Some(prefix)) = (&args.redis_url, &args.redis_prefix) {
+            cmd.env("REDIS_URL", url).env("REDIS_PREFIX", prefix);
         }
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         // SAFETY: the closure runs between fork and exec, where only
@@ -583,11 +837,23 @@ impl Server {
                 ));
             }
             if std::net::TcpStream::connect(server.addr).is_ok() {
-                return Ok(server);
+                if args.redis_url.is_none() {
+                    return Ok(server);
+                }
+                if let Some((_, body)) = http_get(server.addr, "/health") {
+                    if body.contains(r#""redis":"up""#) {
+                        return Ok(server);
+                    }
+                }
             }
             if std::time::Instant::now() > deadline {
                 return Err(format!(
-                    "server not listening after 20 s:\n{}",
+                    "replica {replica} not listening{} after 20 s:\n{}",
+                    if args.redis_url.is_some() {
+                        " with redis up"
+                    } else {
+                        ""
+                    },
                     server.log_tail()
                 ));
             }
@@ -710,10 +976,18 @@ struct Schedule {
     resume_at: Instant,
 }
 
+/// The epochs of the hellos, per replica.
+struct EpochTally {
+    /// The epoch of each replica's first hello.
+    first: Vec<Option<String>>,
+    /// epoch -> hellos per replica.
+    counts: BTreeMap<String, Vec<usize>>,
+}
+
 /// Everything the client tasks share.
 struct Ctx {
     args: Args,
-    server: SocketAddr,
+    servers: Vec<SocketAddr>,
     ws_path: String,
     sources: Vec<Ipv4Addr>,
     ws_config: WebSocketConfig,
@@ -722,21 +996,26 @@ struct Ctx {
     connected: AtomicUsize,
     failed: AtomicUsize,
     first_error: Mutex<Option<String>>,
+    epochs: Mutex<EpochTally>,
     /// Events published at or after this wall-clock ns are "during the stall".
     stall_wall_ns: AtomicU64,
     schedule: watch::Receiver<Option<Schedule>>,
 }
 
 impl Ctx {
+    fn server_of(&self, idx: usize) -> SocketAddr {
+        self.servers[self.args.replica_of(idx)]
+    }
+
     fn url(&self, idx: usize) -> String {
         match self.args.topics {
             Some(t) => format!(
                 "ws://{}{}?topics=bench/{}",
-                self.server,
+                self.server_of(idx),
                 self.ws_path,
                 idx % t
             ),
-            None => format!("ws://{}{}", self.server, self.ws_path),
+            None => format!("ws://{}{}", self.server_of(idx), self.ws_path),
         }
     }
 
@@ -769,7 +1048,7 @@ async fn connect_ws(ctx: &Ctx, idx: usize) -> Result<Ws, String> {
         .bind(SocketAddr::from((source, 0)))
         .map_err(|e| format!("bind {source}: {e}"))?;
     let stream = socket
-        .connect(ctx.server)
+        .connect(ctx.server_of(idx))
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
@@ -803,12 +1082,16 @@ fn find_after(b: &[u8], from: usize, pat: &[u8]) -> Option<usize> {
         .map(|p| from + p + pat.len())
 }
 
-fn hello_seq(b: &[u8]) -> Option<u64> {
+/// A hello's (epoch, seq).
+fn hello_info(b: &[u8]) -> Option<(String, u64)> {
     if !b.starts_with(HELLO_PREFIX) {
         return None;
     }
+    let at = find_after(b, HELLO_PREFIX.len(), br#""epoch":""#)?;
+    let len = b.get(at..)?.iter().position(|&c| c == b'"')?;
+    let epoch = String::from_utf8_lossy(&b[at..at + len]).into_owned();
     let at = find_after(b, HELLO_PREFIX.len(), br#","seq":"#)?;
-    Some(digits(b, at).0)
+    Some((epoch, digits(b, at).0))
 }
 
 /// Reads one client's frames and keeps its counters.
@@ -820,6 +1103,8 @@ struct Reader<'a> {
     gap_check: bool,
     /// Stalled clients' latency says nothing about the server.
     record: bool,
+    /// Histogram slot of phase 0: replica * PHASES.
+    slot: usize,
 }
 
 impl Reader<'_> {
@@ -870,7 +1155,7 @@ impl Reader<'_> {
             if self.record {
                 let us = wall_ns().saturating_sub(t) / 1000;
                 let phase = usize::from(t >= self.ctx.stall_wall_ns.load(Relaxed));
-                record_latency(phase, us);
+                record_latency(self.slot + phase, us);
             } else {
                 st.last_t.store(t, Relaxed);
             }
@@ -904,13 +1189,23 @@ async fn client_task(idx: usize, ctx: Arc<Ctx>) {
     }
     let Some(mut ws) = ws else { return fail(why) };
     let hello = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-        Ok(Some(Ok(Message::Text(text)))) => hello_seq(text.as_bytes()),
+        Ok(Some(Ok(Message::Text(text)))) => hello_info(text.as_bytes()),
         _ => None,
     };
     drop(permit);
-    let Some(hello) = hello else {
+    let Some((epoch, hello)) = hello else {
         return fail("no hello frame within 30 s".into());
     };
+    let replica = ctx.args.replica_of(idx);
+    {
+        let mut tally = ctx.epochs.lock().unwrap();
+        tally.first[replica].get_or_insert_with(|| epoch.clone());
+        let replicas = ctx.args.replicas;
+        tally
+            .counts
+            .entry(epoch)
+            .or_insert_with(|| vec![0; replicas])[replica] += 1;
+    }
     st.hello_seq.store(hello, Relaxed);
     st.last_seq.store(hello, Relaxed);
     ctx.connected.fetch_add(1, Relaxed);
@@ -922,6 +1217,7 @@ async fn client_task(idx: usize, ctx: Arc<Ctx>) {
         next: hello + 1,
         gap_check: ctx.args.topics.is_none(),
         record: !stalled,
+        slot: replica * PHASES,
     };
     if !stalled {
         while let Some(msg) = ws.next().await {
@@ -974,7 +1270,7 @@ async fn client_task(idx: usize, ctx: Arc<Ctx>) {
 
 struct PubConfig {
     args: Args,
-    server: SocketAddr,
+    servers: Vec<SocketAddr>,
     start: Instant,
 }
 
@@ -988,6 +1284,8 @@ struct PubReport {
     epochs: Vec<String>,
     failed_events: u64,
     first_error: Option<String>,
+    /// Requests sent to each replica, and how many were accepted (202).
+    per_replica: Vec<(u64, u64)>,
     /// No keep-alive connection was free at the scheduled time.
     waited_for_conn: u64,
     /// The request took longer than a tick.
@@ -1004,6 +1302,7 @@ struct PubReport {
     max_wake_delay: Duration,
     rtt: Option<Hist>,
     tick: Duration,
+    /// From the scheduled start to the last response.
     elapsed: Duration,
 }
 
@@ -1056,34 +1355,126 @@ fn publish_body(args: &Args, first: u64, n: u64, pad: &str) -> (Bytes, Vec<usize
     (Bytes::from(s), topics)
 }
 
+/// One request of a publisher.
+struct Publish {
+    replica: usize,
+    server: SocketAddr,
+    body: Bytes,
+    topics: Vec<usize>,
+    /// Slower than this counts as "had to wait" (the rate mode's tick).
+    tick: Option<Duration>,
+    /// No connection was free when it was due.
+    waited: bool,
+}
+
+/// Sends one publish and records the outcome; false when the connection
+/// cannot be used again.
+async fn publish_once(sender: &mut Sender, p: Publish, report: &Mutex<PubReport>) -> bool {
+    let n = p.topics.len() as u64;
+    let request = http::Request::post("/_switchyard/publish")
+        .header(http::header::HOST, p.server.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(p.body))
+        .expect("request");
+    let sent = Instant::now();
+    let outcome = async {
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    }
+    .await;
+    let rtt = sent.elapsed();
+    let mut r = report.lock().unwrap();
+    r.requests += 1;
+    r.events_sent += n;
+    r.per_replica[p.replica].0 += 1;
+    if let Some(h) = r.rtt.as_mut() {
+        h.record(rtt.as_micros() as u64);
+    }
+    let slow = p.tick.is_some_and(|tick| rtt > tick);
+    r.slow += u64::from(slow);
+    r.waited_for_conn += u64::from(p.waited);
+    r.had_to_wait += u64::from(slow || p.waited);
+    let receipt = match &outcome {
+        Ok((status, body)) if *status == http::StatusCode::ACCEPTED => {
+            serde_json::from_slice::<Receipt>(body).ok()
+        }
+        _ => None,
+    };
+    let seqs = receipt.as_ref().map(|rc| match (&rc.seqs, rc.seq) {
+        (Some(seqs), _) => seqs.clone(),
+        (None, Some(seq)) => vec![seq],
+        (None, None) => Vec::new(),
+    });
+    match seqs {
+        Some(seqs) if seqs.len() as u64 == n => {
+            r.per_replica[p.replica].1 += 1;
+            r.accepted.extend(seqs.into_iter().zip(p.topics));
+            if let Some(epoch) = receipt.and_then(|rc| rc.epoch) {
+                if !r.epochs.contains(&epoch) {
+                    r.epochs.push(epoch);
+                }
+            }
+        }
+        _ => {
+            r.failed_events += n;
+            if r.first_error.is_none() {
+                r.first_error = Some(match &outcome {
+                    Ok((status, body)) => format!(
+                        "publish to replica {} answered {status}: {}",
+                        p.replica,
+                        String::from_utf8_lossy(&body[..body.len().min(200)])
+                    ),
+                    Err(e) => format!("publish to replica {} failed: {e}", p.replica),
+                });
+            }
+        }
+    }
+    outcome.is_ok() && !sender.is_closed()
+}
+
 fn run_publisher(config: PubConfig) -> PubReport {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("publisher runtime");
-    runtime.block_on(publish_loop(config))
+    if config.args.throughput {
+        runtime.block_on(throughput_loop(config))
+    } else {
+        runtime.block_on(publish_loop(config))
+    }
 }
 
+/// The open-loop schedule: `--rate` events/s in ticks, request k to
+/// replica k mod N, each over a free keep-alive connection of that replica.
 async fn publish_loop(config: PubConfig) -> PubReport {
     let args = &config.args;
+    let replicas = config.servers.len();
     let tick = Duration::from_secs_f64((1.0 / args.rate).max(args.tick_ms / 1000.0));
     let report = Arc::new(Mutex::new(PubReport {
         tick,
         rtt: Some(Hist::new()),
+        per_replica: vec![(0, 0); replicas],
         ..PubReport::default()
     }));
-    let (free_tx, mut free_rx) = mpsc::unbounded_channel::<Sender>();
-    for _ in 0..args.pool {
-        match open_publish_conn(config.server).await {
-            Ok(sender) => {
-                let _ = free_tx.send(sender);
-            }
-            Err(e) => {
-                let mut r = report.lock().unwrap();
-                r.first_error = Some(e);
-                return std::mem::take(&mut *r);
+    let mut pools = Vec::with_capacity(replicas);
+    for &server in &config.servers {
+        let (free_tx, free_rx) = mpsc::unbounded_channel::<Sender>();
+        for _ in 0..args.pool {
+            match open_publish_conn(server).await {
+                Ok(sender) => {
+                    let _ = free_tx.send(sender);
+                }
+                Err(e) => {
+                    let mut r = report.lock().unwrap();
+                    r.first_error = Some(e);
+                    return std::mem::take(&mut *r);
+                }
             }
         }
+        pools.push((free_tx, free_rx));
     }
     let total = (args.rate * args.duration).round() as u64;
     let n_ticks = (args.duration / tick.as_secs_f64()).round().max(1.0) as u64;
@@ -1093,6 +1484,7 @@ async fn publish_loop(config: PubConfig) -> PubReport {
     let per_body = (args.max_body / (args.size + 80)).max(1) as u64;
     let mut tasks = tokio::task::JoinSet::new();
     let mut k = 0u64;
+    let mut request_no = 0usize;
     for i in 0..n_ticks {
         let due = config.start + tick * i as u32;
         let slept = Instant::now() < due;
@@ -1111,6 +1503,9 @@ async fn publish_loop(config: PubConfig) -> PubReport {
         }
         while remaining > 0 {
             let n = remaining.min(per_body);
+            let replica = request_no % replicas;
+            request_no += 1;
+            let (free_tx, free_rx) = &mut pools[replica];
             let (mut sender, waited) = match free_rx.try_recv() {
                 Ok(s) => (s, false),
                 Err(_) => match free_rx.recv().await {
@@ -1123,70 +1518,17 @@ async fn publish_loop(config: PubConfig) -> PubReport {
             remaining -= n;
             let report = report.clone();
             let free_tx = free_tx.clone();
-            let server = config.server;
+            let server = config.servers[replica];
             tasks.spawn(async move {
-                let request = http::Request::post("/_switchyard/publish")
-                    .header(http::header::HOST, server.to_string())
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(body))
-                    .expect("request");
-                let sent = Instant::now();
-                let outcome = async {
-                    sender.ready().await?;
-                    let response = sender.send_request(request).await?;
-                    let status = response.status();
-                    let body = response.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>((status, body))
-                }
-                .await;
-                let rtt = sent.elapsed();
-                let healthy = outcome.is_ok();
-                {
-                    let mut r = report.lock().unwrap();
-                    r.requests += 1;
-                    r.events_sent += n;
-                    if let Some(h) = r.rtt.as_mut() {
-                        h.record(rtt.as_micros() as u64);
-                    }
-                    let slow = rtt > tick;
-                    r.slow += u64::from(slow);
-                    r.waited_for_conn += u64::from(waited);
-                    r.had_to_wait += u64::from(slow || waited);
-                    let receipt = match &outcome {
-                        Ok((status, body)) if *status == http::StatusCode::ACCEPTED => {
-                            serde_json::from_slice::<Receipt>(body).ok()
-                        }
-                        _ => None,
-                    };
-                    let seqs = receipt.as_ref().map(|rc| match (&rc.seqs, rc.seq) {
-                        (Some(seqs), _) => seqs.clone(),
-                        (None, Some(seq)) => vec![seq],
-                        (None, None) => Vec::new(),
-                    });
-                    match seqs {
-                        Some(seqs) if seqs.len() as u64 == n => {
-                            r.accepted.extend(seqs.into_iter().zip(topics));
-                            if let Some(epoch) = receipt.and_then(|rc| rc.epoch) {
-                                if !r.epochs.contains(&epoch) {
-                                    r.epochs.push(epoch);
-                                }
-                            }
-                        }
-                        _ => {
-                            r.failed_events += n;
-                            if r.first_error.is_none() {
-                                r.first_error = Some(match &outcome {
-                                    Ok((status, body)) => format!(
-                                        "publish answered {status}: {}",
-                                        String::from_utf8_lossy(&body[..body.len().min(200)])
-                                    ),
-                                    Err(e) => format!("publish failed: {e}"),
-                                });
-                            }
-                        }
-                    }
-                }
-                if healthy && !sender.is_closed() {
+                let publish = Publish {
+                    replica,
+                    server,
+                    body,
+                    topics,
+                    tick: Some(tick),
+                    waited,
+                };
+                if publish_once(&mut sender, publish, &report).await {
                     let _ = free_tx.send(sender);
                 } else if let Ok(fresh) = open_publish_conn(server).await {
                     let _ = free_tx.send(fresh);
@@ -1197,6 +1539,73 @@ async fn publish_loop(config: PubConfig) -> PubReport {
     }
     while tasks.join_next().await.is_some() {}
     let mut r = report.lock().unwrap();
+    r.elapsed = config.start.elapsed();
+    std::mem::take(&mut *r)
+}
+
+/// `--throughput`: `--pool` connections per replica (interleaved, so the
+/// requests alternate between replicas), each sending `--batch` events per
+/// request back to back until `--duration` is over.
+async fn throughput_loop(config: PubConfig) -> PubReport {
+    let args = Arc::new(config.args.clone());
+    let replicas = config.servers.len();
+    let report = Arc::new(Mutex::new(PubReport {
+        rtt: Some(Hist::new()),
+        per_replica: vec![(0, 0); replicas],
+        ..PubReport::default()
+    }));
+    let mut senders = Vec::new();
+    for _ in 0..args.pool {
+        for (replica, &server) in config.servers.iter().enumerate() {
+            match open_publish_conn(server).await {
+                Ok(sender) => senders.push((replica, server, sender)),
+                Err(e) => {
+                    let mut r = report.lock().unwrap();
+                    r.first_error = Some(e);
+                    return std::mem::take(&mut *r);
+                }
+            }
+        }
+    }
+    let pad: Arc<str> = Arc::from("x".repeat(args.size.saturating_sub(32)));
+    let end = config.start + Duration::from_secs_f64(args.duration);
+    let next_event = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (replica, server, mut sender) in senders {
+        let (args, pad, report, next_event) = (
+            args.clone(),
+            pad.clone(),
+            report.clone(),
+            next_event.clone(),
+        );
+        let start = config.start;
+        tasks.spawn(async move {
+            tokio::time::sleep_until(start).await;
+            let batch = args.batch as u64;
+            while Instant::now() < end {
+                let first = next_event.fetch_add(batch, Relaxed);
+                let (body, topics) = publish_body(&args, first, batch, &pad);
+                let publish = Publish {
+                    replica,
+                    server,
+                    body,
+                    topics,
+                    tick: None,
+                    waited: false,
+                };
+                if !publish_once(&mut sender, publish, &report).await {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    match open_publish_conn(server).await {
+                        Ok(fresh) => sender = fresh,
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut r = report.lock().unwrap();
+    r.ticks = 0;
     r.elapsed = config.start.elapsed();
     std::mem::take(&mut *r)
 }
@@ -1229,42 +1638,93 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if (args.clients + args.pool + 64) as u64 > fd_limit {
+    if (args.clients + args.pool * args.replicas + 64) as u64 > fd_limit {
         eprintln!(
             "loadgen: {} clients need more file descriptors than the limit of {fd_limit}",
             args.clients
         );
         std::process::exit(1);
     }
+    HIST_SLOTS.store(args.replicas * PHASES, Relaxed);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    // The server is spawned from this (the main) thread inside block_on, so
-    // its PR_SET_PDEATHSIG fires only when the whole program ends.
+    // The servers are spawned from this (the main) thread inside block_on,
+    // so their PR_SET_PDEATHSIG fires only when the whole program ends.
     let code = runtime.block_on(run(args, fd_limit));
     runtime.shutdown_timeout(Duration::from_secs(2));
     std::process::exit(code);
 }
 
+/// Runs, then deletes the run's Redis keys (the servers are stopped by
+/// then, so nothing writes them again).
 async fn run(args: Args, fd_limit: u64) -> i32 {
-    let mut server = match Server::start(&args) {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("loadgen: {e}");
-            return 1;
-        }
+    let (code, table) = run_servers(&args, fd_limit).await;
+    let cleanup = match (&args.redis_url, &args.redis_prefix) {
+        (Some(url), Some(prefix)) => Some(match redis_cleanup(url, prefix).await {
+            Ok((deleted, 0)) => (true, format!("deleted {deleted} keys under {prefix}")),
+            Ok((deleted, left)) => (
+                false,
+                format!("deleted {deleted} keys under {prefix}, but {left} are still there"),
+            ),
+            Err(e) => (
+                false,
+                format!("could not delete the keys under {prefix}: {e}"),
+            ),
+        }),
+        _ => None,
     };
+    match table {
+        Some(mut table) => {
+            if let Some((_, text)) = &cleanup {
+                table.row("redis keys after the run", text.clone());
+            }
+            table.print();
+        }
+        None => {
+            if let Some((_, text)) = &cleanup {
+                eprintln!("loadgen: redis: {text}");
+            }
+        }
+    }
+    if cleanup.is_some_and(|c| !c.0) {
+        return code.max(1);
+    }
+    code
+}
+
+async fn run_servers(args: &Args, fd_limit: u64) -> (i32, Option<Table>) {
+    let mut servers: Vec<Server> = Vec::with_capacity(args.replicas);
+    for replica in 0..args.replicas {
+        match Server::start(args, replica) {
+            Ok(server) => servers.push(server),
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                return (1, None); // Drop kills the ones already started
+            }
+        }
+    }
+    let mut redis = None;
+    if let Some(url) = &args.redis_url {
+        match redis_connection(url).await {
+            Ok(connection) => redis = Some(connection),
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                return (1, None);
+            }
+        }
+    }
     let clk_tck = clock_ticks_per_sec();
-    // What else keeps the cores busy (the server is idle): a second of /proc/stat.
+    // What else keeps the cores busy (the servers are idle): a second of /proc/stat.
     let quiet0 = machine_jiffies();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let background = match (quiet0, machine_jiffies()) {
         (Some(a), Some(b)) if b.1 > a.1 => 100.0 * (b.0 - a.0) as f64 / (b.1 - a.1) as f64,
         _ => 0.0,
     };
-    let rss_before = rss_kib(server.pid).unwrap_or(0);
+    let rss_before = rss_sum(&servers);
 
     let (schedule_tx, schedule_rx) = watch::channel(None);
     let ctx = Arc::new(Ctx {
@@ -1272,7 +1732,7 @@ async fn run(args: Args, fd_limit: u64) -> i32 {
             .server_env("WEBSOCKET_PATH")
             .unwrap_or("/ws")
             .to_owned(),
-        server: server.addr,
+        servers: servers.iter().map(|s| s.addr).collect(),
         sources: source_addresses(args.clients),
         ws_config: WebSocketConfig::default()
             .read_buffer_size(args.read_buffer)
@@ -1282,6 +1742,10 @@ async fn run(args: Args, fd_limit: u64) -> i32 {
         connected: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
         first_error: Mutex::new(None),
+        epochs: Mutex::new(EpochTally {
+            first: vec![None; args.replicas],
+            counts: BTreeMap::new(),
+        }),
         stall_wall_ns: AtomicU64::new(u64::MAX),
         schedule: schedule_rx,
         args: args.clone(),
@@ -1304,9 +1768,9 @@ async fn run(args: Args, fd_limit: u64) -> i32 {
     let connect_secs = connect_start.elapsed().as_secs_f64();
     let connected = ctx.connected.load(Relaxed);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let rss_connected = rss_kib(server.pid).unwrap_or(0);
+    let rss_connected = rss_sum(&servers);
 
-    let mut table = Table::new(&args, &server, &ctx, fd_limit);
+    let mut table = Table::new(args, &servers, &ctx, fd_limit);
     table.head.push(format!(
         "background: {background:.0} % of {} cores busy before the run (other processes on this machine)",
         cores()
@@ -1314,10 +1778,19 @@ async fn run(args: Args, fd_limit: u64) -> i32 {
     table.row(
         "clients connected",
         format!(
-            "{connected}/{} in {connect_secs:.1} s, from {} source address(es) {}..",
+            "{connected}/{} in {connect_secs:.1} s, from {} source address(es) {}..{}",
             args.clients,
             ctx.sources.len(),
-            ctx.sources[0]
+            ctx.sources[0],
+            if args.replicas > 1 {
+                format!(
+                    "; client i on replica i mod {} ({} each)",
+                    args.replicas,
+                    args.clients / args.replicas
+                )
+            } else {
+                String::new()
+            }
         ),
     );
     if connected < args.clients {
@@ -1342,8 +1815,8 @@ async fn run(args: Args, fd_limit: u64) -> i32 {
 
     let code = if args.idle {
         idle_run(
-            &args,
-            &mut server,
+            args,
+            &servers,
             &mut table,
             rss_before,
             rss_connected,
@@ -1354,8 +1827,8 @@ async fn run(args: Args, fd_limit: u64) -> i32 {
         .await
     } else {
         broadcast_run(
-            &args,
-            &mut server,
+            args,
+            &servers,
             &ctx,
             &schedule_tx,
             &mut table,
@@ -1364,43 +1837,47 @@ async fn run(args: Args, fd_limit: u64) -> i32 {
             rss_connected,
             clk_tck,
             per_conn,
+            redis.as_mut(),
         )
         .await
     };
 
-    let alive = server.alive();
-    let stopped = server.stop();
-    table.row(
-        "server stop",
-        format!(
-            "{}{stopped}",
-            if alive { "" } else { "DIED DURING THE RUN; " }
-        ),
-    );
+    let mut all_alive = true;
+    for (i, server) in servers.iter_mut().enumerate() {
+        let alive = server.alive();
+        all_alive &= alive;
+        let stopped = server.stop();
+        table.row(
+            &if args.replicas > 1 {
+                format!("server stop, replica {i}")
+            } else {
+                "server stop".to_owned()
+            },
+            format!(
+                "{}{stopped}",
+                if alive { "" } else { "DIED DURING THE RUN; " }
+            ),
+        );
+        if !alive {
+            eprintln!(
+                "--- replica {i}: server log tail ({})\n{}",
+                server.log.display(),
+                server.log_tail()
+            );
+        } else {
+            let _ = std::fs::remove_file(&server.log);
+        }
+    }
     for h in &handles {
         h.abort();
     }
-    table.print();
-    if !alive {
-        eprintln!(
-            "--- server log tail ({})\n{}",
-            server.log.display(),
-            server.log_tail()
-        );
-    } else {
-        let _ = std::fs::remove_file(&server.log);
-    }
-    if alive {
-        code
-    } else {
-        1
-    }
+    (if all_alive { code } else { 1 }, Some(table))
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn idle_run(
     args: &Args,
-    server: &mut Server,
+    servers: &[Server],
     table: &mut Table,
     rss_before: u64,
     rss_connected: u64,
@@ -1408,19 +1885,24 @@ async fn idle_run(
     connected: usize,
     per_conn: impl Fn(u64) -> f64,
 ) -> i32 {
-    let cpu0 = CpuWindow::now(server.pid);
+    let cpu0 = CpuWindow::now(servers);
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
-    let cpu1 = CpuWindow::now(server.pid);
-    let rss_end = rss_kib(server.pid).unwrap_or(0);
+    let cpu1 = CpuWindow::now(servers);
+    let rss_end = rss_sum(servers);
     let secs = cpu1.at.duration_since(cpu0.at).as_secs_f64();
     table.row("idle hold", format!("{:.1} s", secs));
     table.row(
         "server RSS",
         format!(
-            "before connect {} / after connect {} / after hold {}",
+            "before connect {} / after connect {} / after hold {}{}",
             kib(rss_before),
             kib(rss_connected),
-            kib(rss_end)
+            kib(rss_end),
+            if servers.len() > 1 {
+                " (summed over the replicas)"
+            } else {
+                ""
+            }
         ),
     );
     let at_connect = per_conn(rss_connected);
@@ -1448,14 +1930,80 @@ async fn idle_run(
             format!("{at_connect:.2} KiB"),
         );
     }
-    let _ = server;
+    table.result("mode", "idle".into());
+    table.result("rss_per_conn_kib", format!("{at_connect:.2}"));
     0
+}
+
+/// Loss, gaps and duplicates of a set of clients (one replica's, or all).
+#[derive(Default)]
+struct Tally {
+    clients: usize,
+    expected: u64,
+    missing: u64,
+    lossy_clients: usize,
+    gaps: u64,
+    gap_seqs: u64,
+    dups: u64,
+    delivered: u64,
+    frame_bytes: u64,
+    behind: usize,
+    closes: BTreeMap<u32, usize>,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.clients += o.clients;
+        self.expected += o.expected;
+        self.missing += o.missing;
+        self.lossy_clients += o.lossy_clients;
+        self.gaps += o.gaps;
+        self.gap_seqs += o.gap_seqs;
+        self.dups += o.dups;
+        self.delivered += o.delivered;
+        self.frame_bytes += o.frame_bytes;
+        self.behind += o.behind;
+        for (code, n) in &o.closes {
+            *self.closes.entry(*code).or_default() += n;
+        }
+    }
+
+    fn loss_text(&self) -> String {
+        format!(
+            "{} missing of {} expected ({:.4} %), {} clients lost events",
+            self.missing,
+            self.expected,
+            if self.expected > 0 {
+                100.0 * self.missing as f64 / self.expected as f64
+            } else {
+                0.0
+            },
+            self.lossy_clients
+        )
+    }
+
+    fn closes_text(&self) -> String {
+        self.closes
+            .iter()
+            .map(|(code, n)| format!("{}: {n}", close_name(*code)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Clients whose connection ended.
+    fn closed(&self) -> usize {
+        self.closes
+            .iter()
+            .filter(|(code, _)| **code != 0)
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn broadcast_run(
     args: &Args,
-    server: &mut Server,
+    servers: &[Server],
     ctx: &Arc<Ctx>,
     schedule_tx: &watch::Sender<Option<Schedule>>,
     table: &mut Table,
@@ -1464,6 +2012,7 @@ async fn broadcast_run(
     rss_connected: u64,
     clk_tck: u64,
     per_conn: impl Fn(u64) -> f64,
+    mut redis: Option<&mut redis::aio::MultiplexedConnection>,
 ) -> i32 {
     // ---- schedule
     let start = Instant::now() + Duration::from_millis(300);
@@ -1481,33 +2030,37 @@ async fn broadcast_run(
     }
     let _ = schedule_tx.send(Some(plan));
 
-    // RSS samples every 100 ms: (seconds since start, KiB)
+    // RSS (summed over the replicas) every 100 ms: (seconds since start, KiB)
     let sampling = Arc::new(AtomicU32::new(1));
     let samples = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
     let sampler = {
-        let (sampling, samples, pid) = (sampling.clone(), samples.clone(), server.pid);
+        let (sampling, samples) = (sampling.clone(), samples.clone());
+        let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
         tokio::spawn(async move {
             tokio::time::sleep_until(start).await;
             let mut every = tokio::time::interval(Duration::from_millis(100));
             while sampling.load(Relaxed) == 1 {
                 every.tick().await;
-                if let Some(rss) = rss_kib(pid) {
-                    samples
-                        .lock()
-                        .unwrap()
-                        .push((start.elapsed().as_secs_f64(), rss));
-                }
+                let rss: u64 = pids.iter().filter_map(|&p| rss_kib(p)).sum();
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((start.elapsed().as_secs_f64(), rss));
             }
         })
     };
 
+    let redis0 = match redis.as_deref_mut() {
+        Some(connection) => redis_info(connection).await,
+        None => None,
+    };
     tokio::time::sleep_until(start).await;
-    let cpu0 = CpuWindow::now(server.pid);
+    let cpu0 = CpuWindow::now(servers);
     let (report_tx, report_rx) = oneshot::channel();
     {
         let config = PubConfig {
             args: args.clone(),
-            server: server.addr,
+            servers: servers.iter().map(|s| s.addr).collect(),
             start,
         };
         std::thread::Builder::new()
@@ -1519,6 +2072,11 @@ async fn broadcast_run(
     }
     let report = report_rx.await.unwrap_or_default();
     let publish_end = Instant::now();
+    let cpu_pub = CpuWindow::now(servers);
+    let redis_pub = match redis.as_deref_mut() {
+        Some(connection) => redis_info(connection).await,
+        None => None,
+    };
 
     // ---- what each client should have: accepted seqs of its topic(s)
     let n_topics = args.topics.unwrap_or(1);
@@ -1531,62 +2089,69 @@ async fn broadcast_run(
     }
     let topic_of = |idx: usize| args.topics.map_or(0, |t| idx % t);
     let target_seq = |idx: usize| seqs_by_topic[topic_of(idx)].last().copied().unwrap_or(0);
+    let is_behind = |i: usize| {
+        let s = &ctx.stats[i];
+        !ctx.is_stalled(i)
+            && s.hello_seq.load(Relaxed) != NO_HELLO
+            && s.close.load(Relaxed) == 0
+            && s.last_seq.load(Relaxed) < target_seq(i)
+    };
 
     // ---- drain: every live, non-stalled client has its last seq
     let drain_deadline = publish_end + Duration::from_secs_f64(args.drain);
-    let behind = loop {
-        let behind = (0..args.clients)
-            .filter(|&i| !ctx.is_stalled(i))
-            .filter(|&i| {
-                let s = &ctx.stats[i];
-                s.hello_seq.load(Relaxed) != NO_HELLO
-                    && s.close.load(Relaxed) == 0
-                    && s.last_seq.load(Relaxed) < target_seq(i)
-            })
-            .count();
+    loop {
+        let behind = (0..args.clients).filter(|&i| is_behind(i)).count();
         if behind == 0 || Instant::now() >= drain_deadline {
-            break behind;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu1 = CpuWindow::now(servers);
+    let redis1 = match redis {
+        Some(connection) => redis_info(connection).await,
+        None => None,
     };
-    let cpu1 = CpuWindow::now(server.pid);
     let drain_secs = cpu1.at.duration_since(publish_end).as_secs_f64();
     let window = cpu1.at.duration_since(cpu0.at).as_secs_f64();
-    let rss_end = rss_kib(server.pid).unwrap_or(0);
+    let rss_end = rss_sum(servers);
+    let rss_end_each: Vec<u64> = servers
+        .iter()
+        .map(|s| rss_kib(s.pid).unwrap_or(0))
+        .collect();
 
-    // ---- snapshot the clients
-    let mut expected = 0u64;
-    let mut missing = 0u64;
-    let mut lossy_clients = 0usize;
-    let mut gaps = 0u64;
-    let mut gap_seqs = 0u64;
-    let mut dups = 0u64;
-    let mut delivered = 0u64;
-    let mut frame_bytes = 0u64;
-    let mut closes: BTreeMap<u32, usize> = BTreeMap::new();
+    // ---- snapshot the clients, per replica
+    let mut tallies: Vec<Tally> = (0..args.replicas).map(|_| Tally::default()).collect();
     for (i, s) in ctx.stats.iter().enumerate() {
+        let t = &mut tallies[args.replica_of(i)];
         let received = s.received.load(Relaxed);
-        delivered += received;
-        frame_bytes += s.bytes.load(Relaxed);
+        t.delivered += received;
+        t.frame_bytes += s.bytes.load(Relaxed);
         let hello = s.hello_seq.load(Relaxed);
         if ctx.is_stalled(i) || hello == NO_HELLO {
             continue;
         }
-        *closes.entry(s.close.load(Relaxed)).or_default() += 1;
+        t.clients += 1;
+        t.behind += usize::from(is_behind(i));
+        *t.closes.entry(s.close.load(Relaxed)).or_default() += 1;
         let seqs = &seqs_by_topic[topic_of(i)];
         let want = (seqs.len() - seqs.partition_point(|&q| q <= hello)) as u64;
         let d = s.dups.load(Relaxed);
         let got = received - d;
-        expected += want;
+        t.expected += want;
         let lost = want.saturating_sub(got);
-        missing += lost;
-        lossy_clients += usize::from(lost > 0);
-        gaps += s.gaps.load(Relaxed);
-        gap_seqs += s.gap_seqs.load(Relaxed);
-        dups += d;
+        t.missing += lost;
+        t.lossy_clients += usize::from(lost > 0);
+        t.gaps += s.gaps.load(Relaxed);
+        t.gap_seqs += s.gap_seqs.load(Relaxed);
+        t.dups += d;
     }
+    let mut total = Tally::default();
+    for t in &tallies {
+        total.add(t);
+    }
+    let delivered = total.delivered;
     let frame_avg = if delivered > 0 {
-        frame_bytes as f64 / delivered as f64
+        total.frame_bytes as f64 / delivered as f64
     } else {
         0.0
     };
@@ -1613,61 +2178,164 @@ async fn broadcast_run(
     let _ = sampler.await;
     let samples = std::mem::take(&mut *samples.lock().unwrap());
 
+    // ---- epochs: every hello on every replica, and every receipt, in one
+    let (epoch_ok, epoch_text) = {
+        let tally = ctx.epochs.lock().unwrap();
+        let first: Vec<&str> = tally
+            .first
+            .iter()
+            .map(|e| e.as_deref().unwrap_or("-"))
+            .collect();
+        // no subscribers (--throughput --clients 0): the receipts alone
+        let no_hellos = tally.counts.is_empty();
+        let same_first = no_hellos
+            || tally
+                .first
+                .iter()
+                .all(|e| e.is_some() && *e == tally.first[0]);
+        let one = no_hellos || tally.counts.len() == 1;
+        let receipts_agree = no_hellos
+            || report
+                .epochs
+                .iter()
+                .all(|e| Some(e) == tally.first[0].as_ref());
+        let detail = tally
+            .counts
+            .iter()
+            .map(|(e, per)| {
+                format!(
+                    "{e}: {} hellos",
+                    per.iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" + ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        (
+            same_first && one && receipts_agree && report.epochs.len() <= 1,
+            format!(
+                "first hello per replica: {}; {detail}{}; publish receipts: {}",
+                first.join(", "),
+                if args.replicas > 1 {
+                    " (per replica)"
+                } else {
+                    ""
+                },
+                if report.epochs.is_empty() {
+                    "none".to_owned()
+                } else {
+                    report.epochs.join(", ")
+                }
+            ),
+        )
+    };
+
     // ---- the table
     let published = report.accepted.len() as u64;
+    let pub_secs = report.elapsed.as_secs_f64();
+    let events_per_s = if pub_secs > 0.0 {
+        published as f64 / pub_secs
+    } else {
+        0.0
+    };
     let epochs = if report.epochs.len() == 1 {
         "1 epoch".to_owned()
     } else {
         format!("{} EPOCHS", report.epochs.len())
     };
-    table.row(
-        "offered load",
-        format!(
-            "{} ev/s x {} B data for {} s = {} events; x {} clients = {:.0} deliveries/s",
-            args.rate,
-            args.size,
-            args.duration,
-            (args.rate * args.duration).round(),
-            ctx.connected.load(Relaxed),
-            args.rate * ctx.connected.load(Relaxed) as f64
-        ),
-    );
+    let live = ctx.connected.load(Relaxed);
+    if args.throughput {
+        table.row(
+            "offered load",
+            format!(
+                "as fast as possible for {} s: {} closed-loop connection(s) per replica x {} \
+                 replica(s), {} events of {} B data per request; {live} subscribers",
+                args.duration, args.pool, args.replicas, args.batch, args.size
+            ),
+        );
+    } else {
+        table.row(
+            "offered load",
+            format!(
+                "{} ev/s x {} B data for {} s = {} events; x {live} clients = {:.0} deliveries/s",
+                args.rate,
+                args.size,
+                args.duration,
+                (args.rate * args.duration).round(),
+                args.rate * live as f64
+            ),
+        );
+    }
     table.row(
         "published",
-        format!(
-            "{published} accepted ({epochs}), {} failed, in {} requests over {} ticks of {:.0} ms, {:.2} s",
-            report.failed_events,
-            report.requests,
-            report.ticks,
-            report.tick.as_secs_f64() * 1000.0,
-            report.elapsed.as_secs_f64()
-        ),
+        if args.throughput {
+            format!(
+                "{published} accepted ({epochs}), {} failed, in {} requests, {pub_secs:.2} s",
+                report.failed_events, report.requests
+            )
+        } else {
+            format!(
+                "{published} accepted ({epochs}), {} failed, in {} requests over {} ticks of {:.0} ms, {pub_secs:.2} s",
+                report.failed_events,
+                report.requests,
+                report.ticks,
+                report.tick.as_secs_f64() * 1000.0,
+            )
+        },
     );
+    if args.replicas > 1 {
+        table.row(
+            "published via",
+            report
+                .per_replica
+                .iter()
+                .enumerate()
+                .map(|(i, (sent, ok))| format!("replica {i}: {ok}/{sent} requests accepted"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
     if let Some(e) = &report.first_error {
         table.row("publish error", e.clone());
     }
-    table.row(
-        "publishes that had to wait",
-        format!(
-            "{} of {}  (no free connection: {}, took > 1 tick: {}; pool of {})",
-            report.had_to_wait, report.requests, report.waited_for_conn, report.slow, args.pool
-        ),
-    );
+    if args.throughput {
+        table.row(
+            "publish throughput",
+            format!(
+                "{events_per_s:.0} accepted events/s ({:.0} requests/s of {} events; \
+                 202s x batch / time to the last response)",
+                report.per_replica.iter().map(|p| p.1).sum::<u64>() as f64 / pub_secs.max(1e-9),
+                args.batch
+            ),
+        );
+    } else {
+        table.row(
+            "publishes that had to wait",
+            format!(
+                "{} of {}  (no free connection: {}, took > 1 tick: {}; pool of {} per replica)",
+                report.had_to_wait, report.requests, report.waited_for_conn, report.slow, args.pool
+            ),
+        );
+    }
     table.row(
         "publish RTT",
         report.rtt.as_ref().map_or("-".into(), |h| h.summary_ms()),
     );
-    table.row(
-        "publish schedule",
-        format!(
-            "{} ticks started > 1 tick late (max {:.1} ms); publisher thread woke > 1 tick late {} times \
-             (max {:.1} ms: this side's own lag)",
-            report.late_ticks,
-            report.max_late.as_secs_f64() * 1000.0,
-            report.wake_late,
-            report.max_wake_delay.as_secs_f64() * 1000.0
-        ),
-    );
+    if !args.throughput {
+        table.row(
+            "publish schedule",
+            format!(
+                "{} ticks started > 1 tick late (max {:.1} ms); publisher thread woke > 1 tick late {} times \
+                 (max {:.1} ms: this side's own lag)",
+                report.late_ticks,
+                report.max_late.as_secs_f64() * 1000.0,
+                report.wake_late,
+                report.max_wake_delay.as_secs_f64() * 1000.0
+            ),
+        );
+    }
     table.row(
         "delivered",
         format!(
@@ -1676,47 +2344,63 @@ async fn broadcast_run(
             publish_end.duration_since(cpu0.at).as_secs_f64()
         ),
     );
-    if behind > 0 {
+    if total.behind > 0 {
         table.row(
             "still behind at drain end",
-            format!("{behind} clients (drain {} s)", args.drain),
+            format!("{} clients (drain {} s)", total.behind, args.drain),
         );
     }
-    table.row(
-        "loss (non-stalled clients)",
-        format!(
-            "{missing} missing of {expected} expected ({:.4} %), {lossy_clients} clients lost events",
-            if expected > 0 { 100.0 * missing as f64 / expected as f64 } else { 0.0 },
-        ),
-    );
-    table.row(
-        "gaps / duplicates by seq",
+    table.row("loss (non-stalled clients)", total.loss_text());
+    let gaps_text = |t: &Tally| {
         if args.topics.is_none() {
-            format!("{gaps} gaps ({gap_seqs} seqs skipped) / {dups} duplicates or out of order")
+            format!(
+                "{} gaps ({} seqs skipped) / {} duplicates or out of order",
+                t.gaps, t.gap_seqs, t.dups
+            )
         } else {
-            format!("gaps not checkable with --topics / {dups} duplicates or out of order")
-        },
-    );
-    let closes_text = closes
-        .iter()
-        .map(|(code, n)| format!("{}: {n}", close_name(*code)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    table.row("non-stalled clients at end", closes_text);
-
-    let all = {
-        let mut h = Hist::collect(0);
-        h.merge(&Hist::collect(1));
-        h
+            format!(
+                "gaps not checkable with --topics / {} duplicates or out of order",
+                t.dups
+            )
+        }
     };
+    table.row("gaps / duplicates by seq", gaps_text(&total));
+    table.row("non-stalled clients at end", total.closes_text());
+
+    let all = Hist::collect(None, None);
     table.row("latency publish->receive", all.summary_ms());
-    let (before, during) = (Hist::collect(0), Hist::collect(1));
+    let (before, during) = (Hist::collect(None, Some(0)), Hist::collect(None, Some(1)));
     if stalling {
         table.row("  others, before stall", before.summary_ms());
         table.row("  others, during stall", during.summary_ms());
     }
 
     let secs = |a: u64, b: u64| (b - a) as f64 / clk_tck as f64;
+    if args.replicas > 1 {
+        for (r, t) in tallies.iter().enumerate() {
+            let (u, s) = (cpu0.servers[r], cpu1.servers[r]);
+            table.row(
+                &format!("replica {r}"),
+                format!(
+                    "{} clients; {}; {}; {}{}; latency {}; CPU {:.2} s; RSS at end {}",
+                    t.clients,
+                    t.loss_text(),
+                    gaps_text(t),
+                    t.closes_text(),
+                    if t.behind > 0 {
+                        format!(", {} behind at drain end", t.behind)
+                    } else {
+                        String::new()
+                    },
+                    Hist::collect(Some(r), None).summary_ms(),
+                    secs(u.0, s.0) + secs(u.1, s.1),
+                    kib(rss_end_each[r])
+                ),
+            );
+        }
+    }
+    table.row("hello epochs", epoch_text);
+
     let (server_user, server_sys) = (
         secs(cpu0.server.0, cpu1.server.0),
         secs(cpu0.server.1, cpu1.server.1),
@@ -1734,11 +2418,87 @@ async fn broadcast_run(
         "server CPU",
         format!(
             "{server_cpu:.2} s (user {server_user:.2} + sys {server_sys:.2}) = {:.0} % of a core; \
-             {:.2} us per delivered message",
+             {:.2} us per delivered message{}",
             100.0 * server_cpu / window,
-            per_msg(server_cpu)
+            per_msg(server_cpu),
+            if args.replicas > 1 {
+                " (summed over the replicas)"
+            } else {
+                ""
+            }
         ),
     );
+    if args.throughput {
+        let pub_window = cpu_pub.at.duration_since(cpu0.at).as_secs_f64();
+        let cpu = secs(cpu0.server.0, cpu_pub.server.0) + secs(cpu0.server.1, cpu_pub.server.1);
+        table.row(
+            "server CPU while publishing",
+            format!(
+                "{cpu:.2} s over {pub_window:.2} s = {:.0} % of a core; {:.2} us per accepted event \
+                 (all replicas, fan-out included)",
+                100.0 * cpu / pub_window,
+                if published > 0 {
+                    cpu * 1e6 / published as f64
+                } else {
+                    f64::NAN
+                }
+            ),
+        );
+    }
+    let mut redis_cpu = None;
+    let mut script_us_per_event = None;
+    if let (Some(r0), Some(r1)) = (&redis0, &redis1) {
+        let cpu = (r1.cpu.0 - r0.cpu.0) + (r1.cpu.1 - r0.cpu.1);
+        redis_cpu = Some(cpu);
+        let calls = r1.scripts.0.saturating_sub(r0.scripts.0);
+        let usec = r1.scripts.1.saturating_sub(r0.scripts.1);
+        let publishes = r1.publish.0.saturating_sub(r0.publish.0);
+        let publish_usec = r1.publish.1.saturating_sub(r0.publish.1);
+        if published > 0 {
+            script_us_per_event = Some(usec as f64 / published as f64);
+        }
+        table.row(
+            "redis",
+            format!(
+                "CPU {cpu:.2} s (user {:.2} + sys {:.2}) = {:.0} % of a core over {window:.2} s; \
+                 scripts (EVAL/EVALSHA, all clients): {calls} calls, {:.1} ms = {:.1} us per call, \
+                 {:.2} us per accepted event; PUBLISH {publishes} calls, {:.2} us each; \
+                 {} clients connected (INFO, whole server: other users of this Redis count too)",
+                r1.cpu.0 - r0.cpu.0,
+                r1.cpu.1 - r0.cpu.1,
+                100.0 * cpu / window,
+                usec as f64 / 1000.0,
+                if calls > 0 {
+                    usec as f64 / calls as f64
+                } else {
+                    0.0
+                },
+                script_us_per_event.unwrap_or(f64::NAN),
+                if publishes > 0 {
+                    publish_usec as f64 / publishes as f64
+                } else {
+                    0.0
+                },
+                r1.clients
+            ),
+        );
+        if let (true, Some(rp)) = (args.throughput, &redis_pub) {
+            let pub_window = cpu_pub.at.duration_since(cpu0.at).as_secs_f64();
+            let cpu = (rp.cpu.0 - r0.cpu.0) + (rp.cpu.1 - r0.cpu.1);
+            table.row(
+                "redis while publishing",
+                format!(
+                    "CPU {cpu:.2} s over {pub_window:.2} s = {:.0} % of a core; {:.2} us per accepted event",
+                    100.0 * cpu / pub_window,
+                    if published > 0 {
+                        cpu * 1e6 / published as f64
+                    } else {
+                        f64::NAN
+                    }
+                ),
+            );
+        }
+    }
     table.row(
         "loadgen CPU",
         format!(
@@ -1748,16 +2508,27 @@ async fn broadcast_run(
             per_msg(my_cpu)
         ),
     );
-    let (busy, total) = (
+    let (busy, total_jiffies) = (
         cpu1.machine.0 - cpu0.machine.0,
         cpu1.machine.1 - cpu0.machine.1,
     );
-    let machine_busy = if total > 0 {
-        100.0 * busy as f64 / total as f64
+    let machine_busy = if total_jiffies > 0 {
+        100.0 * busy as f64 / total_jiffies as f64
     } else {
         0.0
     };
     let saturated = machine_busy > 90.0;
+    // What the rest of the machine did meanwhile: busy CPU time not spent in
+    // the servers, this process or Redis (a compile or another benchmark
+    // makes a run worthless; so does a Redis busy with other clients).
+    let capacity = total_jiffies as f64 / clk_tck as f64;
+    let others =
+        (busy as f64 / clk_tck as f64 - server_cpu - my_cpu - redis_cpu.unwrap_or(0.0)).max(0.0);
+    let others_pct = if capacity > 0.0 {
+        100.0 * others / capacity
+    } else {
+        0.0
+    };
     table.row(
         "machine",
         format!(
@@ -1765,7 +2536,8 @@ async fn broadcast_run(
             cores(),
             if saturated {
                 format!(
-                    " — CPU-saturated: server and load generator compete for the cores{}",
+                    " — CPU-saturated: server(s){}, load generator and anything else compete for the cores{}",
+                    if redis_cpu.is_some() { ", redis" } else { "" },
                     if my_cpu >= server_cpu {
                         "; the load generator uses as much as the server or more"
                     } else {
@@ -1774,6 +2546,18 @@ async fn broadcast_run(
                 )
             } else {
                 String::new()
+            }
+        ),
+    );
+    table.row(
+        "other processes",
+        format!(
+            "{others:.2} s of CPU = {others_pct:.0} % of the machine over the run (busy time - servers - loadgen{}){}",
+            if redis_cpu.is_some() { " - redis" } else { "" },
+            if others_pct > 10.0 {
+                " — NOT A QUIET MACHINE: the figures above are disturbed"
+            } else {
+                ""
             }
         ),
     );
@@ -1786,11 +2570,16 @@ async fn broadcast_run(
     table.row(
         "server RSS",
         format!(
-            "before connect {} / after connect {} / end {} / peak {}",
+            "before connect {} / after connect {} / end {} / peak {}{}",
             kib(rss_before),
             kib(rss_connected),
             kib(rss_end),
-            kib(peak)
+            kib(peak),
+            if args.replicas > 1 {
+                " (summed over the replicas)"
+            } else {
+                ""
+            }
         ),
     );
     table.row(
@@ -1864,14 +2653,38 @@ async fn broadcast_run(
     }
 
     // ---- targets
+    let (missing, gaps, dups) = (total.missing, total.gaps, total.dups);
+    let zero_loss =
+        missing == 0 && dups == 0 && gaps == 0 && published > 0 && report.failed_events == 0;
     if args.target_zero_loss {
         table.target(
             "zero loss",
-            missing == 0 && dups == 0 && gaps == 0 && published > 0 && report.failed_events == 0,
+            zero_loss,
             format!(
                 "{missing} missing, {gaps} gaps, {dups} dups, {} publish failures",
                 report.failed_events
             ),
+        );
+    }
+    if args.replicas > 1 {
+        table.target(
+            "one epoch: first hello on every replica = every hello = every receipt",
+            epoch_ok,
+            if epoch_ok {
+                ctx.epochs.lock().unwrap().first[0]
+                    .clone()
+                    .or_else(|| report.epochs.first().cloned())
+                    .unwrap_or_default()
+            } else {
+                "see \"hello epochs\"".into()
+            },
+        );
+    }
+    if let Some(target) = args.target_events_per_s {
+        table.target(
+            &format!("accepted events/s >= {target}"),
+            events_per_s >= target,
+            format!("{events_per_s:.0} events/s"),
         );
     }
     if args.target_no_waits {
@@ -1931,6 +2744,60 @@ async fn broadcast_run(
             }
         }
     }
+
+    // ---- one line for scripts
+    let quantile = |q: f64| all.quantile(q).map_or("-".into(), |v| v.to_string());
+    let results = [
+        (
+            "mode",
+            if args.throughput {
+                "throughput"
+            } else {
+                "rate"
+            }
+            .to_owned(),
+        ),
+        ("hub", args.hub_name().to_owned()),
+        ("replicas", args.replicas.to_string()),
+        ("clients", live.to_string()),
+        ("published", published.to_string()),
+        ("failed", report.failed_events.to_string()),
+        ("events_per_s", format!("{events_per_s:.0}")),
+        ("p50_us", quantile(0.5)),
+        ("p99_us", quantile(0.99)),
+        ("p999_us", quantile(0.999)),
+        ("max_us", all.max.to_string()),
+        ("missing", missing.to_string()),
+        ("gaps", gaps.to_string()),
+        ("dups", dups.to_string()),
+        ("behind", total.behind.to_string()),
+        ("closed", total.closed().to_string()),
+        ("zero_loss", u8::from(zero_loss).to_string()),
+        ("one_epoch", u8::from(epoch_ok).to_string()),
+        ("server_cpu_s", format!("{server_cpu:.2}")),
+        (
+            "redis_cpu_s",
+            redis_cpu.map_or("-".into(), |c| format!("{c:.2}")),
+        ),
+        (
+            "script_us_per_event",
+            script_us_per_event.map_or("-".into(), |c| format!("{c:.2}")),
+        ),
+        ("loadgen_cpu_s", format!("{my_cpu:.2}")),
+        ("machine_busy_pct", format!("{machine_busy:.0}")),
+        ("others_pct", format!("{others_pct:.0}")),
+        (
+            "rtt_p99_us",
+            report
+                .rtt
+                .as_ref()
+                .and_then(|h| h.quantile(0.99))
+                .map_or("-".into(), |v| v.to_string()),
+        ),
+    ];
+    for (k, v) in results {
+        table.result(k, v);
+    }
     0
 }
 
@@ -1949,13 +2816,34 @@ struct Table {
     head: Vec<String>,
     rows: Vec<(String, String)>,
     targets: Vec<String>,
+    /// `key=value` pairs of the last line, for scripts.
+    results: Vec<(String, String)>,
+}
+
+/// A Redis URL without its password, for printing.
+fn masked_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Table {
-    fn new(args: &Args, server: &Server, ctx: &Ctx, fd_limit: u64) -> Table {
+    fn new(args: &Args, servers: &[Server], ctx: &Ctx, fd_limit: u64) -> Table {
+        let hub = match &args.redis_url {
+            Some(_) => format!(", Redis, {} replica(s)", args.replicas),
+            None => String::new(),
+        };
         let title = args.label.clone().unwrap_or_else(|| {
             if args.idle {
-                format!("{} idle connections", args.clients)
+                format!("{} idle connections{hub}", args.clients)
+            } else if args.throughput {
+                format!(
+                    "publish throughput, {} B events in batches of {}, {} subscribers{hub}",
+                    args.size, args.batch, args.clients
+                )
             } else {
                 format!(
                     "{} clients x {} ev/s x {} B{}",
@@ -1967,7 +2855,7 @@ impl Table {
                     } else {
                         String::new()
                     }
-                )
+                ) + &hub
             }
         });
         let extra = args
@@ -1975,30 +2863,47 @@ impl Table {
             .iter()
             .map(|(k, v)| format!(" {k}={v}"))
             .collect::<String>();
+        let redis = match (&args.redis_url, &args.redis_prefix) {
+            (Some(url), Some(prefix)) => {
+                format!(" REDIS_URL={} REDIS_PREFIX={prefix}", masked_url(url))
+            }
+            _ => String::new(),
+        };
+        let mut head = vec![format!("command: {}", args.command_line())];
+        for (i, server) in servers.iter().enumerate() {
+            head.push(format!(
+                "{}: {} pid {} on {} (HOST=127.0.0.1 RUST_LOG=warn MAX_CONNECTIONS={}{extra}{redis})",
+                if servers.len() > 1 {
+                    format!("replica {i}")
+                } else {
+                    "server".to_owned()
+                },
+                server.bin.display(),
+                server.pid,
+                server.addr,
+                (args.clients * 2).max(1_000_000)
+            ));
+        }
+        head.push(format!(
+            "loadgen: 2 tokio workers + 1 publisher thread, fd limit {fd_limit}, read buffer {} B/client, {} cores",
+            ctx.args.read_buffer,
+            cores()
+        ));
         Table {
             title,
-            head: vec![
-                format!("command: {}", args.command_line()),
-                format!(
-                    "server: {} pid {} on {} (HOST=127.0.0.1 RUST_LOG=warn MAX_CONNECTIONS={}{extra})",
-                    server.bin.display(),
-                    server.pid,
-                    server.addr,
-                    (args.clients * 2).max(1_000_000)
-                ),
-                format!(
-                    "loadgen: 2 tokio workers + 1 publisher thread, fd limit {fd_limit}, read buffer {} B/client, {} cores",
-                    ctx.args.read_buffer,
-                    cores()
-                ),
-            ],
+            head,
             rows: Vec::new(),
             targets: Vec::new(),
+            results: Vec::new(),
         }
     }
 
     fn row(&mut self, name: &str, value: String) {
         self.rows.push((name.to_owned(), value));
+    }
+
+    fn result(&mut self, key: &str, value: String) {
+        self.results.push((key.to_owned(), value));
     }
 
     fn target(&mut self, name: &str, ok: bool, measured: String) {
@@ -2024,6 +2929,15 @@ impl Table {
             for t in &self.targets {
                 let _ = writeln!(out, "target: {t}");
             }
+        }
+        if !self.results.is_empty() {
+            let line = self
+                .results
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.replace(char::is_whitespace, "_")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = writeln!(out, "result: {line}");
         }
         print!("{out}");
     }
@@ -2057,7 +2971,7 @@ fn self_check() {
 
     // the hand scan reads what the server writes
     let hello = br#"{"type":"hello","epoch":"e1","seq":41,"resumed":false,"state":{}}"#;
-    assert_eq!(hello_seq(hello), Some(41));
+    assert_eq!(hello_info(hello), Some(("e1".to_owned(), 41)));
     let event = br#"{"type":"event","seq":42,"topic":"bench/load","data":{"t":1700000000000000000,"p":"xx"},"ts":"2024-01-01T00:00:00Z"}"#;
     assert!(event.starts_with(EVENT_PREFIX));
     assert_eq!(digits(event, EVENT_PREFIX.len()).0, 42);
@@ -2089,8 +3003,23 @@ fn self_check() {
         target_p99_ms: None,
         target_rss_kib: None,
         target_stall: false,
+        target_events_per_s: None,
+        throughput: false,
+        batch: 50,
+        replicas: 2,
+        redis_url: None,
+        redis_prefix: None,
         raw: Vec::new(),
     };
+    assert_eq!((args.replica_of(0), args.replica_of(3)), (0, 1));
+    assert_eq!(
+        masked_url("redis://user:secret@127.0.0.1:6379/0"),
+        "redis://***@127.0.0.1:6379/0"
+    );
+    assert_eq!(
+        masked_url("redis://127.0.0.1:6379"),
+        "redis://127.0.0.1:6379"
+    );
     let pad = "x".repeat(args.size - 32);
     let (body, topics) = publish_body(&args, 4, 2, &pad);
     assert_eq!(topics, [1, 2]);
