@@ -65,8 +65,11 @@ async fn metrics_count_connections_events_proxying_and_upstream() {
     }
     assert_eq!(get(&gateway.url("/page")).await.status(), 200);
     assert_eq!(get(&gateway.url("/")).await.status(), 200);
-    upstream.kill();
+    upstream.kill().await;
     assert_eq!(get(&gateway.url("/gone")).await.status(), 502);
+    // The killed upstream's listener closes asynchronously; a probe that
+    // still got through could flip the state back: wait until it settles.
+    gateway.wait_upstream("down").await;
 
     let response = get(&gateway.url("/_switchyard/metrics")).await;
     assert_eq!(response.status(), 200);

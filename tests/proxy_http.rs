@@ -250,7 +250,7 @@ async fn refused_upstream_answers_502_fast_and_health_says_down() {
     let port = upstream.addr.port();
     let gateway = Gateway::start(&[("DASHBOARD_URL", &upstream.url())]).await;
     gateway.wait_upstream("up").await;
-    upstream.kill();
+    upstream.kill().await;
 
     let started = Instant::now();
     let response = get(&gateway.url("/page")).await;

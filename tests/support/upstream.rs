@@ -90,8 +90,10 @@ impl Upstream {
 
     /// Stops accepting and drops every open connection (the JoinSet goes
     /// with the aborted task).
-    pub fn kill(self) {
+    /// Returns once the listener is closed.
+    pub async fn kill(self) {
         self.accept_loop.abort();
+        let _ = self.accept_loop.await;
     }
 
     pub fn requests(&self) -> Vec<(String, String, HeaderMap)> {
