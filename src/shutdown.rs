@@ -51,10 +51,6 @@ impl Shutdown {
         self.token.clone().cancelled_owned()
     }
 
-    pub fn is_requested(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
     /// Tells every task to finish; waits for none.
     pub fn begin(&self) {
         self.tasks.close();

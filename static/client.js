@@ -228,6 +228,26 @@
       else poll();
     }
 
+    /** One frame from a streaming transport; on its hello, that transport
+     *  counts as working. True for a hello. */
+    function receive(kind, openStatus, data) {
+      var frame;
+      try {
+        frame = JSON.parse(data);
+      } catch (e) {
+        return false;
+      }
+      apply(frame);
+      if (frame.type !== "hello") return false;
+      // Status after the hello is applied, so listeners see the state.
+      everOpened[kind] = true;
+      misses[kind] = 0;
+      failures = 0;
+      setStatus(openStatus);
+      flush();
+      return true;
+    }
+
     function openWebSocket() {
       var params = resumeParams();
       if (token) params.token = token;
@@ -250,27 +270,10 @@
           socket.close(1000);
         },
       };
-      socket.onmessage = function (message) {
-        var frame;
-        try {
-          frame = JSON.parse(message.data);
-        } catch (e) {
-          return;
-        }
-        apply(frame);
-        if (frame.type === "hello") {
-          // Status after the hello is applied, so listeners see the state.
-          everOpened.websocket = true;
-          misses.websocket = 0;
-          failures = 0;
-          setStatus("open");
-          flush();
-        }
-      };
       var greeted = false;
-      socket.addEventListener("message", function () {
-        greeted = true;
-      });
+      socket.onmessage = function (message) {
+        if (receive("websocket", "open", message.data)) greeted = true;
+      };
       socket.onclose = function () {
         transport = null;
         if (!greeted) misses.websocket += 1;
@@ -292,21 +295,7 @@
         },
       };
       function onFrame(message) {
-        var frame;
-        try {
-          frame = JSON.parse(message.data);
-        } catch (e) {
-          return;
-        }
-        apply(frame);
-        if (frame.type === "hello") {
-          everOpened.sse = true;
-          greeted = true;
-          misses.sse = 0;
-          failures = 0;
-          setStatus("fallback-sse");
-          flush();
-        }
+        if (receive("sse", "fallback-sse", message.data)) greeted = true;
       }
       source.addEventListener("hello", onFrame);
       source.addEventListener("event", onFrame);

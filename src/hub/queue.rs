@@ -136,14 +136,6 @@ impl ClientQueue {
     pub fn try_pop(&self) -> Option<Delivery> {
         self.lock().items.pop_front()
     }
-
-    pub fn len(&self) -> usize {
-        self.lock().items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
