@@ -368,7 +368,12 @@ async fn resume_under_concurrent_publishing_loses_and_repeats_nothing() {
 
 #[tokio::test]
 async fn a_stalled_client_is_cut_off_with_1008_and_never_delays_the_others() {
-    let gateway = Gateway::start(&[("CLIENT_QUEUE", "16"), ("HISTORY_SIZE", "10")]).await;
+    let gateway = Gateway::start(&[
+        ("CLIENT_QUEUE", "16"),
+        ("HISTORY_SIZE", "10"),
+        ("MAX_MESSAGE_BYTES", "262144"),
+    ])
+    .await;
     // The stalled client: completes the handshake, then does not read.
     let stalled_url = gateway.ws_url("/ws");
     let (mut stalled, _) = tokio_tungstenite::connect_async(stalled_url).await.unwrap();
@@ -378,21 +383,42 @@ async fn a_stalled_client_is_cut_off_with_1008_and_never_delays_the_others() {
         next_json(&mut client).await;
         others.push(client);
     }
+    // Each reader reports how far it got; the publisher sends a batch only
+    // when every reader has the previous one, so a healthy reader never has
+    // more than one batch (10 < CLIENT_QUEUE) queued however the machine
+    // schedules it. The stalled one stops reading and falls behind all the
+    // same, and nothing here waits for it.
+    let mut progress = Vec::new();
     let readers: Vec<_> = others
         .into_iter()
         .map(|mut client| {
+            let (seen, watch) = tokio::sync::watch::channel(0u64);
+            progress.push(watch);
             tokio::spawn(async move {
                 let mut seqs = Vec::new();
                 while seqs.len() < 2000 {
                     let event = next_json(&mut client).await;
                     seqs.push(event["seq"].as_u64().unwrap());
+                    seen.send_replace(seqs.len() as u64);
                 }
                 (seqs, client)
             })
         })
         .collect();
-    let payload = "x".repeat(4096);
-    for chunk in 0..200 {
+    // 16 MB in all: more than the socket buffers on both sides absorb.
+    let payload = "x".repeat(8192);
+    for chunk in 0..200u64 {
+        for watch in &mut progress {
+            let delivered = tokio::time::timeout(
+                Duration::from_secs(10),
+                watch.wait_for(|&seen| seen >= chunk * 10),
+            )
+            .await;
+            assert!(
+                matches!(delivered, Ok(Ok(_))),
+                "a reader stalled at batch {chunk}"
+            );
+        }
         let batch: Vec<Value> = (0..10)
             .map(|i| json!({"topic": "big", "data": [chunk * 10 + i, payload]}))
             .collect();
@@ -413,7 +439,9 @@ async fn a_stalled_client_is_cut_off_with_1008_and_never_delays_the_others() {
         close_code(&mut stalled, Duration::from_secs(10)).await,
         Some(1008)
     );
-    let cut = gateway.log_events("client queue full; cutting it off");
+    let cut = gateway
+        .wait_for_log("client queue full; cutting it off", 1)
+        .await;
     assert_eq!(cut.len(), 1, "exactly the stalled client was cut off");
     for _ in 0..50 {
         if gateway.health().await.1["connections"] == 5 {
@@ -737,7 +765,7 @@ async fn running_out_of_descriptors_neither_spins_nor_kills_the_accept_loop() {
         cpu_used < 50,
         "the accept loop spun: {cpu_used} ticks in 2 s"
     );
-    let warnings = gateway.log_events("accept failed; backing off");
+    let warnings = gateway.wait_for_log("accept failed; backing off", 1).await;
     assert!(!warnings.is_empty(), "EMFILE was never hit");
     assert!(
         warnings.len() <= 4,

@@ -280,7 +280,7 @@ async fn refused_upstream_answers_502_fast_and_health_says_down() {
     let (status, health) = gateway.health().await;
     assert_eq!(status, 200, "the gateway itself stays healthy");
     assert_eq!(health["upstream"], "down");
-    assert!(!gateway.log_events("proxy failed").is_empty());
+    assert!(!gateway.wait_for_log("proxy failed", 1).await.is_empty());
 
     // It comes back on the same port; the background probe notices.
     let _upstream = Upstream::start_on(port).await;
@@ -334,8 +334,7 @@ async fn each_proxied_request_is_logged_at_debug() {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(&[("DASHBOARD_URL", &upstream.url())]).await;
     assert_eq!(get(&gateway.url("/logged?x=1")).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let lines = gateway.log_events("proxied");
+    let lines = gateway.wait_for_log("proxied", 1).await;
     let line = lines
         .iter()
         .find(|l| l["path"] == "/logged")

@@ -192,7 +192,7 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     let exit = gateway.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(exit.code(), Some(0));
     assert!(signalled.elapsed() < Duration::from_secs(10));
-    assert!(!gateway.log_events("drained; bye").is_empty());
+    assert!(!gateway.wait_for_log("drained; bye", 1).await.is_empty());
 }
 
 #[tokio::test]

@@ -193,7 +193,8 @@ async fn a_stalled_sse_client_is_cut_off() {
     }
     assert_eq!(
         gateway
-            .log_events("client queue full; cutting it off")
+            .wait_for_log("client queue full; cutting it off", 1)
+            .await
             .len(),
         1
     );

@@ -149,7 +149,7 @@ async fn supervises_a_child_restarts_it_after_a_crash_and_logs_its_output() {
         metrics.contains("\nswitchyard_upstream_up 1\n"),
         "{metrics}"
     );
-    let exits = gateway.log_events("dashboard exited");
+    let exits = gateway.wait_for_log("dashboard exited", 1).await;
     assert!(!exits.is_empty());
     assert!(
         exits[0]["status"].as_str().unwrap().contains("signal"),
@@ -157,7 +157,7 @@ async fn supervises_a_child_restarts_it_after_a_crash_and_logs_its_output() {
         exits[0]
     );
     assert_eq!(
-        gateway.log_events("restarting the dashboard")[0]["backoff_secs"],
+        gateway.wait_for_log("restarting the dashboard", 1).await[0]["backoff_secs"],
         1
     );
 }
@@ -232,7 +232,8 @@ async fn sigterm_stops_the_child_group_and_leaves_no_orphan() {
     })
     .await;
     assert!(!gateway
-        .log_events("stopping the dashboard (SIGTERM)")
+        .wait_for_log("stopping the dashboard (SIGTERM)", 1)
+        .await
         .is_empty());
 }
 
@@ -325,5 +326,5 @@ async fn when_only_the_shell_dies_the_whole_group_is_replaced() {
     assert_eq!(gateway.health().await.1["restarts"], 1);
     assert_eq!(get(&gateway.url("/")).await.status(), 200);
     // The new child got the port: no "address in use" exit after the restart.
-    assert_eq!(gateway.log_events("dashboard exited").len(), 1);
+    assert_eq!(gateway.wait_for_log("dashboard exited", 1).await.len(), 1);
 }

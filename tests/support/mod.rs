@@ -139,6 +139,21 @@ impl Gateway {
             .collect()
     }
 
+    /// Waits (up to 10 s) until at least `at_least` log lines carry
+    /// `message`, then returns all of them. The logs are read by a task of
+    /// the test's runtime, so a line the gateway has written may not be in
+    /// `log_events` yet.
+    pub async fn wait_for_log(&self, message: &str, at_least: usize) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.log_events(message);
+            if events.len() >= at_least || tokio::time::Instant::now() >= deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `(VmRSS, VmHWM)` of the gateway process in KiB.
     pub fn memory_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
