@@ -51,6 +51,10 @@
 #
 # Usage: benches/proxy.sh            (ROUNDS=3 DURATION=5s WARMUP=1s PIN_1C=1)
 #        ROUNDS=5 DURATION=10s benches/proxy.sh
+#        BASELINE_BIN=/path/to/older/switchyard benches/proxy.sh
+#          adds a fourth target, "baseline", measured in the same rounds:
+#          the A/B for a change to the proxy path (build the old commit in a
+#          git worktree; the machine's noise then hits both alike).
 # Needs: Debian (installs wrk and nginx-light with apt-get if missing, as
 # root), cargo, python3, curl. Loopback only; nothing leaves 127.0.0.1.
 set -euo pipefail
@@ -137,10 +141,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- ports
-read -r UP NGX SY < <(python3 - <<'EOF'
+read -r UP NGX SY BASE < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(3):
+for _ in range(4):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -238,9 +242,19 @@ SWITCHYARD_PID=$!
 PIDS+=("$SWITCHYARD_PID")
 wait_for "http://127.0.0.1:$SY/health" "switchyard" '"upstream":"up"'
 
-# ---------------------------------------------------------------- sanity
-declare -A PORT_OF=([direct]=$UP [nginx]=$NGX [switchyard]=$SY)
+declare -A PORT_OF=([direct]=$UP [nginx]=$NGX [switchyard]=$SY [baseline]=$BASE)
 TARGETS=(direct nginx switchyard)
+if [ -n "${BASELINE_BIN:-}" ]; then
+    [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
+    PORT=$BASE HOST=127.0.0.1 DASHBOARD_URL="http://127.0.0.1:$UP" RUST_LOG=warn \
+        "$BASELINE_BIN" >>"$TMP/baseline.log" 2>&1 &
+    BASELINE_PID=$!
+    PIDS+=("$BASELINE_PID")
+    wait_for "http://127.0.0.1:$BASE/health" "baseline switchyard" '"upstream":"up"'
+    TARGETS+=(baseline)
+fi
+
+# ---------------------------------------------------------------- sanity
 for t in "${TARGETS[@]}"; do
     got=$(curl -sS --max-time 5 -w '\n%{http_code}' "http://127.0.0.1:${PORT_OF[$t]}/") \
         || die "$t: request failed"
@@ -258,6 +272,7 @@ proc_pids() { # target
         direct) echo "$UPSTREAM_PID" $(pgrep -P "$UPSTREAM_PID" || true) ;;
         nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" || true) ;;
         switchyard) echo "$SWITCHYARD_PID" ;;
+        baseline) echo "$BASELINE_PID" ;;
     esac
 }
 # utime+stime in clock ticks summed over pids (comm may hold spaces: cut at ')').
@@ -359,7 +374,7 @@ path, target_ratio, target_cpu = sys.argv[1], float(sys.argv[2]), float(sys.argv
 rows = [l.split("\t") for l in open(path).read().splitlines() if l]
 def med(t, kind, col):
     return statistics.median(float(r[col]) for r in rows if r[0] == t and r[1] == kind)
-T = ["direct", "nginx", "switchyard"]
+T = [t for t in ["direct", "nginx", "switchyard", "baseline"] if any(r[0] == t for r in rows)]
 m = {t: dict(rps=med(t, "64c", 3), cpu=med(t, "64c", 7), cpu1=med(t, "1c", 7),
              p50=med(t, "1c", 5), p99=med(t, "1c", 6)) for t in T}
 d = m["direct"]
@@ -378,6 +393,10 @@ sa, na = s["p50"] - d["p50"], n["p50"] - d["p50"]
 ratio = lambda a, b: a / b if b else float("inf")
 print("switchyard/nginx: throughput %.2f, cpu/req %.2f, added p50 %.2f" % (
     ratio(s["rps"], n["rps"]), ratio(s["cpu"], n["cpu"]), ratio(sa, na)))
+if "baseline" in m:
+    b = m["baseline"]
+    print("switchyard/baseline: throughput %.2f, cpu/req %.2f, added p50 %.2f" % (
+        ratio(s["rps"], b["rps"]), ratio(s["cpu"], b["cpu"]), ratio(sa, b["p50"] - d["p50"])))
 verdict = lambda ok: "PASS" if ok else "MISS"
 print("target: req/s >= %.1fx nginx       %s (%.2fx)" % (target_ratio, verdict(s["rps"] >= target_ratio * n["rps"]), ratio(s["rps"], n["rps"])))
 print("target: cpu/req <= %g us           %s (%.2f us)" % (target_cpu, verdict(s["cpu"] <= target_cpu), s["cpu"]))

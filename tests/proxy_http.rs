@@ -344,3 +344,29 @@ async fn each_proxied_request_is_logged_at_debug() {
     assert!(line["upstream_ms"].as_f64().is_some());
     assert_eq!(line["level"], "DEBUG");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[("DASHBOARD_URL", &upstream.url())]).await;
+    for _ in 0..20 {
+        let response = get(&gateway.url("/")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(text_body(response).await, "hello from upstream\n");
+    }
+    assert_eq!(upstream.connections(), 1, "one connection for 20 requests");
+}
+
+#[tokio::test]
+async fn a_dashboard_closing_an_idle_connection_costs_no_request() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[("DASHBOARD_URL", &upstream.url())]).await;
+    assert_eq!(text_body(get(&gateway.url("/bye")).await).await, "bye");
+    // The dashboard hangs up on the kept connection 100 ms later.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let response = get(&gateway.url("/after")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(text_body(response).await, "hello from upstream\n");
+    assert_eq!(upstream.connections(), 2);
+    assert!(gateway.log_events("proxy failed").is_empty());
+}

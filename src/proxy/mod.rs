@@ -2,13 +2,15 @@
 //! dashboard, bodies streamed both ways, WebSocket upgrades tunnelled.
 //!
 //! Owns: building the upstream request (always to `DASHBOARD_URL`, whatever
-//! the Host header or an absolute-form URI says), the pooled keep-alive
-//! client, the response-head timeout, and the 502/503/504 answers.
+//! the Host header or an absolute-form URI says), the response-head timeout,
+//! and the 502/503/504 answers.
 //!
-//! Does not own: header rules (`headers`), byte copying after an upgrade
-//! (`tunnel`), or knowing whether the dashboard is up (`upstream`).
+//! Does not own: header rules (`headers`), keep-alive connections (`pool`),
+//! byte copying after an upgrade (`tunnel`), or knowing whether the
+//! dashboard is up (`upstream`).
 
 mod headers;
+mod pool;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -20,12 +22,10 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
 use tracing::{debug, warn};
 
+use self::pool::{Pool, SendError};
 use crate::config::{Config, UpstreamUrl};
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
@@ -34,12 +34,9 @@ use crate::upstream::{UpstreamHealth, UpstreamState};
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A dashboard that does not accept a TCP connection within this is down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 pub struct Proxy {
-    /// Pooled keep-alive HTTP/1.1 connections to the dashboard.
-    client: Client<HttpConnector, Incoming>,
+    /// Keep-alive HTTP/1.1 connections to the dashboard.
+    pool: Arc<Pool>,
     /// Where every request goes.
     upstream: UpstreamUrl,
     /// No response head in this time: 504.
@@ -54,9 +51,9 @@ pub struct Proxy {
 
 /// Why a request could not be forwarded.
 enum Failure {
-    Refused(hyper_util::client::legacy::Error),
+    Refused(std::io::Error),
     TimedOut,
-    Broken(hyper_util::client::legacy::Error),
+    Broken(hyper::Error),
 }
 
 impl Proxy {
@@ -66,15 +63,9 @@ impl Proxy {
         health: Arc<UpstreamHealth>,
         shutdown: Shutdown,
     ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
+        let pool = Pool::new(upstream.connect_to.clone(), POOL_IDLE_TIMEOUT, &shutdown);
         Proxy {
-            client,
+            pool,
             upstream,
             timeout: config.upstream_timeout,
             trusted_proxies: config.trusted_proxies.clone(),
@@ -97,21 +88,16 @@ impl Proxy {
             request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
 
-        let outgoing = match self.upstream_request(request, peer, upgrading) {
-            Ok(outgoing) => outgoing,
-            Err(message) => {
-                return response::error_page(StatusCode::BAD_REQUEST, message, wants_json)
-            }
-        };
+        let outgoing = self.upstream_request(request, peer, upgrading);
 
         // For the logs: shares the request's bytes, no copy.
         let path_and_query = outgoing.uri().path_and_query().cloned();
         let path = path_and_query.as_ref().map_or("/", PathAndQuery::path);
 
-        let result = match tokio::time::timeout(self.timeout, self.client.request(outgoing)).await {
+        let result = match tokio::time::timeout(self.timeout, self.pool.send(outgoing)).await {
             Err(_) => Err(Failure::TimedOut),
-            Ok(Err(error)) if error.is_connect() => Err(Failure::Refused(error)),
-            Ok(Err(error)) => Err(Failure::Broken(error)),
+            Ok(Err(SendError::Connect(error))) => Err(Failure::Refused(error)),
+            Ok(Err(SendError::Exchange(error))) => Err(Failure::Broken(error)),
             Ok(Ok(answer)) => Ok(answer),
         };
         let upstream_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -121,7 +107,8 @@ impl Proxy {
             Err(failure) => {
                 let reply = self.failure_reply(&failure, wants_json);
                 let reason = match &failure {
-                    Failure::Refused(error) | Failure::Broken(error) => error_chain(error),
+                    Failure::Refused(error) => error_chain(error),
+                    Failure::Broken(error) => error_chain(error),
                     Failure::TimedOut => format!("no response head within {:?}", self.timeout),
                 };
                 warn!(%method, path, status = reply.status().as_u16(), upstream_ms, reason, "proxy failed");
@@ -151,7 +138,7 @@ impl Proxy {
         request: Request<Incoming>,
         peer: SocketAddr,
         upgrading: bool,
-    ) -> Result<Request<Incoming>, &'static str> {
+    ) -> Request<Incoming> {
         let (mut parts, body) = request.into_parts();
         // HTTP/2 clients name the host in :authority, not in a Host header.
         let original_host = match parts.headers.get(HOST) {
@@ -161,19 +148,23 @@ impl Proxy {
                     .uri
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-                if let Some(host) = &authority {
-                    parts.headers.insert(HOST, host.clone());
+                // Neither: the dashboard still gets a Host, its own.
+                let host = authority
+                    .clone()
+                    .or_else(|| HeaderValue::from_str(self.upstream.authority.as_str()).ok());
+                if let Some(host) = host {
+                    parts.headers.insert(HOST, host);
                 }
                 authority
             }
         };
-        let mut target = std::mem::take(&mut parts.uri).into_parts();
-        target.scheme = Some(self.upstream.scheme.clone());
-        target.authority = Some(self.upstream.authority.clone());
-        if target.path_and_query.is_none() {
-            target.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        parts.uri = Uri::from_parts(target).map_err(|_| "request target cannot be forwarded")?;
+        // Origin-form (`/path?query`) on the dashboard's connection: an
+        // absolute-form target's scheme and authority are dropped here.
+        let path_and_query = std::mem::take(&mut parts.uri)
+            .into_parts()
+            .path_and_query
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path_and_query);
         parts.version = Version::HTTP_11;
 
         let peer_ip = peer.ip().to_canonical();
@@ -183,7 +174,7 @@ impl Proxy {
             .any(|net| net.contains(&peer_ip));
         headers::strip_hop_by_hop(&mut parts.headers, upgrading);
         headers::set_forwarded(&mut parts.headers, peer_ip, trusted, original_host);
-        Ok(Request::from_parts(parts, body))
+        Request::from_parts(parts, body)
     }
 
     fn failure_reply(&self, failure: &Failure, wants_json: bool) -> Response<Body> {

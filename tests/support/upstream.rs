@@ -9,6 +9,8 @@
 //! - `/upload?pause_ms=N`: reads the body (pausing after 8 MiB), answers its size
 //! - `/slow?ms=N`: waits N ms before the response head
 //! - `/hop-response`: a response carrying hop-by-hop headers
+//! - `/bye`: answers 200 (keep-alive, as far as the headers say), then
+//!   closes the connection 100 ms later, like a server's idle timeout
 //! - `/refuse-upgrade`: answers an upgrade request with 403 "nope"
 //! - any other path with `Upgrade: websocket`: a WebSocket echo server
 //! - anything else: 200 "hello from upstream"
@@ -40,6 +42,9 @@ type Body = BoxBody<Bytes, Infallible>;
 pub struct Seen {
     /// Request heads, in arrival order.
     pub requests: Vec<(String, String, HeaderMap)>,
+    /// Connections that carried at least one request (the gateway's TCP
+    /// health probe connects without sending one).
+    pub connections: usize,
 }
 
 pub struct Upstream {
@@ -69,11 +74,21 @@ impl Upstream {
                 };
                 let record = record.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |request| handle(request, record.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let this = Arc::new(ThisConnection::default());
+                    let hang_up = this.clone();
+                    let service = service_fn(move |request| {
+                        if !this.used.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            record.lock().unwrap().connections += 1;
+                        }
+                        handle(request, record.clone(), this.clone())
+                    });
+                    let connection = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = hang_up.hang_up.notified() => {}
+                    }
                 });
             }
         });
@@ -99,6 +114,18 @@ impl Upstream {
     pub fn requests(&self) -> Vec<(String, String, HeaderMap)> {
         self.seen.lock().unwrap().requests.clone()
     }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.seen.lock().unwrap().connections
+    }
+}
+
+/// Per-connection state shared with its requests.
+#[derive(Default)]
+struct ThisConnection {
+    used: std::sync::atomic::AtomicBool,
+    hang_up: tokio::sync::Notify,
 }
 
 fn query_number(request: &Request<Incoming>, name: &str) -> u64 {
@@ -120,6 +147,7 @@ fn full(body: impl Into<Bytes>) -> Body {
 async fn handle(
     mut request: Request<Incoming>,
     seen: Arc<Mutex<Seen>>,
+    connection: Arc<ThisConnection>,
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
     seen.lock().unwrap().requests.push((
@@ -197,6 +225,13 @@ async fn handle(
             .header("x-keep", "1")
             .body(full("hop"))
             .unwrap(),
+        "/bye" => {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                connection.hang_up.notify_one();
+            });
+            Response::new(full("bye"))
+        }
         _ => Response::new(full("hello from upstream\n")),
     };
     Ok(response)

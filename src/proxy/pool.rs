@@ -1,0 +1,184 @@
+//! Keep-alive HTTP/1.1 connections to the dashboard.
+//!
+//! Owns: opening connections (TCP_NODELAY, a connect timeout), reusing the
+//! ones that are free, forgetting closed ones and closing ones idle too long,
+//! and sending a request again on a fresh connection when a kept-alive one
+//! closed before the dashboard saw it.
+//!
+//! Does not own: what goes into the request (`proxy`), or what happens after
+//! a 101 (`tunnel`); a connection that switched protocols is never kept.
+//!
+//! Why not hyper-util's pooled client: it is general (any scheme, HTTP/2,
+//! waiters, a task per request that hands the connection back when the
+//! body ends) and profiling the proxy benchmark put it at about a fifth of
+//! the gateway's user-space instructions. Here there is one destination and
+//! HTTP/1.1 only, so a connection is kept straight after its response head
+//! arrives and is taken again once hyper reports it ready, which is the
+//! moment the previous response body has been read to the end.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::shutdown::Shutdown;
+
+/// A dashboard that does not accept a TCP connection within this is down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At most this many connections are kept; more are closed after their
+/// exchange. Far above what a dashboard needs; it only bounds memory.
+const MAX_KEPT: usize = 512;
+
+/// How often connections idle longer than the idle timeout are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+pub struct Pool {
+    /// `host:port` of the dashboard.
+    address: String,
+    /// Every kept connection, busy (its response body still streaming) or
+    /// free; the most recently kept last.
+    kept: Mutex<Vec<Kept>>,
+    idle_timeout: Duration,
+}
+
+struct Kept {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Why a request got no response head.
+pub enum SendError {
+    /// No connection could be opened.
+    Connect(std::io::Error),
+    /// The connection broke before a response head arrived.
+    Exchange(hyper::Error),
+}
+
+impl Pool {
+    /// A pool for `address` (`host:port`) and a task, tracked by `shutdown`,
+    /// that closes connections idle longer than `idle_timeout`.
+    pub fn new(
+        address: String,
+        idle_timeout: Duration,
+        shutdown: &Shutdown,
+    ) -> std::sync::Arc<Pool> {
+        let pool = std::sync::Arc::new(Pool {
+            address,
+            kept: Mutex::new(Vec::new()),
+            idle_timeout,
+        });
+        let weak = std::sync::Arc::downgrade(&pool);
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
+            let mut ticks = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => match weak.upgrade() {
+                        Some(pool) => pool.sweep(Instant::now()),
+                        None => return,
+                    },
+                    _ = stop.requested() => return,
+                }
+            }
+        });
+        pool
+    }
+
+    /// Sends `request` (origin-form URI, Host set) and returns the response
+    /// head. A request that a kept connection gave back unsent is sent once
+    /// more on a new connection.
+    pub async fn send(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
+        loop {
+            let (mut sender, reused) = match self.take_free() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await.map_err(SendError::Connect)?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        self.keep(sender);
+                    }
+                    return Ok(response);
+                }
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) if reused => {
+                        debug!(error = %failed.error(), "kept connection closed; retrying on a new one");
+                        request = unsent;
+                    }
+                    _ => return Err(SendError::Exchange(failed.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A kept connection that can take a request now, forgetting closed ones
+    /// on the way. Newest first: the connection most likely still open.
+    fn take_free(&self) -> Option<SendRequest<Incoming>> {
+        let mut kept = lock(&self.kept);
+        let mut index = kept.len();
+        while index > 0 {
+            index -= 1;
+            let sender = &kept[index].sender;
+            if sender.is_closed() {
+                kept.swap_remove(index);
+            } else if sender.is_ready() {
+                return Some(kept.swap_remove(index).sender);
+            }
+        }
+        None
+    }
+
+    fn keep(&self, sender: SendRequest<Incoming>) {
+        let mut kept = lock(&self.kept);
+        if kept.len() < MAX_KEPT {
+            kept.push(Kept {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops closed connections and free ones unused for `idle_timeout`;
+    /// dropping the sender closes the connection.
+    fn sweep(&self, now: Instant) {
+        let mut kept = lock(&self.kept);
+        kept.retain(|kept| {
+            let idle = kept.sender.is_ready() && now.duration_since(kept.since) > self.idle_timeout;
+            !(kept.sender.is_closed() || idle)
+        });
+    }
+
+    async fn connect(&self) -> std::io::Result<SendRequest<Incoming>> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                debug!(%error, "dashboard connection ended by error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The list stays consistent even if a holder panicked (nothing here can).
+fn lock(kept: &Mutex<Vec<Kept>>) -> std::sync::MutexGuard<'_, Vec<Kept>> {
+    kept.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
