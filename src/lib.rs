@@ -69,7 +69,7 @@ pub async fn run(
             &shutdown,
         )
         .map_err(std::io::Error::other)?,
-        None => Arc::new(MemoryHub::new(config.history_size)),
+        None => MemoryHub::start(config.history_size, &shutdown, &client_runtime),
     };
     let upstream = Arc::new(UpstreamHealth::new(config.dashboard_url.is_some()));
     let proxy = config.dashboard_url.clone().map(|url| {
