@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -31,7 +31,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use crate::hub::queue::ClientQueue;
-use crate::hub::{Catchup, Subscription};
+use crate::hub::{Catchup, HubError, Subscription};
 use crate::metrics::Transport;
 use crate::protocol::{self, ClientFrame, SubscriptionQuery};
 use crate::response::{self, Body};
@@ -103,14 +103,11 @@ pub fn upgrade(
         can_publish,
         _slot: slot,
     };
-    let socket_config = WebSocketConfig::default()
-        .max_message_size(Some(config.max_message_bytes))
-        .max_frame_size(Some(config.max_message_bytes))
-        // Clients send few, small frames; an idle connection should cost
-        // little (this buffer is allocated up front, per connection).
-        .read_buffer_size(256)
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size((config.max_message_bytes * 4).max(1 << 20));
+    let max_message_bytes = config.max_message_bytes;
+    let (patterns, resume) = (query.patterns, query.resume);
+    // Everything this future keeps across `.await`s stays allocated for as
+    // long as the client is connected, so it holds little: the socket goes
+    // straight into its split halves and the query into the subscription.
     let task = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -122,10 +119,17 @@ pub fn upgrade(
         let socket = WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,
-            Some(socket_config),
+            Some(socket_config(max_message_bytes)),
         )
         .await;
-        client.run(socket, query).await;
+        let (sink, stream) = socket.split();
+        let gateway = &client.gateway;
+        let subscription = gateway
+            .hub
+            .clone()
+            .subscribe(patterns, resume, gateway.config.client_queue)
+            .await;
+        client.run(sink, stream, subscription).await;
     };
     gateway.shutdown.spawn_on(task, &gateway.client_runtime);
 
@@ -138,6 +142,17 @@ pub fn upgrade(
         out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     answer
+}
+
+fn socket_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+        // Clients send few, small frames; an idle connection should cost
+        // little (this buffer is allocated up front, per connection).
+        .read_buffer_size(256)
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size((max_message_bytes * 4).max(1 << 20))
 }
 
 /// The `Sec-WebSocket-Key` of a valid version-13 upgrade request.
@@ -187,14 +202,13 @@ struct Client {
 }
 
 impl Client {
-    async fn run(self, socket: Socket, query: SubscriptionQuery) {
+    async fn run(
+        self,
+        mut sink: Sink,
+        mut stream: SplitStream<Socket>,
+        subscription: Result<Subscription, HubError>,
+    ) {
         let peer = self.peer;
-        let config = &self.gateway.config;
-        let hub = self.gateway.hub.clone();
-        let (mut sink, mut stream) = socket.split();
-        let subscription = hub
-            .subscribe(query.patterns, query.resume, config.client_queue)
-            .await;
         debug!(%peer, ok = subscription.is_ok(), "websocket client connected");
         let ending = match subscription {
             Ok(mut subscription) => {
@@ -229,7 +243,7 @@ impl Client {
     async fn serve(
         &self,
         sink: &mut Sink,
-        stream: &mut futures_util::stream::SplitStream<Socket>,
+        stream: &mut SplitStream<Socket>,
         subscription: &mut Subscription,
     ) -> Ending {
         let interval = self.gateway.config.ping_interval;
