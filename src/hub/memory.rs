@@ -92,10 +92,12 @@ impl MemoryHub {
             async move {
                 loop {
                     tokio::select! {
-                        _ = wanted.notified() => match weak.upgrade() {
-                            Some(hub) => hub.fan_out_pending(),
-                            None => return,
-                        },
+                        _ = wanted.notified() => {
+                            let Some(hub) = weak.upgrade() else { return };
+                            while hub.fan_out_one() {
+                                tokio::task::yield_now().await;
+                            }
+                        }
                         _ = stop.requested() => return,
                     }
                 }
@@ -125,25 +127,28 @@ impl MemoryHub {
     /// seq order, a batch at a time so subscribe and unsubscribe get turns.
     fn fan_out_pending(&self) {
         let one_at_a_time = lock(&self.fan_out);
-        self.fan_out_while(&one_at_a_time);
+        while self.fan_out_batch(&one_at_a_time, FAN_OUT_BATCH) {}
     }
 
-    /// The fan-out proper, for a caller holding `fan_out` (the guard proves it).
-    fn fan_out_while(&self, _one_at_a_time: &MutexGuard<'_, ()>) {
-        let mut batch = Vec::with_capacity(FAN_OUT_BATCH);
-        loop {
-            {
-                let mut state = lock(&self.state);
-                let take = state.pending.len().min(FAN_OUT_BATCH);
-                batch.extend(state.pending.drain(..take));
-            }
-            if batch.is_empty() {
-                return;
-            }
-            for event in batch.drain(..) {
-                lock(&self.subscribers).deliver(&event);
-            }
+    /// One event's fan-out, for the task, which yields between events: to
+    /// thousands of subscribers one event is already a millisecond of work.
+    fn fan_out_one(&self) -> bool {
+        let one_at_a_time = lock(&self.fan_out);
+        self.fan_out_batch(&one_at_a_time, 1)
+    }
+
+    /// Fans out up to `most` pending events; false when none was pending.
+    /// Only for a caller holding `fan_out` (the guard proves it).
+    fn fan_out_batch(&self, _one_at_a_time: &MutexGuard<'_, ()>, most: usize) -> bool {
+        let batch: Vec<Arc<Event>> = {
+            let mut state = lock(&self.state);
+            let take = state.pending.len().min(most);
+            state.pending.drain(..take).collect()
+        };
+        for event in &batch {
+            lock(&self.subscribers).deliver(event);
         }
+        !batch.is_empty()
     }
 
     fn snapshot_locked(
@@ -275,7 +280,7 @@ impl Hub for MemoryHub {
         // event; fanning those out first keeps them from arriving twice.
         // The last few, published meanwhile, go out under `state`.
         let one_at_a_time = lock(&self.fan_out);
-        self.fan_out_while(&one_at_a_time);
+        while self.fan_out_batch(&one_at_a_time, FAN_OUT_BATCH) {}
         let mut state = lock(&self.state);
         let mut subscribers = lock(&self.subscribers);
         for event in state.pending.drain(..) {
