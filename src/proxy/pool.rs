@@ -16,7 +16,7 @@
 //! arrives and is taken again once hyper reports it ready, which is the
 //! moment the previous response body has been read to the end.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -63,17 +63,13 @@ pub enum SendError {
 impl Pool {
     /// A pool for `address` (`host:port`) and a task, tracked by `shutdown`,
     /// that closes connections idle longer than `idle_timeout`.
-    pub fn new(
-        address: String,
-        idle_timeout: Duration,
-        shutdown: &Shutdown,
-    ) -> std::sync::Arc<Pool> {
-        let pool = std::sync::Arc::new(Pool {
+    pub fn new(address: String, idle_timeout: Duration, shutdown: &Shutdown) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
             address,
             kept: Mutex::new(Vec::new()),
             idle_timeout,
         });
-        let weak = std::sync::Arc::downgrade(&pool);
+        let weak = Arc::downgrade(&pool);
         let stop = shutdown.clone();
         shutdown.spawn(async move {
             let mut ticks = tokio::time::interval(SWEEP_EVERY);
@@ -91,8 +87,9 @@ impl Pool {
     }
 
     /// Sends `request` (origin-form URI, Host set) and returns the response
-    /// head. A request that a kept connection gave back unsent is sent once
-    /// more on a new connection.
+    /// head. A request that a kept connection gave back unsent (it closed
+    /// under us) goes out again on the next free connection or a new one;
+    /// a request the dashboard may have seen is never sent twice.
     pub async fn send(
         &self,
         mut request: Request<Incoming>,
