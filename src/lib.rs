@@ -4,6 +4,7 @@
 //! waits for a signal. Tests call the binary, which calls this.
 
 pub mod assets;
+pub mod beacon;
 pub mod config;
 pub mod cors;
 pub mod health;
@@ -35,6 +36,7 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
+use crate::beacon::Beacon;
 use crate::hub::memory::MemoryHub;
 use crate::hub::redis::RedisHub;
 use crate::hub::Hub;
@@ -188,15 +190,16 @@ fn raise_open_file_limit(max_connections: usize) {
 }
 
 /// Ticks for every client's keepalive until shutdown.
-fn spawn_ping_clock(interval: Duration, shutdown: &Shutdown) -> tokio::sync::watch::Receiver<()> {
-    let (ticks, clock) = tokio::sync::watch::channel(());
+fn spawn_ping_clock(interval: Duration, shutdown: &Shutdown) -> Arc<Beacon> {
+    let clock = Beacon::new();
+    let ticks = clock.clone();
     let stop = shutdown.clone();
     shutdown.spawn(async move {
         let mut timer = tokio::time::interval_at(Instant::now() + interval, interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = timer.tick() => ticks.send_replace(()),
+                _ = timer.tick() => ticks.fire(),
                 _ = stop.requested() => return,
             }
         }

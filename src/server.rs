@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::beacon::Beacon;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,7 +24,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, RESERVED_PREFIX};
@@ -68,7 +68,7 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Ticks every PING_INTERVAL_SECS: one clock for every client's
     /// keepalive, so an idle connection holds no timer of its own.
-    pub ping_clock: watch::Receiver<()>,
+    pub ping_clock: Arc<Beacon>,
     /// Where WebSocket client tasks run (see `main`).
     pub client_runtime: tokio::runtime::Handle,
 }

@@ -2,19 +2,21 @@
 //!
 //! hyper's graceful shutdown tracks HTTP connections until they upgrade;
 //! after that a WebSocket client or a proxied tunnel is a task of its own.
-//! [`Shutdown`] is what those tasks hold: a token that tells them to finish
+//! [`Shutdown`] is what those tasks hold: a signal that tells them to finish
 //! (send close 1001, stop copying) and a tracker the server waits on, within
 //! the grace period, before it exits.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
+
+use crate::beacon::{Beacon, Signal};
 
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {
-    /// Cancelled once, when the gateway starts draining.
-    token: CancellationToken,
+    /// Fires once, when the gateway starts draining.
+    drain: Arc<Beacon>,
     /// Every long-lived task spawned after an upgrade (and the prober).
     tasks: TaskTracker,
 }
@@ -40,21 +42,17 @@ impl Shutdown {
         self.tasks.spawn_on(task, runtime);
     }
 
-    /// Resolves when draining has begun.
-    pub async fn requested(&self) {
-        self.token.cancelled().await
-    }
-
-    /// Like [`Shutdown::requested`], owning what it needs, for state that
-    /// keeps one drain signal for its whole life (an SSE stream).
-    pub fn requested_owned(&self) -> WaitForCancellationFutureOwned {
-        self.token.clone().cancelled_owned()
+    /// Resolves once draining has begun (at once if it already has). A
+    /// task that keeps one for its whole life and polls it at every wake-up
+    /// pays an atomic load, not a lock.
+    pub fn requested(&self) -> Signal {
+        self.drain.fired()
     }
 
     /// Tells every task to finish; waits for none.
     pub fn begin(&self) {
         self.tasks.close();
-        self.token.cancel();
+        self.drain.fire();
     }
 
     /// Resolves when every tracked task has finished (after `begin`).

@@ -9,7 +9,6 @@
 //! rule (the stream ends when the client falls CLIENT_QUEUE behind); counted
 //! in `/health` and MAX_CONNECTIONS; ended at shutdown.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -18,10 +17,9 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use tokio::sync::watch;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
+use crate::beacon::Signal;
 use crate::hub::{Catchup, Delivery, Epoch, Event, Subscription};
 use crate::metrics::Transport;
 use crate::protocol::{self, parse_event_id, SubscriptionQuery};
@@ -76,16 +74,14 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
         "sse client connected"
     );
 
-    let mut heartbeat = gateway.ping_clock.clone();
-    heartbeat.mark_unchanged();
     let opening = opening_chunk(&subscription);
     let epoch = subscription.snapshot.epoch.clone();
     let state = Stream {
         opening: Some(opening),
         subscription,
         epoch,
-        heartbeat,
-        stop: Box::pin(gateway.shutdown.requested_owned()),
+        heartbeat: gateway.ping_clock.next_firing(),
+        stop: gateway.shutdown.requested(),
         batch: Vec::new(),
         _slot: slot,
     };
@@ -110,10 +106,9 @@ struct Stream {
     subscription: Subscription,
     epoch: Epoch,
     /// The gateway's keepalive clock: a comment line on each tick.
-    heartbeat: watch::Receiver<()>,
-    /// Registered once: a new waiter per chunk would contend on the shared
-    /// shutdown token's lock.
-    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    heartbeat: Signal,
+    /// Kept for the stream's life: polled per chunk for an atomic load.
+    stop: Signal,
     batch: Vec<Delivery>,
     /// Counts this client until the stream is dropped.
     _slot: ClientSlot,
@@ -129,7 +124,7 @@ impl Stream {
         let chunk = tokio::select! {
             biased;
             _ = self.subscription.queue.closed() => return None,
-            _ = self.stop.as_mut() => return None,
+            _ = &mut self.stop => return None,
             received = self.subscription.queue.recv_many(&mut self.batch, BATCH) => {
                 if received == 0 {
                     return None;
@@ -146,7 +141,7 @@ impl Stream {
                 }
                 out.freeze()
             }
-            Ok(()) = self.heartbeat.changed() => Bytes::from_static(b": ping\n\n"),
+            _ = &mut self.heartbeat => Bytes::from_static(b": ping\n\n"),
         };
         Some((Ok(Frame::data(chunk)), self))
     }

@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +29,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
+use crate::beacon::Signal;
 use crate::hub::queue::ClientQueue;
 use crate::hub::{Catchup, HubError, Subscription};
 use crate::metrics::Transport;
@@ -248,11 +248,9 @@ impl Client {
     ) -> Ending {
         let interval = self.gateway.config.ping_interval;
         let queue = subscription.queue.clone();
-        // One drain signal for the whole connection: registering a fresh
-        // waiter on the shared shutdown token at every wake-up would make
-        // every client contend on its lock, once per event.
-        let stop = self.gateway.shutdown.requested();
-        tokio::pin!(stop);
+        // One drain signal and one ping signal for the whole connection,
+        // polled at every wake-up for an atomic load each (see `beacon`).
+        let mut stop = self.gateway.shutdown.requested();
 
         let hello = protocol::hello_frame(&subscription.snapshot);
         let catchup = match &subscription.snapshot.catchup {
@@ -266,21 +264,20 @@ impl Client {
             }
             sink.flush().await
         };
-        if let Err(ending) = self.guarded(greeting, &queue, stop.as_mut()).await {
+        if let Err(ending) = self.guarded(greeting, &queue, &mut stop).await {
             return ending;
         }
         // The catch-up is written; its events need not stay alive with us.
         subscription.snapshot.catchup = Catchup::Resumed(Vec::new());
 
-        let mut pings = self.gateway.ping_clock.clone();
-        pings.mark_unchanged();
+        let mut pings = self.gateway.ping_clock.next_firing();
         let mut last_heard = Instant::now();
         // Grows on first use: idle clients hold no batch buffer.
         let mut batch = Vec::new();
         loop {
             tokio::select! {
                 biased;
-                _ = stop.as_mut() => return Ending::Shutdown,
+                _ = &mut stop => return Ending::Shutdown,
                 // A cut-off client learns it here (0: queue closed) or, when
                 // its socket is stalled, from `guarded`.
                 received = subscription.queue.recv_many(&mut batch, BATCH) => {
@@ -294,7 +291,7 @@ impl Client {
                         }
                         sink.flush().await
                     };
-                    if let Err(ending) = self.guarded(write, &queue, stop.as_mut()).await {
+                    if let Err(ending) = self.guarded(write, &queue, &mut stop).await {
                         return ending;
                     }
                 }
@@ -309,16 +306,16 @@ impl Client {
                         Some(Err(_)) => return Ending::Gone,
                     };
                     if let Some(reply) = reply {
-                        if let Err(ending) = self.guarded(sink.send(Message::text(reply)), &queue, stop.as_mut()).await {
+                        if let Err(ending) = self.guarded(sink.send(Message::text(reply)), &queue, &mut stop).await {
                             return ending;
                         }
                     }
                 }
-                Ok(()) = pings.changed() => {
+                _ = &mut pings => {
                     if last_heard.elapsed() > interval * 3 {
                         return Ending::Silent;
                     }
-                    if let Err(ending) = self.guarded(sink.send(Message::Ping(Default::default())), &queue, stop.as_mut()).await {
+                    if let Err(ending) = self.guarded(sink.send(Message::Ping(Default::default())), &queue, &mut stop).await {
                         return ending;
                     }
                 }
@@ -332,7 +329,7 @@ impl Client {
         &self,
         write: impl Future<Output = Result<(), tungstenite::Error>>,
         queue: &ClientQueue,
-        stop: Pin<&mut impl Future<Output = ()>>,
+        stop: &mut Signal,
     ) -> Result<(), Ending> {
         tokio::select! {
             biased;
