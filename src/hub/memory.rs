@@ -39,9 +39,6 @@ use crate::shutdown::Shutdown;
 /// out itself before it is answered: backpressure instead of a growing list.
 const PENDING_LIMIT: usize = 1024;
 
-/// Events taken from `pending` per turn of the fan-out.
-const FAN_OUT_BATCH: usize = 16;
-
 pub struct MemoryHub {
     epoch: Epoch,
     history_size: usize,
@@ -124,31 +121,27 @@ impl MemoryHub {
     }
 
     /// Moves every pending event into the matching subscribers' queues, in
-    /// seq order, a batch at a time so subscribe and unsubscribe get turns.
+    /// seq order, one event per lock so subscribe and unsubscribe get turns.
     fn fan_out_pending(&self) {
         let one_at_a_time = lock(&self.fan_out);
-        while self.fan_out_batch(&one_at_a_time, FAN_OUT_BATCH) {}
+        while self.fan_out_next(&one_at_a_time) {}
     }
 
     /// One event's fan-out, for the task, which yields between events: to
     /// thousands of subscribers one event is already a millisecond of work.
     fn fan_out_one(&self) -> bool {
         let one_at_a_time = lock(&self.fan_out);
-        self.fan_out_batch(&one_at_a_time, 1)
+        self.fan_out_next(&one_at_a_time)
     }
 
-    /// Fans out up to `most` pending events; false when none was pending.
+    /// Fans out the oldest pending event; false when none was pending.
     /// Only for a caller holding `fan_out` (the guard proves it).
-    fn fan_out_batch(&self, _one_at_a_time: &MutexGuard<'_, ()>, most: usize) -> bool {
-        let batch: Vec<Arc<Event>> = {
-            let mut state = lock(&self.state);
-            let take = state.pending.len().min(most);
-            state.pending.drain(..take).collect()
+    fn fan_out_next(&self, _one_at_a_time: &MutexGuard<'_, ()>) -> bool {
+        let Some(event) = lock(&self.state).pending.pop_front() else {
+            return false;
         };
-        for event in &batch {
-            lock(&self.subscribers).deliver(event);
-        }
-        !batch.is_empty()
+        lock(&self.subscribers).deliver(&event);
+        true
     }
 
     fn snapshot_locked(
@@ -280,7 +273,7 @@ impl Hub for MemoryHub {
         // event; fanning those out first keeps them from arriving twice.
         // The last few, published meanwhile, go out under `state`.
         let one_at_a_time = lock(&self.fan_out);
-        while self.fan_out_batch(&one_at_a_time, FAN_OUT_BATCH) {}
+        while self.fan_out_next(&one_at_a_time) {}
         let mut state = lock(&self.state);
         let mut subscribers = lock(&self.subscribers);
         for event in state.pending.drain(..) {
