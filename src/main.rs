@@ -20,26 +20,15 @@ fn main() -> ExitCode {
     };
     switchyard::logging::init(config.log_format);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            error!(%error, "cannot start the async runtime");
-            return ExitCode::from(1);
-        }
-    };
     // Broadcaster clients run on a runtime of their own: a fan-out to
     // thousands of clients then never queues the HTTP side (publishes,
     // health checks, proxied requests) behind their tasks.
-    let clients = match tokio::runtime::Builder::new_multi_thread()
-        .thread_name("switchyard-clients")
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
+    let (runtime, clients) = match (
+        new_runtime("tokio-runtime-worker"),
+        new_runtime("switchyard-clients"),
+    ) {
+        (Ok(runtime), Ok(clients)) => (runtime, clients),
+        (Err(error), _) | (_, Err(error)) => {
             error!(%error, "cannot start the async runtime");
             return ExitCode::from(1);
         }
@@ -67,4 +56,13 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A multi-thread runtime with I/O and timers; TOKIO_WORKER_THREADS sets
+/// its size, as tokio's default does.
+fn new_runtime(thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(thread_name)
+        .enable_all()
+        .build()
 }
