@@ -31,32 +31,25 @@ import tempfile
 import threading
 import time
 import traceback
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-OUT = HERE / "out"
-# SWITCHYARD_BIN overrides the binary (run.sh then skips the build).
-GATEWAY_BIN = Path(os.environ.get("SWITCHYARD_BIN") or ROOT / "target" / "release" / "switchyard")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-proxy-server",
-]
+from common import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    GATEWAY_BIN,
+    OUT,
+    ROOT,
+    free_port,
+    http_json,
+    record,
+    results,
+)
+
 # Variables the gateway reads: none leaks in from the caller's environment.
 GATEWAY_VARIABLES = [
     "PORT", "HOST", "WEBSOCKET_ENABLED", "WEBSOCKET_PATH", "DASHBOARD_URL", "DASHBOARD_COMMAND",
@@ -66,23 +59,11 @@ GATEWAY_VARIABLES = [
     "LOG_FORMAT", "RAILWAY_PUBLIC_DOMAIN", "RAILWAY_STATIC_URL", "PUBLIC_URL", "RUST_LOG",
 ]
 
-# urllib without any proxy from the environment: loopback only.
-HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-results = []  # (name, ok, detail)
 notes = []
 
 
 def log(msg):
     print(f"[client-e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def record(name, ok, detail=""):
-    results.append((name, ok, detail))
-    if ok:
-        print(f"PASS {name}" + (f" ({detail})" if detail else ""), flush=True)
-    else:
-        print(f"FAIL {name}: {detail}", flush=True)
 
 
 class Interrupted(BaseException):
@@ -105,28 +86,6 @@ def run_test(name, fn):
     took = f"{time.monotonic() - t0:.1f}s"
     record(name, True, f"{detail}; {took}" if detail else took)
     return True
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_json(url, body=None, timeout=5):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-    if body is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with HTTP.open(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        try:
-            return err.code, json.loads(raw)
-        except ValueError:
-            return err.code, raw.decode(errors="replace")
 
 
 # ---------------------------------------------------------------- gateway

@@ -13,56 +13,37 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-OUT = HERE / "out"
+from common import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    GATEWAY_BIN,
+    HERE,
+    OUT,
+    ROOT,
+    free_port,
+    http_json,
+    record,
+    results,
+)
+
 VENV = HERE / ".venv"
-# SWITCHYARD_BIN overrides the binary (run.sh then skips the build).
-GATEWAY_BIN = Path(os.environ.get("SWITCHYARD_BIN") or ROOT / "target" / "release" / "switchyard")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-proxy-server",
-]
 TOPIC_PREFIX = "e2e/"
 
-# urllib without any proxy from the environment: loopback only.
-HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-results = []  # (name, ok, detail)
 notes = []  # things worth reporting that are not failures
 
 
 def log(msg):
     print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def record(name, ok, detail=""):
-    results.append((name, ok, detail))
-    if ok:
-        print(f"PASS {name}" + (f" ({detail})" if detail else ""), flush=True)
-    else:
-        print(f"FAIL {name}: {detail}", flush=True)
 
 
 def run_test(name, fn):
@@ -76,28 +57,6 @@ def run_test(name, fn):
         return False
     record(name, True, f"{detail}; {time.monotonic() - t0:.1f}s" if detail else f"{time.monotonic() - t0:.1f}s")
     return True
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_json(url, body=None, timeout=5):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-    if body is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with HTTP.open(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        try:
-            return err.code, json.loads(raw)
-        except ValueError:
-            return err.code, raw.decode(errors="replace")
 
 
 # ---------------------------------------------------------------- processes

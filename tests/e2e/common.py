@@ -1,0 +1,67 @@
+"""What e2e.py and client_e2e.py share: paths, the Chromium command line,
+a proxy-free HTTP helper, and the PASS/FAIL record both scripts print.
+
+Imported by the scripts from their own directory (run.sh runs them as
+`python tests/e2e/<script>.py`, so this directory is on sys.path).
+"""
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+OUT = HERE / "out"
+# SWITCHYARD_BIN overrides the binary (run.sh then skips the build).
+GATEWAY_BIN = Path(os.environ.get("SWITCHYARD_BIN") or ROOT / "target" / "release" / "switchyard")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-proxy-server",
+]
+
+# urllib without any proxy from the environment: loopback only.
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+results = []  # (name, ok, detail), in the order the checks ran
+
+
+def record(name, ok, detail=""):
+    results.append((name, ok, detail))
+    if ok:
+        print(f"PASS {name}" + (f" ({detail})" if detail else ""), flush=True)
+    else:
+        print(f"FAIL {name}: {detail}", flush=True)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url, body=None, timeout=5):
+    """GET (or POST `body` as JSON); returns (status, parsed JSON or text)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with HTTP.open(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw)
+        except ValueError:
+            return err.code, raw.decode(errors="replace")
