@@ -181,13 +181,9 @@ struct Args {
 }
 
 impl Args {
-    fn parse() -> Result<Args, String> {
-        // `cargo bench` appends `--bench` for harness = false targets.
-        let raw: Vec<String> = std::env::args()
-            .skip(1)
-            .filter(|a| a != "--bench")
-            .collect();
-        let mut args = Args {
+    /// Every flag at its default (what `--help` lists).
+    fn defaults() -> Args {
+        Args {
             clients: 1000,
             rate: 100.0,
             duration: 20.0,
@@ -217,7 +213,19 @@ impl Args {
             replicas: 1,
             redis_url: None,
             redis_prefix: None,
+            raw: Vec::new(),
+        }
+    }
+
+    fn parse() -> Result<Args, String> {
+        // `cargo bench` appends `--bench` for harness = false targets.
+        let raw: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| a != "--bench")
+            .collect();
+        let mut args = Args {
             raw: raw.clone(),
+            ..Args::defaults()
         };
         let mut it = raw.into_iter();
         while let Some(flag) = it.next() {
@@ -2983,33 +2991,14 @@ fn self_check() {
         clients: 1,
         rate: 1.0,
         duration: 1.0,
-        size: 256,
         topics: Some(3),
-        stall: 0,
-        stall_at: 0.5,
         stall_rcvbuf: 0,
-        idle: false,
-        server_env: Vec::new(),
         pool: 1,
-        tick_ms: 10.0,
-        max_body: 60_000,
         connect_concurrency: 1,
         read_buffer: 4096,
         drain: 1.0,
-        label: None,
-        target_zero_loss: false,
-        target_no_waits: false,
-        target_cpu_us: None,
-        target_p99_ms: None,
-        target_rss_kib: None,
-        target_stall: false,
-        target_events_per_s: None,
-        throughput: false,
-        batch: 50,
         replicas: 2,
-        redis_url: None,
-        redis_prefix: None,
-        raw: Vec::new(),
+        ..Args::defaults()
     };
     assert_eq!((args.replica_of(0), args.replica_of(3)), (0, 1));
     assert_eq!(
