@@ -60,12 +60,9 @@ say() { echo "broadcast.sh: $*" >&2; }
 command -v cargo >/dev/null 2>&1 || die "cargo not found"
 
 # ---------------------------------------------------------------- build
-say "building switchyard (release) and the load generator (bench profile)"
-cargo build --release --quiet
-cargo bench --bench loadgen --no-run --quiet
-LOADGEN=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
-    | grep '"name":"loadgen"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
-[ -n "$LOADGEN" ] && [ -x "$LOADGEN" ] || die "could not find the loadgen bench executable"
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+build_loadgen
 
 # Private copies, so a rebuild in this tree during the runs changes nothing.
 TMP=$(mktemp -d /tmp/switchyard-broadcast.XXXXXX)

@@ -98,12 +98,9 @@ rcli() { redis-cli -u "$BENCH_REDIS_URL" "$@"; }
 [ "$(rcli ping 2>/dev/null)" = PONG ] || die "no Redis answers at $BENCH_REDIS_URL"
 
 # ---------------------------------------------------------------- build
-say "building switchyard (release) and the load generator (bench profile)"
-cargo build --release --quiet
-cargo bench --bench loadgen --no-run --quiet
-LOADGEN=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
-    | grep '"name":"loadgen"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
-[ -n "$LOADGEN" ] && [ -x "$LOADGEN" ] || die "could not find the loadgen bench executable"
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+build_loadgen
 
 # Private copies, so a rebuild in this tree during the runs changes nothing.
 TMP=$(mktemp -d /tmp/switchyard-redis.XXXXXX)
