@@ -35,6 +35,12 @@ pub const VARIABLES: &[&str] = &[
     "CLIENT_QUEUE",
     "PING_INTERVAL_SECS",
     "SHUTDOWN_GRACE_SECS",
+    "WRITE_TIMEOUT_SECS",
+    "MAX_PATTERNS_PER_CLIENT",
+    "MAX_RETAINED_BYTES",
+    "HISTORY_MAX_BYTES",
+    "MAX_TUNNELS",
+    "TUNNEL_IDLE_SECS",
     "REDIS_URL",
     "REDIS_PREFIX",
     "RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
@@ -84,6 +90,21 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Drain time after SIGTERM/SIGINT, already fitted to Railway's gap.
     pub shutdown_grace: Duration,
+    /// A client (WebSocket, SSE, long-poll, tunnel, any HTTP response) that
+    /// accepts no bytes this long while we have bytes for it is closed.
+    pub write_timeout: Duration,
+    /// Topic patterns one client may hold; past it: 400 or an `error` frame.
+    pub max_patterns_per_client: usize,
+    /// Bytes of retained state (topic + data of every retained event); a
+    /// publish that would pass it answers 507 and changes nothing.
+    pub max_retained_bytes: usize,
+    /// Bytes of history kept for resume, besides HISTORY_SIZE events: the
+    /// oldest events go first when either bound is reached.
+    pub history_max_bytes: usize,
+    /// Proxied upgrades (Streamlit's WebSocket) open at once; past it: 503.
+    pub max_tunnels: usize,
+    /// A proxied tunnel with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
     /// Redis backplane; unset keeps the in-process hub.
     pub redis_url: Option<Secret>,
     /// Key prefix in Redis, so several apps can share one server.
@@ -177,6 +198,12 @@ struct RawEnv {
     client_queue: Option<String>,
     ping_interval_secs: Option<String>,
     shutdown_grace_secs: Option<String>,
+    write_timeout_secs: Option<String>,
+    max_patterns_per_client: Option<String>,
+    max_retained_bytes: Option<String>,
+    history_max_bytes: Option<String>,
+    max_tunnels: Option<String>,
+    tunnel_idle_secs: Option<String>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
     railway_deployment_draining_seconds: Option<String>,
@@ -332,6 +359,27 @@ impl Checker {
             non_empty(&raw.shutdown_grace_secs).is_some(),
             draining,
         ));
+        let write_timeout = self.seconds("WRITE_TIMEOUT_SECS", &raw.write_timeout_secs, 30, 1);
+        let max_patterns_per_client = self.count(
+            "MAX_PATTERNS_PER_CLIENT",
+            &raw.max_patterns_per_client,
+            256,
+            1,
+        );
+        let max_retained_bytes = self.count(
+            "MAX_RETAINED_BYTES",
+            &raw.max_retained_bytes,
+            64 * 1024 * 1024,
+            1024,
+        );
+        let history_max_bytes = self.count(
+            "HISTORY_MAX_BYTES",
+            &raw.history_max_bytes,
+            16 * 1024 * 1024,
+            1024,
+        );
+        let max_tunnels = self.count("MAX_TUNNELS", &raw.max_tunnels, 10_000, 1);
+        let tunnel_idle = self.seconds("TUNNEL_IDLE_SECS", &raw.tunnel_idle_secs, 600, 1);
         let redis_url = non_empty(&raw.redis_url).and_then(|v| {
             self.require("REDIS_URL", v, "a redis:// or rediss:// URL", |v| {
                 (v.starts_with("redis://") || v.starts_with("rediss://"))
@@ -381,6 +429,12 @@ impl Checker {
             client_queue,
             ping_interval,
             shutdown_grace,
+            write_timeout,
+            max_patterns_per_client,
+            max_retained_bytes,
+            history_max_bytes,
+            max_tunnels,
+            tunnel_idle,
             redis_url,
             redis_prefix,
             log_format,
@@ -584,6 +638,9 @@ mod tests {
         assert!(config.dashboard_url.is_none());
         assert_eq!(config.upstream_timeout, Duration::from_secs(60));
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.write_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_patterns_per_client, 256);
+        assert_eq!(config.max_retained_bytes, 67_108_864);
         assert_eq!(config.public_websocket_uri, "ws://localhost:8080/ws");
     }
 
