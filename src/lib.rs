@@ -39,7 +39,7 @@ pub use config::Config;
 use crate::beacon::Beacon;
 use crate::hub::memory::MemoryHub;
 use crate::hub::redis::RedisHub;
-use crate::hub::Hub;
+use crate::hub::{Hub, Limits};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::Gateway;
@@ -67,11 +67,11 @@ pub async fn run(
         Some(url) => RedisHub::start(
             url.expose(),
             &config.redis_prefix,
-            config.history_size,
+            Limits::from(&config),
             &shutdown,
         )
         .map_err(std::io::Error::other)?,
-        None => MemoryHub::start(config.history_size, &shutdown, &client_runtime),
+        None => MemoryHub::start(Limits::from(&config), &shutdown, &client_runtime),
     };
     let upstream = Arc::new(UpstreamHealth::new(config.dashboard_url.is_some()));
     let proxy = config.dashboard_url.clone().map(|url| {

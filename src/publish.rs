@@ -2,7 +2,8 @@
 //!
 //! Owns: who may publish (the bearer token, compared in constant time; or,
 //! without PUBLISH_TOKEN, loopback peers only — the real TCP peer, never a
-//! header), the body size limit, and the 202/400/401/413/503 answers.
+//! header), the body size limit, and the 202/400/401/413/503/507 answers
+//! (507: the batch would take retained state past MAX_RETAINED_BYTES).
 
 use std::net::SocketAddr;
 
@@ -56,6 +57,12 @@ pub async fn handle(
         }
         Err(HubError::Unavailable) => {
             response::json_error(StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable")
+        }
+        Err(error @ HubError::RetainedFull { .. }) => {
+            response::json_error(StatusCode::INSUFFICIENT_STORAGE, &error.to_string())
+        }
+        Err(error @ HubError::TooManyPatterns { .. }) => {
+            response::json_error(StatusCode::BAD_REQUEST, &error.to_string())
         }
         Err(error) => response::json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
     }

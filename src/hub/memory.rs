@@ -12,26 +12,37 @@
 //!   in seq order.
 //!
 //! Lock order: `fan_out`, then `state`, then `subscribers`; no lock is held
-//! across an `.await` (no hub method awaits). A subscriber registers, under
-//! `state`, with the snapshot's seq as its last seen seq, and the registry
-//! skips events at or below it: every event is either in its snapshot or
-//! in its queue, never both, never neither, while `pending` still holds
-//! events older than the snapshot.
+//! across an `.await` (no hub method awaits) or while logging (cut-offs are
+//! logged after the registry's lock is released). A subscriber registers,
+//! under `state`, with the snapshot's seq as its last seen seq, and the
+//! registry skips events at or below it: every event is either in its
+//! snapshot or in its queue, never both, never neither, while `pending`
+//! still holds events older than the snapshot. Patterns added later are
+//! registered the same way, as of the seq their retained state is read at.
+//!
+//! Bounds: a subscribe's patterns are deduplicated and counted against
+//! MAX_PATTERNS_PER_CLIENT before any lock is taken; under `state` it costs
+//! the retained topics its patterns reach in the trie ([`RetainedState`])
+//! plus its patterns' levels, never all retained topics or all clients. A
+//! publish that would take retained state past MAX_RETAINED_BYTES is refused
+//! whole before it takes a seq. History drops its oldest events past
+//! HISTORY_SIZE events or HISTORY_MAX_BYTES bytes (of encoded frames).
 //!
 //! The fan-out task runs on the clients' runtime; without one (`new`, as in
 //! unit tests) or with `PENDING_LIMIT` events waiting, the publisher fans
 //! out itself, which is also what bounds `pending`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::subscribers::Subscribers;
-use super::topics::{any_matches, Pattern, Topic};
+use super::retained::RetainedState;
+use super::subscribers::{distinct_patterns, log_cut_offs, Subscribers};
+use super::topics::{Pattern, PatternIndex};
 use super::{
-    Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Publication, Receipt, ResumePoint,
-    Seq, Snapshot, SubscriberId, Subscription,
+    Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Limits, Publication, Receipt,
+    ResumePoint, Seq, Snapshot, SubscriberId, Subscription,
 };
 use crate::shutdown::Shutdown;
 
@@ -41,7 +52,7 @@ const PENDING_LIMIT: usize = 1024;
 
 pub struct MemoryHub {
     epoch: Epoch,
-    history_size: usize,
+    limits: Limits,
     state: Mutex<State>,
     subscribers: Mutex<Subscribers>,
     fan_out: Mutex<()>,
@@ -53,12 +64,33 @@ pub struct MemoryHub {
 struct State {
     /// Seq of the last accepted event; 0 before the first.
     seq: Seq,
-    /// The last `history_size` events, oldest first.
+    /// The last events, oldest first: at most HISTORY_SIZE of them and
+    /// HISTORY_MAX_BYTES of frames.
     history: VecDeque<Arc<Event>>,
+    /// Bytes of the frames in `history`.
+    history_bytes: usize,
     /// Current state per topic (MQTT retain semantics).
-    retained: BTreeMap<Topic, Arc<Event>>,
+    retained: RetainedState,
     /// Accepted, not yet in the subscribers' queues; oldest first.
     pending: VecDeque<Arc<Event>>,
+}
+
+impl State {
+    fn push_history(&mut self, event: Arc<Event>, limits: &Limits) {
+        if limits.history_size == 0 {
+            return;
+        }
+        self.history_bytes += event.frame.len();
+        self.history.push_back(event);
+        while self.history.len() > limits.history_size
+            || self.history_bytes > limits.history_max_bytes
+        {
+            let Some(oldest) = self.history.pop_front() else {
+                break;
+            };
+            self.history_bytes -= oldest.frame.len();
+        }
+    }
 }
 
 /// A poisoned lock only means a panic elsewhere mid-update; the data is
@@ -69,20 +101,30 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn ready<T: Send + 'static>(result: Result<T, HubError>) -> HubFuture<'static, T> {
+    Box::pin(std::future::ready(result))
+}
+
 impl MemoryHub {
-    /// A hub whose publishers fan out themselves (unit tests).
+    /// A hub whose publishers fan out themselves, keeping `history_size`
+    /// events and bounding nothing else (unit tests).
     pub fn new(history_size: usize) -> MemoryHub {
-        MemoryHub::build(history_size, None)
+        MemoryHub::build(Limits::unbounded(history_size), None)
+    }
+
+    /// Like `new`, with `limits`.
+    pub fn with_limits(limits: Limits) -> MemoryHub {
+        MemoryHub::build(limits, None)
     }
 
     /// A hub with a fan-out task on `runtime`, stopped by `shutdown`.
     pub fn start(
-        history_size: usize,
+        limits: Limits,
         shutdown: &Shutdown,
         runtime: &tokio::runtime::Handle,
     ) -> Arc<MemoryHub> {
         let wanted = Arc::new(Notify::new());
-        let hub = Arc::new(MemoryHub::build(history_size, Some(wanted.clone())));
+        let hub = Arc::new(MemoryHub::build(limits, Some(wanted.clone())));
         let weak = Arc::downgrade(&hub);
         let stop = shutdown.clone();
         shutdown.spawn_on(
@@ -104,12 +146,12 @@ impl MemoryHub {
         hub
     }
 
-    fn build(history_size: usize, fan_out_wanted: Option<Arc<Notify>>) -> MemoryHub {
+    fn build(limits: Limits, fan_out_wanted: Option<Arc<Notify>>) -> MemoryHub {
         MemoryHub {
             epoch: Epoch::generate(),
-            history_size,
+            limits,
             state: Mutex::new(State::default()),
-            subscribers: Mutex::new(Subscribers::default()),
+            subscribers: Mutex::new(Subscribers::new(limits.max_patterns_per_client)),
             fan_out: Mutex::new(()),
             fan_out_wanted,
         }
@@ -118,6 +160,17 @@ impl MemoryHub {
     /// Subscribers registered right now.
     pub fn subscriber_count(&self) -> usize {
         lock(&self.subscribers).len()
+    }
+
+    /// Bytes of retained state (topic + data of each retained event).
+    pub fn retained_bytes(&self) -> usize {
+        lock(&self.state).retained.bytes()
+    }
+
+    /// Events in history and the bytes of their frames.
+    pub fn history_usage(&self) -> (usize, usize) {
+        let state = lock(&self.state);
+        (state.history.len(), state.history_bytes)
     }
 
     /// Moves every pending event into the matching subscribers' queues, in
@@ -140,24 +193,32 @@ impl MemoryHub {
         let Some(event) = lock(&self.state).pending.pop_front() else {
             return false;
         };
-        lock(&self.subscribers).deliver(&event);
+        let cut_offs = {
+            let mut subscribers = lock(&self.subscribers);
+            subscribers.deliver(&event);
+            subscribers.take_cut_offs()
+        };
+        log_cut_offs(cut_offs);
         true
     }
 
+    /// `patterns` (distinct, within the limit) and `matcher` (an index of
+    /// the same patterns) describe what the client wants.
     fn snapshot_locked(
         &self,
         state: &State,
         patterns: &[Pattern],
+        matcher: &PatternIndex<()>,
         resume: Option<&ResumePoint>,
     ) -> Snapshot {
         let catchup = match resume.and_then(|point| self.missed_events(state, point)) {
             Some(missed) => Catchup::Resumed(
                 missed
-                    .filter(|event| any_matches(patterns, &event.topic))
+                    .filter(|event| matcher.matches(&event.topic))
                     .cloned()
                     .collect(),
             ),
-            None => Catchup::Fresh(retained_matching(state, patterns)),
+            None => Catchup::Fresh(state.retained.matching(patterns)),
         };
         Snapshot {
             epoch: self.epoch.clone(),
@@ -193,13 +254,13 @@ impl MemoryHub {
     }
 }
 
-fn retained_matching(state: &State, patterns: &[Pattern]) -> Vec<Arc<Event>> {
-    state
-        .retained
-        .values()
-        .filter(|event| any_matches(patterns, &event.topic))
-        .cloned()
-        .collect()
+/// The retained-state change a publication asks for: its topic and new
+/// data (`None`: delete); `None` for an event that is not retained.
+fn retained_change(publication: &Publication) -> Option<(&super::Topic, Option<&str>)> {
+    let data = publication.data.get();
+    publication
+        .retain
+        .then_some((&publication.topic, (data != "null").then_some(data)))
 }
 
 impl Hub for MemoryHub {
@@ -209,6 +270,17 @@ impl Hub for MemoryHub {
 
     fn publish(&self, batch: Vec<Publication>) -> HubFuture<'_, Receipt> {
         let mut state = lock(&self.state);
+        let limit = self.limits.max_retained_bytes;
+        if batch.iter().any(|p| p.retain) {
+            let after = state
+                .retained
+                .bytes_after(batch.iter().filter_map(retained_change));
+            // Shrinking (a delete, smaller data) always works, even when a
+            // lower limit than before left the state over it.
+            if after > limit && after > state.retained.bytes() {
+                return ready(Err(HubError::RetainedFull { limit }));
+            }
+        }
         let mut seqs = Vec::with_capacity(batch.len());
         for publication in batch {
             let seq = state.seq + 1;
@@ -218,15 +290,10 @@ impl Hub for MemoryHub {
                 if event.deletes_state() {
                     state.retained.remove(&event.topic);
                 } else {
-                    state.retained.insert(event.topic.clone(), event.clone());
+                    state.retained.insert(event.clone());
                 }
             }
-            if self.history_size > 0 {
-                if state.history.len() == self.history_size {
-                    state.history.pop_front();
-                }
-                state.history.push_back(event.clone());
-            }
+            state.push_history(event.clone(), &self.limits);
             state.pending.push_back(event);
             seqs.push(seq);
         }
@@ -236,11 +303,10 @@ impl Hub for MemoryHub {
             Some(wanted) if backlog < PENDING_LIMIT => wanted.notify_one(),
             _ => self.fan_out_pending(),
         }
-        let receipt = Receipt {
+        ready(Ok(Receipt {
             epoch: self.epoch.clone(),
             seqs,
-        };
-        Box::pin(async move { Ok(receipt) })
+        }))
     }
 
     fn subscribe(
@@ -249,19 +315,25 @@ impl Hub for MemoryHub {
         resume: Option<ResumePoint>,
         queue_capacity: usize,
     ) -> HubFuture<'static, Subscription> {
+        // Counted and indexed before any lock: a flood costs its sender.
+        let patterns = match distinct_patterns(patterns, self.limits.max_patterns_per_client) {
+            Ok(patterns) => patterns,
+            Err(error) => return ready(Err(error)),
+        };
+        let matcher = PatternIndex::of(&patterns);
         let state = lock(&self.state);
-        let snapshot = self.snapshot_locked(&state, &patterns, resume.as_ref());
+        let snapshot = self.snapshot_locked(&state, &patterns, &matcher, resume.as_ref());
         // Registered before `state` is released: the next event is above
         // `snapshot.seq` and fanned out after this.
-        let registration = lock(&self.subscribers).add(patterns, snapshot.seq, queue_capacity);
+        let registration = lock(&self.subscribers).add(&patterns, snapshot.seq, queue_capacity);
         drop(state);
-        let subscription = Subscription {
+        let subscription = registration.map(|registration| Subscription {
             id: registration.id,
             snapshot,
             queue: registration.queue,
             hub: self,
-        };
-        Box::pin(async move { Ok(subscription) })
+        });
+        ready(subscription)
     }
 
     fn add_patterns(
@@ -269,28 +341,24 @@ impl Hub for MemoryHub {
         id: SubscriberId,
         patterns: Vec<Pattern>,
     ) -> HubFuture<'_, Vec<Arc<Event>>> {
-        // The retained state answered below already includes every pending
-        // event; fanning those out first keeps them from arriving twice.
-        // The last few, published meanwhile, go out under `state`.
-        let one_at_a_time = lock(&self.fan_out);
-        while self.fan_out_next(&one_at_a_time) {}
-        let mut state = lock(&self.state);
-        let mut subscribers = lock(&self.subscribers);
-        for event in state.pending.drain(..) {
-            subscribers.deliver(&event);
-        }
-        let answer = match subscribers.add_patterns(id, &patterns) {
-            Some(added) => Ok(retained_matching(&state, &added)),
-            None => Err(HubError::UnknownSubscriber),
+        let patterns = match distinct_patterns(patterns, self.limits.max_patterns_per_client) {
+            Ok(patterns) => patterns,
+            Err(error) => return ready(Err(error)),
         };
-        drop(subscribers);
+        // The patterns are registered as of `state.seq`, the point the
+        // answered retained state is read at: events still pending (at or
+        // below it) are in that state and skipped for these patterns, later
+        // ones are fanned out to them. No draining, no work for others.
+        let state = lock(&self.state);
+        let added = lock(&self.subscribers).add_patterns(id, &patterns, state.seq);
+        let answer = added.map(|added| state.retained.matching(&added));
         drop(state);
-        Box::pin(async move { answer })
+        ready(answer)
     }
 
     fn remove_patterns(&self, id: SubscriberId, patterns: Vec<Pattern>) -> HubFuture<'_, ()> {
         let removed = lock(&self.subscribers).remove_patterns(id, &patterns);
-        Box::pin(std::future::ready(removed))
+        ready(removed)
     }
 
     fn unsubscribe(&self, id: SubscriberId) {
@@ -310,14 +378,21 @@ impl Hub for MemoryHub {
         patterns: Vec<Pattern>,
         resume: Option<ResumePoint>,
     ) -> HubFuture<'_, Snapshot> {
-        let snapshot = self.snapshot_locked(&lock(&self.state), &patterns, resume.as_ref());
-        Box::pin(async move { Ok(snapshot) })
+        let patterns = match distinct_patterns(patterns, self.limits.max_patterns_per_client) {
+            Ok(patterns) => patterns,
+            Err(error) => return ready(Err(error)),
+        };
+        let matcher = PatternIndex::of(&patterns);
+        let snapshot =
+            self.snapshot_locked(&lock(&self.state), &patterns, &matcher, resume.as_ref());
+        ready(Ok(snapshot))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Topic;
     use serde_json::value::RawValue;
 
     fn publication(topic: &str, data: &str, retain: bool) -> Publication {
@@ -434,7 +509,7 @@ mod tests {
     /// the test fans out (or the backlog reaches `PENDING_LIMIT`).
     fn hub_with_idle_fan_out(history_size: usize) -> Arc<MemoryHub> {
         Arc::new(MemoryHub::build(
-            history_size,
+            Limits::unbounded(history_size),
             Some(Arc::new(Notify::new())),
         ))
     }
@@ -503,7 +578,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_fan_out_task_delivers_everything_once_in_order() {
         let shutdown = Shutdown::new();
-        let hub = MemoryHub::start(5000, &shutdown, &tokio::runtime::Handle::current());
+        let hub = MemoryHub::start(
+            Limits::unbounded(5000),
+            &shutdown,
+            &tokio::runtime::Handle::current(),
+        );
         let early = hub
             .clone()
             .subscribe(vec![Pattern::everything()], None, 5000)
@@ -557,5 +636,136 @@ mod tests {
         assert_eq!(early_seen, all);
         assert_eq!(late_seen, all);
         shutdown.begin();
+    }
+
+    #[tokio::test]
+    async fn history_is_trimmed_by_bytes_as_well_as_count() {
+        let frame_len = |hub: &MemoryHub| lock(&hub.state).history.back().unwrap().frame.len();
+        let probe = MemoryHub::new(100);
+        publish(&probe, "t", "1000", false).await;
+        let one = frame_len(&probe);
+        // Room for three frames of this size, and HISTORY_SIZE 100.
+        let hub = MemoryHub::with_limits(Limits {
+            history_max_bytes: 3 * one + one / 2,
+            ..Limits::unbounded(100)
+        });
+        for i in 1000..1010 {
+            publish(&hub, "t", &i.to_string(), false).await;
+        }
+        let (len, bytes) = hub.history_usage();
+        assert_eq!(len, 3);
+        let kept: Vec<Seq> = lock(&hub.state).history.iter().map(|e| e.seq).collect();
+        assert_eq!(kept, [8, 9, 10], "the oldest went first");
+        let held: usize = lock(&hub.state).history.iter().map(|e| e.frame.len()).sum();
+        assert_eq!(bytes, held);
+        assert!(bytes <= 3 * one + one / 2);
+        // A point inside history resumes, an older one is fresh.
+        let at = |seq| Some(ResumePoint { epoch: None, seq });
+        let all = vec![Pattern::everything()];
+        let served = hub.snapshot(all.clone(), at(7)).await.unwrap();
+        assert!(matches!(&served.catchup, Catchup::Resumed(e) if seqs(e) == [8, 9, 10]));
+        let lost = hub.snapshot(all.clone(), at(6)).await.unwrap();
+        assert!(matches!(lost.catchup, Catchup::Fresh(_)));
+        // One event larger than the whole bound leaves nothing to resume
+        // from before it, and resuming from it works.
+        let big = format!("\"{}\"", "x".repeat(4 * one));
+        publish(&hub, "t", &big, false).await;
+        assert_eq!(hub.history_usage(), (0, 0));
+        let current = hub.snapshot(all.clone(), at(11)).await.unwrap();
+        assert!(matches!(&current.catchup, Catchup::Resumed(e) if e.is_empty()));
+        let before = hub.snapshot(all, at(10)).await.unwrap();
+        assert!(matches!(before.catchup, Catchup::Fresh(_)));
+        // The count bound still holds on its own.
+        let counted = MemoryHub::with_limits(Limits {
+            history_max_bytes: 1 << 20,
+            ..Limits::unbounded(4)
+        });
+        for i in 0..10 {
+            publish(&counted, "t", &i.to_string(), false).await;
+        }
+        assert_eq!(counted.history_usage().0, 4);
+    }
+
+    #[tokio::test]
+    async fn a_publish_past_the_retained_cap_changes_nothing() {
+        let hub = MemoryHub::with_limits(Limits {
+            max_retained_bytes: 20,
+            ..Limits::unbounded(10)
+        });
+        // "a" + 9 bytes = 10.
+        assert_eq!(publish(&hub, "a", "123456789", true).await, 1);
+        assert_eq!(hub.retained_bytes(), 10);
+        // A batch whose last item passes the cap: nothing applied, no seq.
+        let batch = vec![
+            publication("b", "1", true),
+            publication("c", "12345678", false),
+            publication("d", "123456789", true),
+        ];
+        let error = hub.publish(batch).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "retained state is full: MAX_RETAINED_BYTES=20"
+        );
+        assert_eq!(hub.retained_bytes(), 10);
+        assert_eq!(hub.history_usage().0, 1);
+        // Non-retained events do not count.
+        assert_eq!(
+            publish(&hub, "c", "\"a long one, not retained\"", false).await,
+            2
+        );
+        // Up to the cap is fine; replacing with smaller data and deleting
+        // always work; a batch that frees what it adds works.
+        assert_eq!(publish(&hub, "d", "123456789", true).await, 3);
+        assert_eq!(hub.retained_bytes(), 20);
+        assert!(hub
+            .publish(vec![publication("e", "1", true)])
+            .await
+            .is_err());
+        assert_eq!(publish(&hub, "a", "1", true).await, 4);
+        assert_eq!(hub.retained_bytes(), 12);
+        assert_eq!(publish(&hub, "d", "null", true).await, 5);
+        assert_eq!(hub.retained_bytes(), 2);
+        let swap = vec![
+            publication("f", "12345678901234567", true),
+            publication("a", "null", true),
+        ];
+        assert_eq!(hub.publish(swap).await.unwrap().seqs, [6, 7]);
+        assert_eq!(hub.retained_bytes(), 18);
+    }
+
+    #[tokio::test]
+    async fn too_many_patterns_are_refused_before_anything_changes() {
+        let hub = Arc::new(MemoryHub::with_limits(Limits {
+            max_patterns_per_client: 3,
+            ..Limits::unbounded(10)
+        }));
+        let four: Vec<Pattern> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|p| Pattern::parse(p).unwrap())
+            .collect();
+        let refused = hub.clone().subscribe(four.clone(), None, 10).await;
+        assert!(matches!(
+            refused,
+            Err(HubError::TooManyPatterns { limit: 3 })
+        ));
+        assert_eq!(hub.subscriber_count(), 0);
+        assert!(hub.snapshot(four.clone(), None).await.is_err());
+        let subscription = hub
+            .clone()
+            .subscribe(four[..2].to_vec(), None, 10)
+            .await
+            .unwrap();
+        assert!(hub
+            .add_patterns(subscription.id, four[1..].to_vec())
+            .await
+            .is_err());
+        publish(&hub, "c", "1", false).await;
+        assert!(subscription.queue.try_pop().is_none(), "c was not added");
+        assert!(hub
+            .add_patterns(subscription.id, four[2..3].to_vec())
+            .await
+            .is_ok());
+        publish(&hub, "c", "2", false).await;
+        assert_eq!(subscription.queue.try_pop().map(|e| e.seq()), Some(2));
     }
 }

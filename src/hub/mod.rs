@@ -1,8 +1,17 @@
 //! The event bus: sequence numbers, history, retained state and fan-out.
 //!
 //! Owns: what an event is ([`Event`], encoded once), epochs and resume
-//! points, the [`Hub`] trait every backend implements, and the local
-//! subscriber registry ([`subscribers`]) that both backends fan out through.
+//! points, the [`Hub`] trait every backend implements, the local
+//! subscriber registry ([`subscribers`]) that both backends fan out through,
+//! the retained-state trie ([`retained`]), and the resource limits
+//! ([`Limits`]): MAX_PATTERNS_PER_CLIENT per subscriber, MAX_RETAINED_BYTES
+//! of retained state (a publish past it fails whole with
+//! [`HubError::RetainedFull`]), and history bounded by HISTORY_SIZE events
+//! and HISTORY_MAX_BYTES bytes (the oldest go first).
+//!
+//! No hub holds one of its locks while logging or doing work that grows
+//! with all retained topics or all clients; a subscribe costs what its own
+//! patterns match.
 //!
 //! Does not own: any transport. The hub never sees HTTP or WebSockets; a
 //! transport asks it for a [`Subscription`] and writes what arrives on its
@@ -11,6 +20,7 @@
 pub mod memory;
 pub mod queue;
 pub mod redis;
+pub mod retained;
 pub mod subscribers;
 pub mod topics;
 
@@ -244,6 +254,50 @@ pub enum HubError {
     Unavailable,
     #[error("no such subscriber")]
     UnknownSubscriber,
+    /// A subscribe would leave the client with more distinct patterns than
+    /// MAX_PATTERNS_PER_CLIENT; nothing of it was applied.
+    #[error("too many patterns: at most {limit} per client (MAX_PATTERNS_PER_CLIENT)")]
+    TooManyPatterns { limit: usize },
+    /// A publish would take retained state past MAX_RETAINED_BYTES; nothing
+    /// of the batch was applied.
+    #[error("retained state is full: MAX_RETAINED_BYTES={limit}")]
+    RetainedFull { limit: usize },
+}
+
+/// What a hub bounds, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// HISTORY_SIZE: events kept for resume.
+    pub history_size: usize,
+    /// HISTORY_MAX_BYTES: bytes of history (encoded frames) kept for resume.
+    pub history_max_bytes: usize,
+    /// MAX_RETAINED_BYTES: topic + data bytes of all retained events.
+    pub max_retained_bytes: usize,
+    /// MAX_PATTERNS_PER_CLIENT: distinct patterns one subscriber may hold.
+    pub max_patterns_per_client: usize,
+}
+
+impl Limits {
+    /// `history_size` events and nothing else bounded (unit tests).
+    pub fn unbounded(history_size: usize) -> Limits {
+        Limits {
+            history_size,
+            history_max_bytes: usize::MAX,
+            max_retained_bytes: usize::MAX,
+            max_patterns_per_client: usize::MAX,
+        }
+    }
+}
+
+impl From<&crate::config::Config> for Limits {
+    fn from(config: &crate::config::Config) -> Limits {
+        Limits {
+            history_size: config.history_size,
+            history_max_bytes: config.history_max_bytes,
+            max_retained_bytes: config.max_retained_bytes,
+            max_patterns_per_client: config.max_patterns_per_client,
+        }
+    }
 }
 
 pub type HubFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HubError>> + Send + 'a>>;

@@ -15,8 +15,22 @@
 //! unreachable publishes fail with `Unavailable` (503), clients stay
 //! connected, and the listener reconnects with backoff.
 //!
+//! Bounds, the same as the memory hub's: MAX_PATTERNS_PER_CLIENT is
+//! checked (patterns deduplicated with a set) before Redis is asked
+//! anything and again by the local registry. MAX_RETAINED_BYTES is checked
+//! atomically inside the publish script: a counter key (`retained_bytes`)
+//! and a hash of each retained topic's size (`state_sizes`, topic + data
+//! bytes) are kept with the state hash, the script computes what the whole
+//! batch would leave and answers "full" before taking any seq. (A state hash
+//! written by an older version has no counter yet: the first publish counts
+//! it once, each entry as topic + stored frame, a slight over-estimate that
+//! is released exactly when the topic is deleted or replaced.) History is
+//! trimmed in the same script to HISTORY_SIZE events and HISTORY_MAX_BYTES
+//! bytes of frames (a `history_bytes` counter; the oldest go first).
+//!
 //! Locking: one std `Mutex` guards the local state; it is never held across
-//! an `.await` (Redis calls happen before or after it).
+//! an `.await` (Redis calls happen before or after it) nor while logging
+//! (cut-offs and resets are logged after it is released).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,11 +45,12 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{info, warn};
 
-use super::subscribers::Subscribers;
-use super::topics::{any_matches, Pattern, Topic};
+use super::retained::RetainedState;
+use super::subscribers::{distinct_patterns, log_cut_offs, Subscribers};
+use super::topics::{Pattern, PatternIndex, Topic};
 use super::{
-    Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Publication, Receipt, ResumePoint,
-    Seq, Snapshot, SubscriberId, Subscription,
+    Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Limits, Publication, Receipt,
+    ResumePoint, Seq, Snapshot, SubscriberId, Subscription,
 };
 use crate::shutdown::Shutdown;
 
@@ -49,45 +64,91 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the listener checks the command connection while idle.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
-/// KEYS: epoch, seq, history, state. ARGV: new epoch. → {epoch, seq}
+/// KEYS (all scripts): epoch, seq, history, state, state_sizes,
+/// retained_bytes, history_bytes. ARGV: new epoch. → {epoch, seq}
 const ENSURE_EPOCH: &str = r#"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 end
 return {epoch, tonumber(redis.call('GET', KEYS[2]) or '0')}
 "#;
 
-/// KEYS: epoch, seq, history, state. ARGV: channel, history size, new
-/// epoch, ts, then (topic, retain 0/1, data JSON) per event. → {epoch, {seqs}}
+/// KEYS: as above. ARGV: channel, history size, new epoch, ts, history
+/// max bytes, retained max bytes, then (topic, retain 0/1, data JSON) per
+/// event. → {epoch, {seqs}, 0}, or {epoch, {}, 1} when the batch would take
+/// retained state past its limit (nothing applied).
 const PUBLISH: &str = r#"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[3]
   redis.call('SET', KEYS[1], epoch)
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+end
+local retained = redis.call('GET', KEYS[6])
+if not retained then
+  retained = 0
+  local all = redis.call('HGETALL', KEYS[4])
+  for j = 1, #all, 2 do
+    local size = #all[j] + #all[j + 1]
+    redis.call('HSET', KEYS[5], all[j], size)
+    retained = retained + size
+  end
+end
+retained = tonumber(retained)
+local after = retained
+local sizes = {}
+for i = 7, #ARGV, 3 do
+  if ARGV[i + 1] == '1' then
+    local topic, data = ARGV[i], ARGV[i + 2]
+    local old = sizes[topic]
+    if old == nil then old = tonumber(redis.call('HGET', KEYS[5], topic) or '0') end
+    local new = 0
+    if data ~= 'null' then new = #topic + #data end
+    after = after - old + new
+    sizes[topic] = new
+  end
+end
+if after > tonumber(ARGV[6]) and after > retained then return {epoch, {}, 1} end
+local history_bytes = redis.call('GET', KEYS[7])
+if history_bytes then
+  history_bytes = tonumber(history_bytes)
+else
+  history_bytes = 0
+  for _, old in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do history_bytes = history_bytes + #old end
 end
 local seqs = {}
-local i = 5
-while i <= #ARGV do
+for i = 7, #ARGV, 3 do
   local topic, retain, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local seq = redis.call('INCR', KEYS[2])
   local frame = '{"type":"event","seq":' .. seq .. ',"topic":"' .. topic .. '","data":' .. data
   if retain == '1' then frame = frame .. ',"retain":true' end
   frame = frame .. ',"ts":"' .. ARGV[4] .. '"}'
   redis.call('RPUSH', KEYS[3], frame)
+  history_bytes = history_bytes + #frame
   if retain == '1' then
-    if data == 'null' then redis.call('HDEL', KEYS[4], topic) else redis.call('HSET', KEYS[4], topic, frame) end
+    if data == 'null' then
+      redis.call('HDEL', KEYS[4], topic)
+      redis.call('HDEL', KEYS[5], topic)
+    else
+      redis.call('HSET', KEYS[4], topic, frame)
+      redis.call('HSET', KEYS[5], topic, #topic + #data)
+    end
   end
   redis.call('PUBLISH', ARGV[1], epoch .. '\n' .. frame)
   seqs[#seqs + 1] = seq
-  i = i + 3
 end
-local size = tonumber(ARGV[2])
-if size > 0 then redis.call('LTRIM', KEYS[3], -size, -1) else redis.call('DEL', KEYS[3]) end
-return {epoch, seqs}
+redis.call('SET', KEYS[6], after)
+local size, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[5])
+local len = redis.call('LLEN', KEYS[3])
+while len > 0 and (len > size or history_bytes > max_bytes) do
+  history_bytes = history_bytes - #redis.call('LPOP', KEYS[3])
+  len = len - 1
+end
+redis.call('SET', KEYS[7], history_bytes)
+return {epoch, seqs, 0}
 "#;
 
 /// KEYS: epoch, seq, history, state. ARGV: epoch ('' = current), since
@@ -112,13 +173,19 @@ struct Keys {
     seq: String,
     history: String,
     state: String,
+    /// topic → its retained size (topic + data bytes).
+    state_sizes: String,
+    /// Sum of `state_sizes`.
+    retained_bytes: String,
+    /// Bytes of the frames in `history`.
+    history_bytes: String,
     channel: String,
 }
 
 pub struct RedisHub {
     client: Client,
     keys: Keys,
-    history_size: usize,
+    limits: Limits,
     ensure_epoch: Script,
     publish: Script,
     snapshot: Script,
@@ -152,7 +219,7 @@ impl RedisHub {
     pub fn start(
         url: &str,
         prefix: &str,
-        history_size: usize,
+        limits: Limits,
         shutdown: &Shutdown,
     ) -> Result<Arc<RedisHub>, String> {
         let client = Client::open(url).map_err(|error| format!("REDIS_URL: {error}"))?;
@@ -164,9 +231,12 @@ impl RedisHub {
                 seq: key("seq"),
                 history: key("history"),
                 state: key("state"),
+                state_sizes: key("state_sizes"),
+                retained_bytes: key("retained_bytes"),
+                history_bytes: key("history_bytes"),
                 channel: key("events"),
             },
-            history_size,
+            limits,
             ensure_epoch: Script::new(ENSURE_EPOCH),
             publish: Script::new(PUBLISH),
             snapshot: Script::new(SNAPSHOT),
@@ -176,7 +246,7 @@ impl RedisHub {
                 epoch: Epoch::from_string(""),
                 seq: 0,
                 recent: VecDeque::with_capacity(RECENT),
-                subscribers: Subscribers::default(),
+                subscribers: Subscribers::new(limits.max_patterns_per_client),
             }),
         });
         let listener = hub.clone();
@@ -238,7 +308,10 @@ impl RedisHub {
             .key(&self.keys.epoch)
             .key(&self.keys.seq)
             .key(&self.keys.history)
-            .key(&self.keys.state);
+            .key(&self.keys.state)
+            .key(&self.keys.state_sizes)
+            .key(&self.keys.retained_bytes)
+            .key(&self.keys.history_bytes);
     }
 
     async fn remote_snapshot(
@@ -381,7 +454,6 @@ impl RedisHub {
             self.deliver(&remote.events);
             return Ok(());
         }
-        let mut local = self.lock();
         if !local_epoch.as_str().is_empty() {
             warn!(
                 old_epoch = %local_epoch,
@@ -390,29 +462,43 @@ impl RedisHub {
                 "redis history cannot fill the gap; resetting clients"
             );
         }
-        local.epoch = remote.epoch.clone();
-        local.seq = remote.seq;
-        local.recent.clear();
-        local
-            .subscribers
-            .reset(&remote.epoch, remote.seq, &remote.events);
+        // Indexed before the lock: each subscriber's share is a trie walk.
+        let mut retained = RetainedState::default();
+        for event in remote.events {
+            retained.insert(event);
+        }
+        let cut_offs = {
+            let mut local = self.lock();
+            local.epoch = remote.epoch.clone();
+            local.seq = remote.seq;
+            local.recent.clear();
+            local
+                .subscribers
+                .reset(&remote.epoch, remote.seq, &retained);
+            local.subscribers.take_cut_offs()
+        };
+        log_cut_offs(cut_offs);
         Ok(())
     }
 
     /// Delivers events in seq order, skipping what was already delivered.
     fn deliver(&self, events: &[Arc<Event>]) {
-        let mut local = self.lock();
-        for event in events {
-            if event.seq != local.seq + 1 {
-                continue;
+        let cut_offs = {
+            let mut local = self.lock();
+            for event in events {
+                if event.seq != local.seq + 1 {
+                    continue;
+                }
+                local.seq = event.seq;
+                local.subscribers.deliver(event);
+                if local.recent.len() == RECENT {
+                    local.recent.pop_front();
+                }
+                local.recent.push_back(event.clone());
             }
-            local.seq = event.seq;
-            local.subscribers.deliver(event);
-            if local.recent.len() == RECENT {
-                local.recent.pop_front();
-            }
-            local.recent.push_back(event.clone());
-        }
+            local.subscribers.take_cut_offs()
+        };
+        log_cut_offs(cut_offs);
     }
 }
 
@@ -458,16 +544,18 @@ impl Hub for RedisHub {
             let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
             invocation
                 .arg(&self.keys.channel)
-                .arg(self.history_size)
+                .arg(self.limits.history_size)
                 .arg(Epoch::generate().as_str())
-                .arg(ts);
+                .arg(ts)
+                .arg(self.limits.history_max_bytes)
+                .arg(self.limits.max_retained_bytes);
             for publication in &batch {
                 invocation
                     .arg(publication.topic.as_str())
                     .arg(if publication.retain { "1" } else { "0" })
                     .arg(publication.data.get());
             }
-            let (epoch, seqs): (String, Vec<Seq>) = invocation
+            let (epoch, seqs, full): (String, Vec<Seq>, i64) = invocation
                 .invoke_async(&mut connection)
                 .await
                 .map_err(|error| {
@@ -475,6 +563,11 @@ impl Hub for RedisHub {
                     warn!(%error, "redis publish failed");
                     HubError::Unavailable
                 })?;
+            if full != 0 {
+                return Err(HubError::RetainedFull {
+                    limit: self.limits.max_retained_bytes,
+                });
+            }
             Ok(Receipt {
                 epoch: Epoch::from_string(&epoch),
                 seqs,
@@ -489,46 +582,43 @@ impl Hub for RedisHub {
         queue_capacity: usize,
     ) -> HubFuture<'static, Subscription> {
         Box::pin(async move {
+            // Refused before Redis is asked anything.
+            let patterns = distinct_patterns(patterns, self.limits.max_patterns_per_client)?;
+            let matcher = PatternIndex::of(&patterns);
             let remote = self.remote_snapshot(resume.as_ref()).await?;
-            let mut local = self.lock();
-            let registration = local
-                .subscribers
-                .add(patterns.clone(), remote.seq, queue_capacity);
-            // The listener may already be past the snapshot: hand over what
-            // it delivered since, from its recent events.
-            if remote.epoch == local.epoch && local.seq > remote.seq {
-                let oldest = local.recent.front().map_or(local.seq + 1, |e| e.seq);
-                if oldest > remote.seq + 1 {
-                    local.subscribers.remove(registration.id);
-                    return Err(HubError::Unavailable);
+            let (registration, cut_offs) = {
+                let mut local = self.lock();
+                let registration = local
+                    .subscribers
+                    .add(&patterns, remote.seq, queue_capacity)?;
+                // The listener may already be past the snapshot: hand over
+                // what it delivered since, from its recent events (in seq
+                // order without gaps, so the first one needed is found by
+                // arithmetic, not a scan).
+                if remote.epoch == local.epoch && local.seq > remote.seq {
+                    let oldest = local.recent.front().map_or(local.seq + 1, |e| e.seq);
+                    if oldest > remote.seq + 1 {
+                        local.subscribers.remove(registration.id);
+                        return Err(HubError::Unavailable);
+                    }
+                    let skip = (remote.seq + 1 - oldest) as usize;
+                    let missed: Vec<Arc<Event>> = local.recent.iter().skip(skip).cloned().collect();
+                    for event in &missed {
+                        local.subscribers.deliver_to(registration.id, event);
+                    }
                 }
-                let missed: Vec<Arc<Event>> = local
-                    .recent
-                    .iter()
-                    .filter(|e| e.seq > remote.seq)
-                    .cloned()
-                    .collect();
-                for event in &missed {
-                    local.subscribers.deliver_to(registration.id, event);
-                }
-            }
-            drop(local);
+                (registration, local.subscribers.take_cut_offs())
+            };
+            log_cut_offs(cut_offs);
+            let events = remote
+                .events
+                .into_iter()
+                .filter(|e| matcher.matches(&e.topic))
+                .collect();
             let catchup = if remote.resumed {
-                Catchup::Resumed(
-                    remote
-                        .events
-                        .into_iter()
-                        .filter(|e| any_matches(&patterns, &e.topic))
-                        .collect(),
-                )
+                Catchup::Resumed(events)
             } else {
-                Catchup::Fresh(
-                    remote
-                        .events
-                        .into_iter()
-                        .filter(|e| any_matches(&patterns, &e.topic))
-                        .collect(),
-                )
+                Catchup::Fresh(events)
             };
             Ok(Subscription {
                 id: registration.id,
@@ -549,16 +639,20 @@ impl Hub for RedisHub {
         patterns: Vec<Pattern>,
     ) -> HubFuture<'_, Vec<Arc<Event>>> {
         Box::pin(async move {
-            let added = self
-                .lock()
-                .subscribers
-                .add_patterns(id, &patterns)
-                .ok_or(HubError::UnknownSubscriber)?;
+            let patterns = distinct_patterns(patterns, self.limits.max_patterns_per_client)?;
+            // Registered as of the last delivered seq, then the state is
+            // read: an event in between may arrive both ways (never neither).
+            let added = {
+                let mut local = self.lock();
+                let seq = local.seq;
+                local.subscribers.add_patterns(id, &patterns, seq)?
+            };
             let remote = self.remote_snapshot(None).await?;
+            let matcher = PatternIndex::of(&added);
             Ok(remote
                 .events
                 .into_iter()
-                .filter(|e| any_matches(&added, &e.topic))
+                .filter(|e| matcher.matches(&e.topic))
                 .collect())
         })
     }
@@ -576,7 +670,7 @@ impl Hub for RedisHub {
         let local = self.lock();
         local
             .subscribers
-            .stats(local.seq, self.history_size.min(local.seq as usize))
+            .stats(local.seq, self.limits.history_size.min(local.seq as usize))
     }
 
     fn backplane_up(&self) -> Option<bool> {
@@ -589,11 +683,13 @@ impl Hub for RedisHub {
         resume: Option<ResumePoint>,
     ) -> HubFuture<'_, Snapshot> {
         Box::pin(async move {
+            let patterns = distinct_patterns(patterns, self.limits.max_patterns_per_client)?;
+            let matcher = PatternIndex::of(&patterns);
             let remote = self.remote_snapshot(resume.as_ref()).await?;
             let events = remote
                 .events
                 .into_iter()
-                .filter(|e| any_matches(&patterns, &e.topic))
+                .filter(|e| matcher.matches(&e.topic))
                 .collect();
             Ok(Snapshot {
                 epoch: remote.epoch,

@@ -3,27 +3,38 @@
 //!
 //! Owns: fan-out of one event to every matching subscriber (each event is
 //! `Arc`-shared, so a delivery is a pointer push), the once-per-subscriber
-//! rule when several of its patterns match, and cutting off a subscriber
-//! whose queue is full: it is removed at once and its queue is closed,
-//! so the transport closes it with 1008 and its memory is freed. A full
-//! queue never makes the publisher wait.
+//! rule when several of its patterns match, MAX_PATTERNS_PER_CLIENT (a
+//! subscribe that would leave a client with more distinct patterns fails
+//! with [`HubError::TooManyPatterns`] and changes nothing; patterns are
+//! deduplicated with a set), and cutting off a subscriber whose queue is
+//! full: it is removed at once and its queue is closed, so the transport
+//! closes it with 1008 and its memory is freed. A full queue never makes
+//! the publisher wait.
 //!
-//! Does not own: locking. The owner (a hub) keeps this inside the same lock
-//! as its seq counter, which is what makes registration atomic with publish.
+//! Each pattern remembers the seq it was added at: events at or below it
+//! came with the pattern's state (the hello or the `subscribed` answer), so
+//! that pattern does not deliver them again. That is what lets a hub add
+//! patterns without first draining the events still waiting for fan-out.
+//!
+//! Does not own: locking, or logging. The owner (a hub) keeps this inside
+//! its lock; cut-offs are collected ([`Subscribers::take_cut_offs`]) so the
+//! owner logs them after releasing it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use slab::Slab;
 use tracing::warn;
 
 use super::queue::{ClientQueue, PushError};
-use super::topics::any_matches;
+use super::retained::RetainedState;
 use super::topics::{Pattern, PatternIndex};
 use super::{Delivery, Epoch, Event, HubError, HubStats, Reset, Seq, SubscriberId};
 
 struct Subscriber {
     serial: u64,
-    patterns: Vec<Pattern>,
+    /// Its patterns, each with the seq it was added at.
+    patterns: HashMap<Pattern, Seq>,
     queue: Arc<ClientQueue>,
     /// Seq of the last event queued: a second matching pattern is a no-op.
     last_seq: Seq,
@@ -35,11 +46,52 @@ pub struct Registration {
     pub queue: Arc<ClientQueue>,
 }
 
-#[derive(Default)]
+/// A subscriber cut off for a full queue, for the owner to log once it has
+/// released its lock.
+#[derive(Debug)]
+pub struct CutOff {
+    pub subscriber: u64,
+    pub seq: Seq,
+}
+
+/// Logs cut-offs; call with no hub lock held.
+pub fn log_cut_offs(cut_offs: Vec<CutOff>) {
+    for cut_off in cut_offs {
+        warn!(
+            subscriber = cut_off.subscriber,
+            seq = cut_off.seq,
+            "client queue full; cutting it off"
+        );
+    }
+}
+
+/// The distinct patterns of `patterns`, or `TooManyPatterns` when there are
+/// more than `limit` of them: a check that needs no lock, so a flood of
+/// patterns is refused before the hub takes any.
+pub fn distinct_patterns(patterns: Vec<Pattern>, limit: usize) -> Result<Vec<Pattern>, HubError> {
+    let mut seen = HashSet::with_capacity(patterns.len().min(limit.saturating_add(1)));
+    let mut distinct = Vec::with_capacity(seen.capacity());
+    for pattern in patterns {
+        if !seen.contains(&pattern) {
+            if distinct.len() == limit {
+                return Err(HubError::TooManyPatterns { limit });
+            }
+            seen.insert(pattern.clone());
+            distinct.push(pattern);
+        }
+    }
+    Ok(distinct)
+}
+
 pub struct Subscribers {
     slots: Slab<Subscriber>,
-    index: PatternIndex<usize>,
+    /// Pattern → (slot, seq the pattern was added at).
+    index: PatternIndex<(usize, Seq)>,
     next_serial: u64,
+    /// MAX_PATTERNS_PER_CLIENT.
+    max_patterns: usize,
+    /// Cut off since the owner last took them.
+    cut_offs: Vec<CutOff>,
     /// Deliveries queued since start.
     pub delivered_total: u64,
     /// Deliveries that found a full queue since start.
@@ -48,40 +100,89 @@ pub struct Subscribers {
     pub cut_off_total: u64,
 }
 
+impl Default for Subscribers {
+    /// No pattern limit (unit tests).
+    fn default() -> Self {
+        Subscribers::new(usize::MAX)
+    }
+}
+
 impl Subscribers {
-    /// Registers a subscriber that has seen everything up to `seq`.
-    pub fn add(&mut self, patterns: Vec<Pattern>, seq: Seq, capacity: usize) -> Registration {
+    /// A registry where each subscriber holds at most `max_patterns`.
+    pub fn new(max_patterns: usize) -> Subscribers {
+        Subscribers {
+            slots: Slab::new(),
+            index: PatternIndex::default(),
+            next_serial: 0,
+            max_patterns,
+            cut_offs: Vec::new(),
+            delivered_total: 0,
+            dropped_total: 0,
+            cut_off_total: 0,
+        }
+    }
+
+    pub fn max_patterns(&self) -> usize {
+        self.max_patterns
+    }
+
+    /// Registers a subscriber that has seen everything up to `seq`; refuses
+    /// (registering nothing) more than MAX_PATTERNS_PER_CLIENT patterns.
+    pub fn add(
+        &mut self,
+        patterns: &[Pattern],
+        seq: Seq,
+        capacity: usize,
+    ) -> Result<Registration, HubError> {
         let queue = Arc::new(ClientQueue::new(capacity));
         self.next_serial += 1;
         let serial = self.next_serial;
         let slot = self.slots.insert(Subscriber {
             serial,
-            patterns: Vec::new(),
+            patterns: HashMap::with_capacity(patterns.len().min(self.max_patterns)),
             queue: queue.clone(),
             last_seq: seq,
         });
         let id = SubscriberId { slot, serial };
-        self.add_patterns(id, &patterns);
-        Registration { id, queue }
+        if let Err(error) = self.add_patterns(id, patterns, seq) {
+            self.slots.remove(slot);
+            return Err(error);
+        }
+        Ok(Registration { id, queue })
     }
 
-    /// Adds the patterns the subscriber does not hold yet; answers those.
-    pub fn add_patterns(&mut self, id: SubscriberId, patterns: &[Pattern]) -> Option<Vec<Pattern>> {
+    /// Adds the patterns the subscriber does not hold yet, as of `seq` (its
+    /// state up to `seq` is answered with them); answers those. Past
+    /// MAX_PATTERNS_PER_CLIENT nothing is added.
+    pub fn add_patterns(
+        &mut self,
+        id: SubscriberId,
+        patterns: &[Pattern],
+        seq: Seq,
+    ) -> Result<Vec<Pattern>, HubError> {
         let subscriber = self
             .slots
             .get_mut(id.slot)
-            .filter(|s| s.serial == id.serial)?;
+            .filter(|s| s.serial == id.serial)
+            .ok_or(HubError::UnknownSubscriber)?;
         let mut added = Vec::new();
+        let mut seen = HashSet::new();
         for pattern in patterns {
-            if !subscriber.patterns.contains(pattern) && !added.contains(pattern) {
-                added.push(pattern.clone());
+            if subscriber.patterns.contains_key(pattern) || !seen.insert(pattern) {
+                continue;
             }
+            if subscriber.patterns.len() + added.len() >= self.max_patterns {
+                return Err(HubError::TooManyPatterns {
+                    limit: self.max_patterns,
+                });
+            }
+            added.push(pattern.clone());
         }
         for pattern in &added {
-            self.index.insert(pattern, id.slot);
+            subscriber.patterns.insert(pattern.clone(), seq);
+            self.index.insert(pattern, (id.slot, seq));
         }
-        subscriber.patterns.extend(added.iter().cloned());
-        Some(added)
+        Ok(added)
     }
 
     pub fn remove_patterns(
@@ -97,12 +198,19 @@ impl Subscribers {
             return Err(HubError::UnknownSubscriber);
         };
         for pattern in patterns {
-            if let Some(at) = subscriber.patterns.iter().position(|p| p == pattern) {
-                subscriber.patterns.swap_remove(at);
-                self.index.remove(pattern, id.slot);
+            if let Some(added_at) = subscriber.patterns.remove(pattern) {
+                self.index.remove(pattern, (id.slot, added_at));
             }
         }
         Ok(())
+    }
+
+    /// How many patterns the subscriber holds (`None`: not registered).
+    pub fn pattern_count(&self, id: SubscriberId) -> Option<usize> {
+        self.slots
+            .get(id.slot)
+            .filter(|s| s.serial == id.serial)
+            .map(|s| s.patterns.len())
     }
 
     pub fn remove(&mut self, id: SubscriberId) {
@@ -119,8 +227,8 @@ impl Subscribers {
         let subscriber = self.slots.remove(slot);
         // A reader still waiting learns it is out once the queue drains.
         subscriber.queue.close();
-        for pattern in &subscriber.patterns {
-            self.index.remove(pattern, slot);
+        for (pattern, added_at) in &subscriber.patterns {
+            self.index.remove(pattern, (slot, *added_at));
         }
     }
 
@@ -130,7 +238,11 @@ impl Subscribers {
         let mut delivered = 0;
         let mut too_slow = Vec::new();
         let slots = &mut self.slots;
-        self.index.for_each_match(&event.topic, |slot| {
+        self.index.for_each_match(&event.topic, |(slot, added_at)| {
+            // The pattern's state, answered when it was added, covers it.
+            if event.seq <= added_at {
+                return;
+            }
             let Some(subscriber) = slots.get_mut(slot) else {
                 return;
             };
@@ -160,7 +272,11 @@ impl Subscribers {
         else {
             return;
         };
-        if subscriber.last_seq >= event.seq || !any_matches(&subscriber.patterns, &event.topic) {
+        let matches = subscriber
+            .patterns
+            .iter()
+            .any(|(pattern, added_at)| event.seq > *added_at && pattern.matches(&event.topic));
+        if subscriber.last_seq >= event.seq || !matches {
             return;
         }
         subscriber.last_seq = event.seq;
@@ -173,14 +289,11 @@ impl Subscribers {
 
     /// Tells every subscriber its stream restarts at (`epoch`, `seq`) with
     /// `retained` as the state (each gets the part its patterns match).
-    pub fn reset(&mut self, epoch: &Epoch, seq: Seq, retained: &[Arc<Event>]) {
+    pub fn reset(&mut self, epoch: &Epoch, seq: Seq, retained: &RetainedState) {
         let mut too_slow = Vec::new();
         for (slot, subscriber) in self.slots.iter_mut() {
-            let state: Vec<Arc<Event>> = retained
-                .iter()
-                .filter(|event| any_matches(&subscriber.patterns, &event.topic))
-                .cloned()
-                .collect();
+            let patterns: Vec<Pattern> = subscriber.patterns.keys().cloned().collect();
+            let state = retained.matching(&patterns);
             let reset = Reset {
                 epoch: epoch.clone(),
                 seq,
@@ -199,14 +312,20 @@ impl Subscribers {
     fn cut_off(&mut self, too_slow: Vec<usize>, seq: Seq) {
         for slot in too_slow {
             if let Some(subscriber) = self.slots.get(slot) {
-                warn!(
-                    subscriber = subscriber.serial,
-                    seq, "client queue full; cutting it off"
-                );
+                self.cut_offs.push(CutOff {
+                    subscriber: subscriber.serial,
+                    seq,
+                });
             }
             self.cut_off_total += 1;
             self.remove_slot(slot);
         }
+    }
+
+    /// The subscribers cut off since the last call, to log once the owner's
+    /// lock is released (see [`log_cut_offs`]).
+    pub fn take_cut_offs(&mut self) -> Vec<CutOff> {
+        std::mem::take(&mut self.cut_offs)
     }
 
     /// Totals for metrics; the owner knows what it published and keeps.
@@ -250,10 +369,17 @@ mod tests {
     #[test]
     fn a_reset_carries_each_subscriber_its_own_state_and_moves_its_seq() {
         let mut subscribers = Subscribers::default();
-        let a = subscribers.add(vec![Pattern::parse("a/#").unwrap()], 0, 8);
-        let b = subscribers.add(vec![Pattern::parse("b").unwrap()], 0, 8);
+        let a = subscribers
+            .add(&[Pattern::parse("a/#").unwrap()], 0, 8)
+            .unwrap();
+        let b = subscribers
+            .add(&[Pattern::parse("b").unwrap()], 0, 8)
+            .unwrap();
         let epoch = Epoch::from_string("new");
-        subscribers.reset(&epoch, 7, &[event(3, "a/x"), event(7, "b")]);
+        let mut retained = RetainedState::default();
+        retained.insert(event(3, "a/x"));
+        retained.insert(event(7, "b"));
+        subscribers.reset(&epoch, 7, &retained);
         let Some(Delivery::Reset(reset)) = a.queue.try_pop() else {
             panic!("no reset for a")
         };
@@ -272,5 +398,88 @@ mod tests {
         assert_eq!(subscribers.deliver(&event(6, "a/y")), 0);
         assert_eq!(subscribers.deliver(&event(8, "a/y")), 1);
         assert_eq!(a.queue.try_pop().map(|d| d.seq()), Some(8));
+    }
+
+    fn patterns(texts: impl IntoIterator<Item = String>) -> Vec<Pattern> {
+        texts
+            .into_iter()
+            .map(|t| Pattern::parse(&t).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_pattern_limit_counts_distinct_patterns_and_refuses_whole_requests() {
+        let mut subscribers = Subscribers::new(4);
+        let over = patterns((0..5).map(|i| format!("t/{i}")));
+        assert!(matches!(
+            subscribers.add(&over, 0, 8),
+            Err(HubError::TooManyPatterns { limit: 4 })
+        ));
+        assert!(
+            subscribers.is_empty(),
+            "a refused subscribe registers nothing"
+        );
+        // Duplicates count once.
+        let twice = patterns(["a", "a", "b", "b", "a"].map(String::from));
+        let client = subscribers.add(&twice, 0, 8).unwrap();
+        assert_eq!(subscribers.pattern_count(client.id), Some(2));
+        // 2 held + 3 new > 4: nothing of it is added.
+        let three = patterns(["c", "d", "e"].map(String::from));
+        let error = subscribers.add_patterns(client.id, &three, 0).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "too many patterns: at most 4 per client (MAX_PATTERNS_PER_CLIENT)"
+        );
+        assert_eq!(subscribers.pattern_count(client.id), Some(2));
+        assert_eq!(subscribers.deliver(&event(1, "c")), 0);
+        // Held ones do not count again; up to the limit is fine.
+        let two = patterns(["a", "c", "d", "c"].map(String::from));
+        let added = subscribers.add_patterns(client.id, &two, 1).unwrap();
+        assert_eq!(added.len(), 2);
+        assert_eq!(subscribers.pattern_count(client.id), Some(4));
+        assert_eq!(subscribers.deliver(&event(2, "d")), 1);
+        // Removing makes room again.
+        subscribers
+            .remove_patterns(client.id, &patterns(["a".to_owned()]))
+            .unwrap();
+        assert!(subscribers
+            .add_patterns(client.id, &patterns(["e".to_owned()]), 2)
+            .is_ok());
+        assert!(subscribers
+            .add_patterns(client.id, &patterns(["f".to_owned()]), 2)
+            .is_err());
+        // The lock-free pre-check agrees.
+        assert!(distinct_patterns(twice, 2).is_ok());
+        assert!(distinct_patterns(over, 4).is_err());
+    }
+
+    #[test]
+    fn a_pattern_does_not_deliver_what_its_state_already_covered() {
+        let mut subscribers = Subscribers::default();
+        let client = subscribers.add(&patterns(["a".to_owned()]), 0, 8).unwrap();
+        // "b" is added as of seq 5: its state up to 5 went with it.
+        subscribers
+            .add_patterns(client.id, &patterns(["b".to_owned()]), 5)
+            .unwrap();
+        assert_eq!(subscribers.deliver(&event(3, "a")), 1);
+        assert_eq!(subscribers.deliver(&event(4, "b")), 0);
+        assert_eq!(subscribers.deliver(&event(6, "b")), 1);
+        let seqs: Vec<Seq> = std::iter::from_fn(|| client.queue.try_pop())
+            .map(|d| d.seq())
+            .collect();
+        assert_eq!(seqs, [3, 6]);
+    }
+
+    #[test]
+    fn cut_offs_are_handed_to_the_owner_to_log() {
+        let mut subscribers = Subscribers::default();
+        let slow = subscribers.add(&[Pattern::everything()], 0, 1).unwrap();
+        subscribers.deliver(&event(1, "t"));
+        subscribers.deliver(&event(2, "t"));
+        assert!(slow.queue.is_closed());
+        let cut = subscribers.take_cut_offs();
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].seq, 2);
+        assert!(subscribers.take_cut_offs().is_empty());
     }
 }

@@ -9,10 +9,14 @@
 //! the topic's levels once, following the exact child, the `+` child and any
 //! `#` entries, so the cost grows with the topic's depth and the number of
 //! matches — never with subscribers × patterns, and with no string work per
-//! subscriber.
+//! subscriber. Removing a registration walks the pattern's levels once and
+//! takes O(1) at its node (the keys at a node are a dense list for the walk
+//! plus, past a few entries, a map from key to position), so clients leaving
+//! or unsubscribing never scan the other clients of a popular pattern.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::sync::{Arc, OnceLock};
 
 /// Longest topic or pattern, in bytes (all allowed characters are ASCII).
@@ -62,7 +66,7 @@ impl fmt::Display for Topic {
 
 /// One level of a pattern.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Level {
+pub(crate) enum Level {
     Exact(Box<str>),
     /// `+`
     Any,
@@ -115,6 +119,11 @@ impl Pattern {
         &self.text
     }
 
+    /// The parsed levels (the retained-state trie walks them).
+    pub(crate) fn levels(&self) -> &[Level] {
+        &self.levels
+    }
+
     /// Direct match of one pattern, for small sets (a client's own patterns
     /// against retained state); fan-out uses [`PatternIndex`].
     pub fn matches(&self, topic: &Topic) -> bool {
@@ -160,9 +169,9 @@ struct Node<K> {
     exact: HashMap<Box<str>, Node<K>>,
     any: Option<Box<Node<K>>>,
     /// Keys whose pattern ends with `#` at this node.
-    rest: Vec<K>,
+    rest: Keys<K>,
     /// Keys whose pattern ends exactly here.
-    here: Vec<K>,
+    here: Keys<K>,
 }
 
 impl<K> Default for Node<K> {
@@ -170,8 +179,8 @@ impl<K> Default for Node<K> {
         Node {
             exact: HashMap::new(),
             any: None,
-            rest: Vec::new(),
-            here: Vec::new(),
+            rest: Keys::default(),
+            here: Keys::default(),
         }
     }
 }
@@ -182,7 +191,101 @@ impl<K> Node<K> {
     }
 }
 
-impl<K: Copy + PartialEq> Default for PatternIndex<K> {
+/// Past this many keys at one node, a map from key to position makes
+/// finding a key O(1); below it a scan of the list is cheaper than a map.
+const MAP_FROM: usize = 8;
+
+/// The keys registered at one node, each with how many times it was
+/// registered: a dense list (what a match walks) and, for long lists, the
+/// position of each key in it, so removal is a lookup and a `swap_remove`.
+#[derive(Debug)]
+struct Keys<K> {
+    list: Vec<(K, u32)>,
+    positions: Option<HashMap<K, usize>>,
+}
+
+impl<K> Default for Keys<K> {
+    fn default() -> Self {
+        Keys {
+            list: Vec::new(),
+            positions: None,
+        }
+    }
+}
+
+impl<K> Keys<K> {
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+impl<K: Copy + Eq + Hash> Keys<K> {
+    fn position(&self, key: K) -> Option<usize> {
+        match &self.positions {
+            Some(positions) => positions.get(&key).copied(),
+            None => self.list.iter().position(|(k, _)| *k == key),
+        }
+    }
+
+    fn insert(&mut self, key: K) {
+        if let Some(at) = self.position(key) {
+            self.list[at].1 += 1;
+            return;
+        }
+        self.list.push((key, 1));
+        match &mut self.positions {
+            Some(positions) => {
+                positions.insert(key, self.list.len() - 1);
+            }
+            None if self.list.len() > MAP_FROM => {
+                let positions = self
+                    .list
+                    .iter()
+                    .enumerate()
+                    .map(|(at, (k, _))| (*k, at))
+                    .collect();
+                self.positions = Some(positions);
+            }
+            None => {}
+        }
+    }
+
+    fn remove(&mut self, key: K) {
+        let Some(at) = self.position(key) else {
+            return;
+        };
+        if self.list[at].1 > 1 {
+            self.list[at].1 -= 1;
+            return;
+        }
+        self.list.swap_remove(at);
+        if let Some(positions) = &mut self.positions {
+            positions.remove(&key);
+            if let Some((moved, _)) = self.list.get(at) {
+                positions.insert(*moved, at);
+            }
+            // Well below the threshold (no flapping at its edge), go back
+            // to the plain list.
+            if self.list.len() <= MAP_FROM / 2 {
+                self.positions = None;
+            }
+        }
+        // Give back what a crowd that has left needed.
+        if self.list.capacity() > 16 && self.list.len() < self.list.capacity() / 4 {
+            self.list.shrink_to(self.list.len() * 2);
+        }
+    }
+
+    fn for_each(&self, visit: &mut impl FnMut(K)) {
+        for (key, times) in &self.list {
+            for _ in 0..*times {
+                visit(*key);
+            }
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash> Default for PatternIndex<K> {
     fn default() -> Self {
         PatternIndex {
             root: Node::default(),
@@ -190,7 +293,7 @@ impl<K: Copy + PartialEq> Default for PatternIndex<K> {
     }
 }
 
-impl<K: Copy + PartialEq> PatternIndex<K> {
+impl<K: Copy + Eq + Hash> PatternIndex<K> {
     pub fn insert(&mut self, pattern: &Pattern, key: K) {
         let mut node = &mut self.root;
         for level in pattern.levels.iter() {
@@ -198,28 +301,24 @@ impl<K: Copy + PartialEq> PatternIndex<K> {
                 Level::Exact(exact) => node = node.exact.entry(exact.clone()).or_default(),
                 Level::Any => node = node.any.get_or_insert_with(Default::default),
                 Level::Rest => {
-                    node.rest.push(key);
+                    node.rest.insert(key);
                     return;
                 }
             }
         }
-        node.here.push(key);
+        node.here.insert(key);
     }
 
-    /// Removes one registration of `key` under `pattern`; prunes empty nodes.
+    /// Removes one registration of `key` under `pattern`; prunes empty
+    /// nodes. O(levels): one step per level, then O(1) at the node.
     pub fn remove(&mut self, pattern: &Pattern, key: K) {
-        fn remove_from<K: PartialEq>(list: &mut Vec<K>, key: K) {
-            if let Some(at) = list.iter().position(|k| *k == key) {
-                list.swap_remove(at);
-            }
-        }
-        fn walk<K: PartialEq + Copy>(node: &mut Node<K>, levels: &[Level], key: K) {
+        fn walk<K: Copy + Eq + Hash>(node: &mut Node<K>, levels: &[Level], key: K) {
             let Some((first, rest)) = levels.split_first() else {
-                remove_from(&mut node.here, key);
+                node.here.remove(key);
                 return;
             };
             match first {
-                Level::Rest => remove_from(&mut node.rest, key),
+                Level::Rest => node.rest.remove(key),
                 Level::Any => {
                     if let Some(child) = node.any.as_deref_mut() {
                         walk(child, rest, key);
@@ -246,10 +345,10 @@ impl<K: Copy + PartialEq> PatternIndex<K> {
     /// deduplicate (the hub does it with each subscriber's last seq).
     pub fn for_each_match(&self, topic: &Topic, mut visit: impl FnMut(K)) {
         let levels: Vec<&str> = topic.levels().collect();
-        fn walk<K: Copy>(node: &Node<K>, levels: &[&str], visit: &mut impl FnMut(K)) {
-            node.rest.iter().copied().for_each(&mut *visit);
+        fn walk<K: Copy + Eq + Hash>(node: &Node<K>, levels: &[&str], visit: &mut impl FnMut(K)) {
+            node.rest.for_each(visit);
             let Some((first, rest)) = levels.split_first() else {
-                node.here.iter().copied().for_each(&mut *visit);
+                node.here.for_each(visit);
                 return;
             };
             if let Some(child) = node.exact.get(*first) {
@@ -262,8 +361,27 @@ impl<K: Copy + PartialEq> PatternIndex<K> {
         walk(&self.root, &levels, &mut visit);
     }
 
+    /// Whether any registered pattern matches `topic`.
+    pub fn matches(&self, topic: &Topic) -> bool {
+        let mut any = false;
+        self.for_each_match(topic, |_| any = true);
+        any
+    }
+
     pub fn is_empty(&self) -> bool {
         self.root.is_empty()
+    }
+}
+
+impl PatternIndex<()> {
+    /// An index of `patterns`, to test many topics against a client's
+    /// patterns in O(levels) each instead of O(patterns).
+    pub fn of(patterns: &[Pattern]) -> PatternIndex<()> {
+        let mut index = PatternIndex::default();
+        for pattern in patterns {
+            index.insert(pattern, ());
+        }
+        index
     }
 }
 
