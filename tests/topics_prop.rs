@@ -1,13 +1,21 @@
 //! Property tests for `switchyard::hub::topics`: topic and pattern
-//! validation, `Pattern::matches` and `PatternIndex`, each checked against a
+//! validation, `Pattern::matches` and `PatternIndex` (inserts and removals
+//! in any order), and `hub::retained::RetainedState` (the retained-state
+//! trie: pattern matching and byte accounting), each checked against a
 //! plain reference implementation written here.
 //!
 //! Topics and patterns are built from a tiny alphabet of levels (including
 //! the empty level, which `Topic::parse` accepts) so that matches are common.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use proptest::collection::vec;
 use proptest::prelude::*;
+use serde_json::value::RawValue;
+use switchyard::hub::retained::RetainedState;
 use switchyard::hub::topics::{Pattern, PatternIndex, Topic, MAX_TOPIC_LEN};
+use switchyard::hub::{Event, Publication};
 
 // ---------------------------------------------------------------------------
 // Reference implementation
@@ -298,5 +306,133 @@ proptest! {
         let t = topic(&text);
         let p = pattern(&text);
         prop_assert!(p.matches(&t));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// (5) Any sequence of inserts and removals (including removals of
+    /// registrations that were never made, and repeated registrations)
+    /// leaves the index matching exactly what a multiset of (key, pattern)
+    /// says, after every step; emptying the multiset empties the index.
+    #[test]
+    fn index_insert_remove_sequences_match_reference(
+        ops in vec((any::<bool>(), 0u8..4, pattern_text()), 0..60),
+        topics in vec(topic_text(), 1..6),
+    ) {
+        let mut index = PatternIndex::default();
+        let mut reference: Vec<(u8, String)> = Vec::new();
+        for (insert, key, p) in &ops {
+            if *insert {
+                index.insert(&pattern(p), *key);
+                reference.push((*key, p.clone()));
+            } else {
+                index.remove(&pattern(p), *key);
+                if let Some(at) = reference.iter().position(|(k, q)| k == key && q == p) {
+                    reference.swap_remove(at);
+                }
+            }
+            prop_assert_eq!(index.is_empty(), reference.is_empty());
+            for t in &topics {
+                prop_assert_eq!(
+                    index_matches(&index, &topic(t)),
+                    ref_index_matches(&reference, t),
+                    "topic {} after {:?}", t, (insert, key, p)
+                );
+            }
+        }
+        for (key, p) in reference.drain(..) {
+            index.remove(&pattern(&p), key);
+        }
+        prop_assert!(index.is_empty());
+    }
+
+    /// (5b) Many keys on one pattern (past the point where a node keeps a
+    /// key → position map) are removed in any order without disturbing the
+    /// others.
+    #[test]
+    fn crowded_nodes_remove_in_any_order(
+        keys in vec(any::<u8>(), 0..200),
+        removed in vec(any::<u8>(), 0..200),
+    ) {
+        let p = pattern("a/+");
+        let t = topic("a/b");
+        let mut index = PatternIndex::default();
+        let mut reference: Vec<(u8, String)> = Vec::new();
+        for key in &keys {
+            index.insert(&p, *key);
+            reference.push((*key, "a/+".to_owned()));
+        }
+        for key in &removed {
+            index.remove(&p, *key);
+            if let Some(at) = reference.iter().position(|(k, _)| k == key) {
+                reference.swap_remove(at);
+            }
+            prop_assert_eq!(index_matches(&index, &t), ref_index_matches(&reference, "a/b"));
+        }
+    }
+}
+
+/// A retained event for `topic` with `data` as its JSON.
+fn retained_event(seq: u64, topic_text: &str, data: &str) -> Arc<Event> {
+    Arc::new(Event::new(
+        seq,
+        Publication {
+            topic: topic(topic_text),
+            data: RawValue::from_string(data.to_owned()).unwrap(),
+            retain: true,
+        },
+    ))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// (6) The retained-state trie, after any sequence of sets and deletes,
+    /// answers for any set of patterns exactly the retained events a brute
+    /// force filter of a plain map finds (once each, by topic), and counts
+    /// topic + data bytes exactly.
+    #[test]
+    fn retained_matching_equals_brute_force(
+        ops in vec((topic_text(), prop::option::of(0u32..1_000_000)), 0..40),
+        queries in vec(vec(pattern_text(), 1..4), 1..6),
+    ) {
+        let mut state = RetainedState::default();
+        let mut reference: BTreeMap<String, Arc<Event>> = BTreeMap::new();
+        for (seq, (t, data)) in ops.iter().enumerate() {
+            let seq = seq as u64 + 1;
+            match data {
+                Some(value) => {
+                    let event = retained_event(seq, t, &value.to_string());
+                    state.insert(event.clone());
+                    reference.insert(t.clone(), event);
+                }
+                None => {
+                    state.remove(&topic(t));
+                    reference.remove(t);
+                }
+            }
+        }
+        let bytes: usize = reference
+            .iter()
+            .map(|(t, e)| t.len() + e.data.get().len())
+            .sum();
+        prop_assert_eq!(state.bytes(), bytes);
+        prop_assert_eq!(state.len(), reference.len());
+        for patterns in &queries {
+            let parsed: Vec<Pattern> = patterns.iter().map(|p| pattern(p)).collect();
+            let got: Vec<(String, u64)> = state
+                .matching(&parsed)
+                .iter()
+                .map(|e| (e.topic.to_string(), e.seq))
+                .collect();
+            let expected: Vec<(String, u64)> = reference
+                .iter()
+                .filter(|(t, _)| patterns.iter().any(|p| ref_matches(p, t)))
+                .map(|(t, e)| (t.clone(), e.seq))
+                .collect();
+            prop_assert_eq!(got, expected, "patterns {:?}", patterns);
+        }
     }
 }
