@@ -2,8 +2,9 @@
 //! sockets: a pattern flood from an anonymous WebSocket client while a
 //! publisher publishes steadily (MAX_PATTERNS_PER_CLIENT, publish latency
 //! compared with a quiet run in the same test), and the retained-state cap
-//! (MAX_RETAINED_BYTES: 507, nothing of a batch applied, deletes work), in
-//! memory and, with SWITCHYARD_TEST_REDIS set, through Redis.
+//! (MAX_RETAINED_BYTES: 507, nothing of a batch applied, deletes work) and
+//! history bounded in bytes (HISTORY_MAX_BYTES), in memory and, with
+//! SWITCHYARD_TEST_REDIS set, through Redis.
 
 mod support;
 
@@ -113,7 +114,12 @@ async fn publish_steadily(publisher: &mut Publisher, count: usize, first: usize)
     for i in first..first + count {
         ticks.tick().await;
         let body = json!({"topic": format!("prices/{}", i % 10), "data": i, "retain": true});
-        let (status, took) = publisher.publish(body.to_string()).await;
+        // Generous: only a starved publish takes this long (the code before
+        // the limit held the hub's locks for seconds per flood frame).
+        let (status, took) =
+            tokio::time::timeout(Duration::from_secs(10), publisher.publish(body.to_string()))
+                .await
+                .unwrap_or_else(|_| panic!("publish {i} not answered within 10 s: starved"));
         assert_eq!(status, 202, "publish {i} answered {status}");
         times.push(took);
     }
@@ -386,6 +392,16 @@ async fn the_retained_cap_answers_507_and_applies_nothing() {
     retained_cap_holds(&gateway).await;
 }
 
+async fn wait_for_redis(gateway: &Gateway) {
+    for _ in 0..200 {
+        if gateway.health().await.1["redis"] == "up" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis never came up: {:?}", gateway.health().await);
+}
+
 #[tokio::test]
 async fn the_retained_cap_holds_through_redis() {
     let Some(url) = std::env::var("SWITCHYARD_TEST_REDIS")
@@ -407,12 +423,7 @@ async fn the_retained_cap_holds_through_redis() {
         ("MAX_RETAINED_BYTES", &cap),
     ])
     .await;
-    for _ in 0..200 {
-        if gateway.health().await.1["redis"] == "up" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_redis(&gateway).await;
     retained_cap_holds(&gateway).await;
 }
 
@@ -443,4 +454,66 @@ async fn subscribe_frames_past_the_limit_get_an_error_and_keep_the_connection() 
         (event["topic"].as_str(), event["data"].as_i64()),
         (Some("c"), Some(2))
     );
+}
+
+// ---------------------------------------------------------------------------
+// History bounded in bytes
+// ---------------------------------------------------------------------------
+
+/// With HISTORY_MAX_BYTES=1024 and frames of ~380 bytes, two events are kept
+/// (the count bound, 1000, is far): resuming from before them is fresh,
+/// from within them is served.
+async fn history_is_bounded_in_bytes(gateway: &Gateway) {
+    let mut last = 0;
+    for i in 0..10 {
+        last = support::publish_one(
+            gateway,
+            "h/t",
+            Value::from(format!("{i}{}", "x".repeat(300))),
+        )
+        .await;
+    }
+    let epoch = state(gateway).await["epoch"].as_str().unwrap().to_owned();
+    let poll = |since: u64| {
+        let url = gateway.url(&format!("/_switchyard/state?epoch={epoch}&since={since}"));
+        async move { json_body(get(&url).await).await }
+    };
+    let served = poll(last - 2).await;
+    assert_eq!(served["resumed"], true, "{served}");
+    assert_eq!(served["events"].as_array().unwrap().len(), 2);
+    let lost = poll(last - 3).await;
+    assert_eq!(
+        lost["resumed"], false,
+        "three frames do not fit in 1024 bytes: {lost}"
+    );
+}
+
+#[tokio::test]
+async fn history_is_bounded_in_bytes_in_memory() {
+    let gateway = Gateway::start(&[("HISTORY_MAX_BYTES", "1024")]).await;
+    history_is_bounded_in_bytes(&gateway).await;
+}
+
+#[tokio::test]
+async fn history_is_bounded_in_bytes_through_redis() {
+    let Some(url) = std::env::var("SWITCHYARD_TEST_REDIS")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("SKIPPED: SWITCHYARD_TEST_REDIS is not set; the Redis history bound did not run");
+        return;
+    };
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("switchyard-test:history:{}:{nanos}:", std::process::id());
+    let gateway = Gateway::start(&[
+        ("REDIS_URL", &url),
+        ("REDIS_PREFIX", &prefix),
+        ("HISTORY_MAX_BYTES", "1024"),
+    ])
+    .await;
+    wait_for_redis(&gateway).await;
+    history_is_bounded_in_bytes(&gateway).await;
 }
