@@ -517,3 +517,69 @@ async fn history_is_bounded_in_bytes_through_redis() {
     wait_for_redis(&gateway).await;
     history_is_bounded_in_bytes(&gateway).await;
 }
+
+/// A state hash written before the retained-bytes counter existed is
+/// counted once, on the first publish (each entry as topic + stored frame),
+/// and deleting such a topic frees exactly what it was counted as.
+#[tokio::test]
+async fn an_older_redis_state_is_counted_once() {
+    let Some(url) = std::env::var("SWITCHYARD_TEST_REDIS")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!(
+            "SKIPPED: SWITCHYARD_TEST_REDIS is not set; the Redis state migration did not run"
+        );
+        return;
+    };
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("switchyard-test:legacy:{}:{nanos}:", std::process::id());
+    let frame = json!({
+        "type": "event", "seq": 1, "topic": "old/big", "data": "x".repeat(900),
+        "retain": true, "ts": "2026-01-01T00:00:00.000Z"
+    })
+    .to_string();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    redis::pipe()
+        .cmd("SET")
+        .arg(format!("{prefix}epoch"))
+        .arg("legacy")
+        .cmd("SET")
+        .arg(format!("{prefix}seq"))
+        .arg(1)
+        .cmd("RPUSH")
+        .arg(format!("{prefix}history"))
+        .arg(&frame)
+        .cmd("HSET")
+        .arg(format!("{prefix}state"))
+        .arg("old/big")
+        .arg(&frame)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let cap = CAP.to_string();
+    let gateway = Gateway::start(&[
+        ("REDIS_URL", &url),
+        ("REDIS_PREFIX", &prefix),
+        ("MAX_RETAINED_BYTES", &cap),
+    ])
+    .await;
+    wait_for_redis(&gateway).await;
+    let before = state(&gateway).await;
+    assert_eq!(before["epoch"], "legacy");
+    assert!(before["state"]["old/big"].is_object(), "{before}");
+    // ~990 counted for old/big: 205 more does not fit.
+    expect_full(&gateway, retained("cap/x", text_of(200))).await;
+    expect_accepted(&gateway, retained("old/big", json!(null))).await;
+    expect_accepted(&gateway, retained("cap/x", text_of(200))).await;
+    let counted: i64 = redis::cmd("GET")
+        .arg(format!("{prefix}retained_bytes"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(counted, 5 + 200);
+}
