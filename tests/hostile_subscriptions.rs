@@ -259,11 +259,15 @@ async fn a_pattern_flood_is_refused_and_does_not_slow_publishing() {
          flood {flood_cpu}",
         quiet.len()
     );
-    // Within 2x of the quiet p99. Slack: the quiet p99 is floored at 5 ms,
-    // because on this shared 2-core machine (other builds and tests running)
-    // a single scheduler stall of a few ms lands in either phase's top 1%
-    // regardless of what the gateway does; the old code's failure is
-    // seconds, far past this.
+    // Within 2x of the quiet p99. Slack: the quiet p99 is floored at 5 ms.
+    // Each flood frame costs the gateway ~6 ms of CPU (debug build; perf
+    // shows it in the transport's JSON and pattern parsing, before the hub
+    // is called, which refuses it without a lock), and on 2 cores a publish
+    // that lands during one waits for a core: on an idle machine quiet p99
+    // is ~2 ms and flood p99 ~5 ms. Below the floor that is CPU sharing,
+    // not the hub. What this guards against is far above it: before the
+    // limit a publish went unanswered for 10 s ("starved" above); with the
+    // limit raised to 1,000,000 the flood's p99 was 59 ms against 23 ms quiet.
     let allowed = 2 * quiet_p99.max(Duration::from_millis(5));
     assert!(
         flooded_p99 <= allowed,
