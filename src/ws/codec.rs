@@ -1,0 +1,274 @@
+//! WebSocket framing (RFC 6455) for the broadcaster, server side.
+//!
+//! Owns: reading client frames (masked, possibly fragmented, at most
+//! MAX_MESSAGE_BYTES per message, UTF-8 checked) and encoding server frames
+//! (unmasked: a 2–10 byte header and the payload). Nothing is buffered per
+//! connection while idle: a client frame's payload is allocated for that
+//! frame and freed once handled; a batch of server frames is encoded into
+//! one buffer that is freed once written. tungstenite kept both its buffers
+//! at their largest size (a 60 KB hello left ~63 KiB on every idle client).
+//!
+//! Does not own: what a frame means (`protocol`), when to write or close
+//! (the client loop in `ws`).
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// A whole message from the client.
+#[derive(Debug)]
+pub enum Incoming {
+    Text(String),
+    Binary,
+    Ping(Vec<u8>),
+    Pong,
+    /// The close code it sent, if any.
+    Close(Option<u16>),
+}
+
+/// Why reading stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// A message over MAX_MESSAGE_BYTES: close 1009.
+    TooLarge,
+    /// Text that is not UTF-8: close 1007.
+    InvalidText,
+    /// A frame that breaks the protocol: close 1002.
+    Protocol,
+    /// The socket closed or failed.
+    Gone,
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(_: std::io::Error) -> ReadError {
+        ReadError::Gone
+    }
+}
+
+/// Reads client messages from `io`.
+pub struct Reader<R> {
+    io: R,
+    max_message_bytes: usize,
+    /// A fragmented message so far: whether it is text, and its bytes.
+    partial: Option<(bool, Vec<u8>)>,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    pub fn new(io: R, max_message_bytes: usize) -> Reader<R> {
+        Reader {
+            io,
+            max_message_bytes,
+            partial: None,
+        }
+    }
+
+    /// The next whole message. Not cancel-safe: keep the future alive
+    /// (the client loop reads through a pinned stream).
+    pub async fn next(&mut self) -> Result<Incoming, ReadError> {
+        loop {
+            let mut head = [0u8; 2];
+            self.io.read_exact(&mut head).await?;
+            let fin = head[0] & 0x80 != 0;
+            if head[0] & 0x70 != 0 || head[1] & 0x80 == 0 {
+                // Reserved bits (no extension is negotiated), or unmasked.
+                return Err(ReadError::Protocol);
+            }
+            let opcode = head[0] & 0x0F;
+            let len = match head[1] & 0x7F {
+                126 => u64::from(self.io.read_u16().await?),
+                127 => self.io.read_u64().await?,
+                short => u64::from(short),
+            };
+            let mut mask = [0u8; 4];
+            self.io.read_exact(&mut mask).await?;
+            let control = opcode & 0x8 != 0;
+            if control && (!fin || len > 125) {
+                return Err(ReadError::Protocol);
+            }
+            let so_far = self.partial.as_ref().map_or(0, |(_, bytes)| bytes.len());
+            if len.saturating_add(so_far as u64) > self.max_message_bytes as u64 {
+                return Err(ReadError::TooLarge);
+            }
+            let mut payload = vec![0u8; len as usize];
+            self.io.read_exact(&mut payload).await?;
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= mask[i % 4];
+            }
+            match opcode {
+                0x0 => {
+                    let Some((text, mut bytes)) = self.partial.take() else {
+                        return Err(ReadError::Protocol);
+                    };
+                    bytes.extend_from_slice(&payload);
+                    if fin {
+                        return message(text, bytes);
+                    }
+                    self.partial = Some((text, bytes));
+                }
+                0x1 | 0x2 => {
+                    if self.partial.is_some() {
+                        return Err(ReadError::Protocol);
+                    }
+                    let text = opcode == 0x1;
+                    if fin {
+                        return message(text, payload);
+                    }
+                    self.partial = Some((text, payload));
+                }
+                0x8 => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return Ok(Incoming::Close(code));
+                }
+                0x9 => return Ok(Incoming::Ping(payload)),
+                0xA => return Ok(Incoming::Pong),
+                _ => return Err(ReadError::Protocol),
+            }
+        }
+    }
+}
+
+fn message(text: bool, bytes: Vec<u8>) -> Result<Incoming, ReadError> {
+    if !text {
+        return Ok(Incoming::Binary);
+    }
+    String::from_utf8(bytes)
+        .map(Incoming::Text)
+        .map_err(|_| ReadError::InvalidText)
+}
+
+/// Appends one unmasked server frame to `out`.
+pub fn encode(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Bytes one frame with this payload takes.
+pub fn framed_len(payload: usize) -> usize {
+    payload
+        + match payload {
+            0..=125 => 2,
+            126..=0xFFFF => 4,
+            _ => 10,
+        }
+}
+
+/// A close frame's payload: the code, then the reason.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    payload
+}
+
+/// Why a write failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// The client accepted no bytes for WRITE_TIMEOUT_SECS.
+    Stalled,
+    /// The socket closed or failed.
+    Gone,
+}
+
+/// Writes encoded frames, bounding how long the client may accept nothing.
+pub struct Writer<W> {
+    io: W,
+    write_timeout: Duration,
+    /// A write was interrupted midway: the stream is no longer at a frame
+    /// boundary, so no close frame may follow.
+    torn: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    pub fn new(io: W, write_timeout: Duration) -> Writer<W> {
+        Writer {
+            io,
+            write_timeout,
+            torn: false,
+        }
+    }
+
+    pub fn at_frame_boundary(&self) -> bool {
+        !self.torn
+    }
+
+    /// Writes all of `bytes`. Each write must move some bytes within
+    /// WRITE_TIMEOUT_SECS; any progress restarts the clock. A timer exists
+    /// only while the socket is full.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+        self.torn = true;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let written = match self.io.write(rest).now_or_never() {
+                Some(written) => written,
+                None => tokio::time::timeout(self.write_timeout, self.io.write(rest))
+                    .await
+                    .map_err(|_| WriteError::Stalled)?,
+            };
+            match written {
+                Ok(0) | Err(_) => return Err(WriteError::Gone),
+                Ok(n) => rest = &rest[n..],
+            }
+        }
+        self.torn = false;
+        Ok(())
+    }
+
+    /// Shuts the write side (FIN) within `limit`.
+    pub async fn shutdown(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.io.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_by_length() {
+        for (len, header) in [(0, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
+            let mut out = Vec::new();
+            encode(&mut out, OP_TEXT, &vec![b'a'; len]);
+            assert_eq!(out.len(), len + header);
+            assert_eq!(framed_len(len), len + header);
+            assert_eq!(out[0], 0x81);
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_masked_fragmented_text_and_refuses_large_ones() {
+        fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+            let mask = [1, 2, 3, 4];
+            let mut out = vec![
+                if fin { 0x80 } else { 0 } | opcode,
+                0x80 | payload.len() as u8,
+            ];
+            out.extend_from_slice(&mask);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            out
+        }
+        let mut wire = frame(false, 0x1, b"hel");
+        wire.extend(frame(true, 0x9, b"p"));
+        wire.extend(frame(true, 0x0, b"lo"));
+        wire.extend(frame(true, 0x1, &[b'x'; 20]));
+        let mut reader = Reader::new(&wire[..], 10);
+        assert!(matches!(reader.next().await, Ok(Incoming::Ping(p)) if p == b"p"));
+        assert!(matches!(reader.next().await, Ok(Incoming::Text(t)) if t == "hello"));
+        assert_eq!(reader.next().await.err(), Some(ReadError::TooLarge));
+    }
+}
