@@ -189,9 +189,12 @@ pub enum WriteError {
 pub struct Writer<W> {
     io: W,
     write_timeout: Duration,
-    /// A write was interrupted midway: the stream is no longer at a frame
-    /// boundary, so no close frame may follow.
-    torn: bool,
+    /// The buffer being written and how much of it is out. A write that is
+    /// interrupted (cut-off, shutdown) leaves its rest here, so a close
+    /// frame can still follow at a frame boundary; emptied (and freed) once
+    /// written.
+    pending: Vec<u8>,
+    written: usize,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -199,21 +202,24 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         Writer {
             io,
             write_timeout,
-            torn: false,
+            pending: Vec::new(),
+            written: 0,
         }
     }
 
-    pub fn at_frame_boundary(&self) -> bool {
-        !self.torn
-    }
-
-    /// Writes all of `bytes`. Each write must move some bytes within
-    /// WRITE_TIMEOUT_SECS; any progress restarts the clock. A timer exists
-    /// only while the socket is full.
-    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
-        self.torn = true;
-        let mut rest = bytes;
-        while !rest.is_empty() {
+    /// Writes all of `bytes` (after whatever an interrupted write left).
+    /// Each write must move some bytes within WRITE_TIMEOUT_SECS; any
+    /// progress restarts the clock. A timer exists only while the socket is
+    /// full. Cancel-safe: dropped midway, the rest stays pending.
+    pub async fn send(&mut self, bytes: Vec<u8>) -> Result<(), WriteError> {
+        if self.written >= self.pending.len() {
+            self.pending = bytes;
+            self.written = 0;
+        } else {
+            self.pending.extend_from_slice(&bytes);
+        }
+        while self.written < self.pending.len() {
+            let rest = &self.pending[self.written..];
             let written = match self.io.write(rest).now_or_never() {
                 Some(written) => written,
                 None => tokio::time::timeout(self.write_timeout, self.io.write(rest))
@@ -222,16 +228,23 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             };
             match written {
                 Ok(0) | Err(_) => return Err(WriteError::Gone),
-                Ok(n) => rest = &rest[n..],
+                Ok(n) => self.written += n,
             }
         }
-        self.torn = false;
+        self.pending = Vec::new();
+        self.written = 0;
         Ok(())
     }
 
-    /// Shuts the write side (FIN) within `limit`.
-    pub async fn shutdown(&mut self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.io.shutdown()).await;
+    /// Writes the rest of an interrupted write and then `frame`, within
+    /// `limit`; then shuts the write side (FIN).
+    pub async fn finish(&mut self, frame: Option<Vec<u8>>, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        if let Some(frame) = frame {
+            let _ = tokio::time::timeout_at(deadline, self.send(frame)).await;
+        }
+        self.pending = Vec::new();
+        let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
     }
 }
 

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::hub::{Catchup, HubError};
 use crate::protocol::{self, ClientFrame, SubscriptionQuery};
 use crate::response::{self, Body};
+use crate::watchdog::DRAIN_STALL;
 use crate::{cors, publish};
 use codec::{Incoming, ReadError, WriteError};
 
@@ -251,18 +252,23 @@ impl Client {
             Err(_) => Ending::HubUnavailable,
         };
         if ending != Ending::Stalled {
-            if let Some((code, reason)) = ending.close_frame() {
-                if writer.at_frame_boundary() {
-                    let mut out = Vec::new();
-                    codec::encode(
-                        &mut out,
-                        codec::OP_CLOSE,
-                        &codec::close_payload(code, reason),
-                    );
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.write_all(&out)).await;
-                }
-            }
-            writer.shutdown(CLOSE_TIMEOUT).await;
+            let frame = ending.close_frame().map(|(code, reason)| {
+                let mut out = Vec::new();
+                codec::encode(
+                    &mut out,
+                    codec::OP_CLOSE,
+                    &codec::close_payload(code, reason),
+                );
+                out
+            });
+            // While draining, a full socket gets little time (see
+            // `watchdog::DRAIN_STALL`).
+            let limit = if ending == Ending::Shutdown {
+                DRAIN_STALL
+            } else {
+                CLOSE_TIMEOUT
+            };
+            writer.finish(frame, limit).await;
         }
         debug!(%peer, ending = ?ending, "websocket client disconnected");
     }
@@ -323,7 +329,7 @@ impl Client {
                     out
                 }
             };
-            match stream.guard(writer.write_all(&out)).await {
+            match stream.guard(writer.send(out)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => return error.into(),
                 Err(end) => return end.into(),
