@@ -60,12 +60,12 @@ async fn wait_connections(gateway: &Gateway, want: u64, limit: Duration) -> Dura
 }
 
 /// Publishes `count` events of about `size` bytes on topic `t`, in
-/// batches of 20.
+/// batches of 10.
 async fn flood(gateway: &Gateway, count: usize, size: usize) {
     let payload = "x".repeat(size);
-    for chunk in 0..count.div_ceil(20) {
-        let batch: Vec<Value> = (0..20)
-            .map(|i| json!({"topic": "t", "data": [chunk * 20 + i, payload]}))
+    for chunk in 0..count.div_ceil(10) {
+        let batch: Vec<Value> = (0..10)
+            .map(|i| json!({"topic": "t", "data": [chunk * 10 + i, payload]}))
             .collect();
         let (status, answer) = publish(gateway, &Value::from(batch).to_string()).await;
         assert_eq!(status, 202, "{answer}");
@@ -284,11 +284,15 @@ async fn client_frames_are_read_while_events_keep_flowing() {
     async fn read_slowly_for(client: &mut support::Client, duration: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + duration;
         let mut frames = 0;
-        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, client.next()).await {
-            frames += 1;
+        loop {
+            match tokio::time::timeout_at(deadline, client.next()).await {
+                Err(_) => return frames,
+                Ok(Some(Ok(Message::Text(_)))) => frames += 1,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                other => panic!("the connection ended: {other:?}"),
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        frames
     }
 
     // Quiet: nothing flows.
@@ -313,6 +317,9 @@ async fn client_frames_are_read_while_events_keep_flowing() {
             while !stop.load(Ordering::Relaxed) && started.elapsed() < FLOOD_FOR {
                 assert_eq!(publish(&gateway, &body).await.0, 202);
                 published += 50;
+                // About 10,000 events a second: ten times what the client
+                // reads, well inside its CLIENT_QUEUE for the test's length.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             published
         })
