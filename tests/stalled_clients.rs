@@ -284,7 +284,9 @@ async fn client_frames_are_read_while_events_keep_flowing() {
     async fn read_slowly_for(client: &mut support::Client, duration: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + duration;
         let mut frames = 0;
-        loop {
+        // Checked here: a timeout around `next` never fires while frames
+        // keep arriving.
+        while tokio::time::Instant::now() < deadline {
             match tokio::time::timeout_at(deadline, client.next()).await {
                 Err(_) => return frames,
                 Ok(Some(Ok(Message::Text(_)))) => frames += 1,
@@ -293,6 +295,7 @@ async fn client_frames_are_read_while_events_keep_flowing() {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        frames
     }
 
     // Quiet: nothing flows.
@@ -326,8 +329,12 @@ async fn client_frames_are_read_while_events_keep_flowing() {
     };
     let read = read_slowly_for(&mut busy, Duration::from_secs(2)).await;
     assert!(read > 100, "events flowed ({read} read)");
-    let (busy_took, code) = close_round_trip(&mut busy).await;
+    let answered = tokio::time::timeout(FLOOD_FOR * 2, close_round_trip(&mut busy)).await;
     stop.store(true, Ordering::Relaxed);
+    let Ok((busy_took, code)) = answered else {
+        publisher.abort();
+        panic!("the close was not answered within {:?}", FLOOD_FOR * 2);
+    };
     let published = publisher.await.unwrap();
     println!(
         "close answered in {quiet_took:?} quiet, {busy_took:?} while {published} events \
