@@ -34,7 +34,10 @@ pub async fn handle(broadcaster: &Arc<Broadcaster>, request: Request<Incoming>) 
     if request.method() != Method::GET {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
-    let mut query = match SubscriptionQuery::parse(request.uri().query()) {
+    let mut query = match SubscriptionQuery::parse_limited(
+        request.uri().query(),
+        broadcaster.limits.max_patterns,
+    ) {
         Ok(query) => query,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };

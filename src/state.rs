@@ -35,7 +35,10 @@ pub async fn handle(broadcaster: &Arc<Broadcaster>, request: Request<Incoming>) 
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
-    let query = match SubscriptionQuery::parse(request.uri().query()) {
+    let query = match SubscriptionQuery::parse_limited(
+        request.uri().query(),
+        broadcaster.limits.max_patterns,
+    ) {
         Ok(query) => query,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };

@@ -777,3 +777,31 @@ async fn running_out_of_descriptors_neither_spins_nor_kills_the_accept_loop() {
     let (status, _) = gateway.health().await;
     assert_eq!(status, 200, "the gateway recovered");
 }
+
+#[tokio::test]
+async fn too_many_patterns_in_a_query_get_400_naming_the_limit() {
+    let gateway = Gateway::start(&[("MAX_PATTERNS_PER_CLIENT", "3")]).await;
+    // Duplicates count once: three distinct patterns are fine.
+    let mut client = connect(&gateway, "?topics=a,b,c,a,b,c").await;
+    assert_eq!(next_json(&mut client).await["type"], "hello");
+    match tokio_tungstenite::connect_async(gateway.ws_url("/ws?topics=a,b,c,d")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 400);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("MAX_PATTERNS_PER_CLIENT (3)"), "{body}");
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    for path in ["/_switchyard/events", "/_switchyard/state"] {
+        let response = get(&gateway.url(&format!("{path}?topics=a,b,c,d"))).await;
+        assert_eq!(response.status(), 400, "{path}");
+        let body = json_body(response).await;
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("MAX_PATTERNS_PER_CLIENT (3)"),
+            "{path}: {body}"
+        );
+    }
+}

@@ -85,7 +85,10 @@ pub fn upgrade(
             "origin not allowed (see CORS_ORIGINS)",
         );
     }
-    let query = match SubscriptionQuery::parse(request.uri().query()) {
+    let query = match SubscriptionQuery::parse_limited(
+        request.uri().query(),
+        broadcaster.limits.max_patterns,
+    ) {
         Ok(query) => query,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };
