@@ -13,6 +13,10 @@
 //! a response body whose socket is full, so nothing inside a body ever runs
 //! for a stalled client.
 //!
+//! The unit is the connection: over HTTP/2 a cut-off SSE stream closes the
+//! whole connection (EventSource reconnects and resumes), and a stall
+//! stalls every stream on it anyway.
+//!
 //! Does not own: upgraded connections (a WebSocket task bounds its own
 //! writes: hyper's connection future ends at the upgrade), or what any
 //! response says.
@@ -311,5 +315,87 @@ impl<F: Future> Future for Watchdog<F> {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::beacon::Beacon;
+
+    fn never_stops() -> Signal {
+        Beacon::new().fired()
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_makes_no_progress_is_stopped_and_progress_resets_the_clock() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let (mut io, handle) = watch(near);
+        // The far end takes 64 bytes every 50 ms: slow, never stalled for
+        // 150 ms, so the writer finishes.
+        let reader = tokio::spawn(async move {
+            let mut buffer = [0u8; 64];
+            let mut total = 0;
+            while total < 1024 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                total += tokio::io::AsyncReadExt::read(&mut far, &mut buffer)
+                    .await
+                    .unwrap();
+            }
+            far
+        });
+        let slow = async {
+            io.write_all(&[1u8; 1024]).await.unwrap();
+        };
+        let ending = Watchdog::new(slow, &handle, Duration::from_millis(150), never_stops()).await;
+        assert!(matches!(ending, Ending::Finished(())), "{ending:?}");
+        let _far = reader.await.unwrap();
+
+        // Now nobody reads: stopped after the write timeout.
+        let started = Instant::now();
+        let stuck = async {
+            io.write_all(&[2u8; 1024]).await.unwrap();
+        };
+        let ending = Watchdog::new(stuck, &handle, Duration::from_millis(150), never_stops()).await;
+        assert!(matches!(ending, Ending::Stalled(_)), "{ending:?}");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_handler_can_close_its_connection_or_have_it_closed_on_a_cut_off() {
+        let (_io, handle) = watch(tokio::io::empty());
+        let killer = handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            killer.kill();
+        });
+        let ending = Watchdog::new(
+            std::future::pending::<()>(),
+            &handle,
+            Duration::from_secs(60),
+            never_stops(),
+        )
+        .await;
+        assert!(matches!(ending, Ending::Killed), "{ending:?}");
+
+        let (_io, handle) = watch(tokio::io::empty());
+        let queue = Arc::new(ClientQueue::new(4));
+        handle.close_when_cut_off(queue.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            queue.close();
+        });
+        let ending = Watchdog::new(
+            std::future::pending::<()>(),
+            &handle,
+            Duration::from_secs(60),
+            never_stops(),
+        )
+        .await;
+        assert!(matches!(ending, Ending::CutOff), "{ending:?}");
     }
 }
