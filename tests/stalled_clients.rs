@@ -115,6 +115,20 @@ async fn stalled_websocket_sse_and_long_poll_clients_are_closed_within_write_tim
         took <= Duration::from_secs(WRITE_TIMEOUT_SECS + 2),
         "stalled clients lingered {took:?}"
     );
+    // Freed: out of the metrics too, and unsubscribed from the hub (their
+    // queues and the events they pinned released).
+    let metrics =
+        support::text_body(support::get(&gateway.url("/_switchyard/metrics")).await).await;
+    for line in [
+        "switchyard_connections{transport=\"websocket\"} 0",
+        "switchyard_connections{transport=\"sse\"} 0",
+        "switchyard_subscribers 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
     // The long-poll's socket was closed part-way through its answer: what
     // the kernel buffered arrives, then EOF (an open socket would deliver
     // all 2.4 MB and then wait for the next request).

@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 
 use crate::broadcast::{Broadcaster, ClientSlot, ClientStream, End, Step, Transport};
 use crate::config::Config;
-use crate::hub::{Catchup, HubError};
+use crate::hub::{Catchup, Delivery, HubError};
 use crate::protocol::{self, ClientFrame, SubscriptionQuery};
 use crate::response::{self, Body};
 use crate::watchdog::DRAIN_STALL;
@@ -403,15 +403,23 @@ fn encode_step(step: Step<'_>) -> Encoded {
         Step::Deliveries(batch) => {
             let total = batch
                 .iter()
-                .map(|delivery| codec::framed_len(delivery.frame().len()))
+                .map(|delivery| codec::framed_len(frame(delivery).len()))
                 .sum();
             let mut out = Vec::with_capacity(total);
             for delivery in batch {
-                codec::encode(&mut out, codec::OP_TEXT, delivery.frame().as_bytes());
+                codec::encode(&mut out, codec::OP_TEXT, frame(delivery));
             }
             Encoded::Bytes(out)
         }
         Step::Keepalive => Encoded::Keepalive,
         Step::End(end) => Encoded::End(end),
+    }
+}
+
+/// A delivery's shared frame, borrowed (no reference count touched).
+fn frame(delivery: &Delivery) -> &[u8] {
+    match delivery {
+        Delivery::Event(event) => event.frame.as_bytes(),
+        Delivery::Reset(reset) => reset.frame.as_bytes(),
     }
 }
