@@ -805,3 +805,53 @@ async fn too_many_patterns_in_a_query_get_400_naming_the_limit() {
         );
     }
 }
+
+#[tokio::test]
+async fn fragmented_frames_pings_and_invalid_text_follow_the_websocket_rules() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let gateway = Gateway::start(&[]).await;
+    let mut client = connect(&gateway, "?topics=a").await;
+    next_json(&mut client).await;
+
+    // A text message in two fragments, with a ping between them.
+    let first = Frame::message(
+        r#"{"type":"subscribe","#.as_bytes().to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    );
+    let rest = Frame::message(
+        r#""topics":["b"]}"#.as_bytes().to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    );
+    client.send(Message::Frame(first)).await.unwrap();
+    client
+        .send(Message::Ping(b"hi".to_vec().into()))
+        .await
+        .unwrap();
+    client.send(Message::Frame(rest)).await.unwrap();
+    let mut pong = None;
+    let subscribed = loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), client.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("open")
+            .expect("valid");
+        match message {
+            Message::Pong(payload) => pong = Some(payload.to_vec()),
+            Message::Text(text) => break serde_json::from_str::<Value>(text.as_str()).unwrap(),
+            _ => {}
+        }
+    };
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(pong.as_deref(), Some(&b"hi"[..]), "the ping was answered");
+
+    // Text that is not UTF-8: close 1007.
+    let invalid = Frame::message(vec![0xFF, 0xFE], OpCode::Data(Data::Text), true);
+    client.send(Message::Frame(invalid)).await.unwrap();
+    assert_eq!(
+        close_code(&mut client, Duration::from_secs(5)).await,
+        Some(1007)
+    );
+}
