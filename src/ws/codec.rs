@@ -1,18 +1,23 @@
 //! WebSocket framing (RFC 6455) for the broadcaster, server side.
 //!
 //! Owns: reading client frames (masked, possibly fragmented, at most
-//! MAX_MESSAGE_BYTES per message, UTF-8 checked) and encoding server frames
-//! (unmasked: a 2–10 byte header and the payload). Nothing is buffered per
-//! connection while idle: a client frame's payload is allocated for that
-//! frame and freed once handled; a batch of server frames is encoded into
-//! one buffer that is freed once written. tungstenite kept both its buffers
-//! at their largest size (a 60 KB hello left ~63 KiB on every idle client).
+//! MAX_MESSAGE_BYTES per message, UTF-8 checked) and writing server frames
+//! (unmasked: a 2–10 byte header, then the payload written straight from
+//! the event's shared bytes with vectored writes — no copy per client).
+//! Nothing is buffered per connection while idle: a client frame's payload
+//! is allocated for that frame and freed once handled; a batch being
+//! written holds only headers and shared handles (~48 bytes a frame), freed
+//! once written. tungstenite kept both its buffers at their largest size (a
+//! 60 KB hello left ~63 KiB on every idle client), and a copy of every
+//! pending frame per client.
 //!
 //! Does not own: what a frame means (`protocol`), when to write or close
 //! (the client loop in `ws`).
 
+use std::io::IoSlice;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -143,38 +148,79 @@ fn message(text: bool, bytes: Vec<u8>) -> Result<Incoming, ReadError> {
         .map_err(|_| ReadError::InvalidText)
 }
 
-/// Appends one unmasked server frame to `out`.
-pub fn encode(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    out.push(0x80 | opcode);
-    let len = payload.len();
-    if len < 126 {
-        out.push(len as u8);
-    } else if let Ok(short) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&short.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(payload);
+/// One unmasked server frame: its header, and its payload shared with
+/// every other client it goes to.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    header: [u8; 10],
+    header_len: u8,
+    payload: Bytes,
 }
 
-/// Bytes one frame with this payload takes.
-pub fn framed_len(payload: usize) -> usize {
-    payload
-        + match payload {
-            0..=125 => 2,
-            126..=0xFFFF => 4,
-            _ => 10,
+impl Frame {
+    pub fn new(opcode: u8, payload: impl Into<Bytes>) -> Frame {
+        let payload = payload.into();
+        let mut header = [0u8; 10];
+        header[0] = 0x80 | opcode;
+        let len = payload.len();
+        let header_len = if len < 126 {
+            header[1] = len as u8;
+            2
+        } else if let Ok(short) = u16::try_from(len) {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        Frame {
+            header,
+            header_len,
+            payload,
         }
+    }
+
+    fn header(&self) -> &[u8] {
+        &self.header[..usize::from(self.header_len)]
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.header_len) + self.payload.len()
+    }
 }
 
-/// A close frame's payload: the code, then the reason.
-pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+/// A close frame: the code, then the reason.
+pub fn close_frame(code: u16, reason: &str) -> Frame {
     let mut payload = code.to_be_bytes().to_vec();
     payload.extend_from_slice(reason.as_bytes());
-    payload
+    Frame::new(OP_CLOSE, payload)
 }
+
+/// What is left to write of `frames`, the first `offset` bytes of which are
+/// out, as slices for one vectored write.
+fn slices(frames: &[Frame], offset: usize) -> Vec<IoSlice<'_>> {
+    let mut slices = Vec::with_capacity(MAX_SLICES);
+    let mut skip = offset;
+    for frame in frames {
+        for part in [frame.header(), &frame.payload[..]] {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices.push(IoSlice::new(&part[skip..]));
+            skip = 0;
+        }
+        if slices.len() >= MAX_SLICES - 1 {
+            break;
+        }
+    }
+    slices
+}
+
+/// Most slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
 
 /// Why a write failed.
 #[derive(Debug, PartialEq, Eq)]
@@ -185,16 +231,17 @@ pub enum WriteError {
     Gone,
 }
 
-/// Writes encoded frames, bounding how long the client may accept nothing.
+/// Writes frames, bounding how long the client may accept nothing.
 pub struct Writer<W> {
     io: W,
     write_timeout: Duration,
-    /// The buffer being written and how much of it is out. A write that is
-    /// interrupted (cut-off, shutdown) leaves its rest here, so a close
-    /// frame can still follow at a frame boundary; emptied (and freed) once
-    /// written.
-    pending: Vec<u8>,
-    written: usize,
+    /// The frames being written: `done` of them are out, and `offset`
+    /// bytes of the next. A write that is interrupted (cut-off, shutdown)
+    /// leaves its rest here, so a close frame can still follow at a frame
+    /// boundary; emptied (and freed) once written.
+    pending: Vec<Frame>,
+    done: usize,
+    offset: usize,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -203,45 +250,63 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             io,
             write_timeout,
             pending: Vec::new(),
-            written: 0,
+            done: 0,
+            offset: 0,
         }
     }
 
-    /// Writes all of `bytes` (after whatever an interrupted write left).
-    /// Each write must move some bytes within WRITE_TIMEOUT_SECS; any
-    /// progress restarts the clock. A timer exists only while the socket is
-    /// full. Cancel-safe: dropped midway, the rest stays pending.
-    pub async fn send(&mut self, bytes: Vec<u8>) -> Result<(), WriteError> {
-        if self.written >= self.pending.len() {
-            self.pending = bytes;
-            self.written = 0;
+    /// Writes `frames` (after whatever an interrupted write left). Each
+    /// write must move some bytes within WRITE_TIMEOUT_SECS; any progress
+    /// restarts the clock. A timer exists only while the socket is full.
+    /// Cancel-safe: dropped midway, the rest stays pending.
+    pub async fn send(&mut self, frames: Vec<Frame>) -> Result<(), WriteError> {
+        if self.done >= self.pending.len() {
+            self.pending = frames;
+            self.done = 0;
+            self.offset = 0;
         } else {
-            self.pending.extend_from_slice(&bytes);
+            self.pending.extend(frames);
         }
-        while self.written < self.pending.len() {
-            let rest = &self.pending[self.written..];
-            let written = match self.io.write(rest).now_or_never() {
+        while self.done < self.pending.len() {
+            let slices = slices(&self.pending[self.done..], self.offset);
+            let written = match self.io.write_vectored(&slices).now_or_never() {
                 Some(written) => written,
-                None => tokio::time::timeout(self.write_timeout, self.io.write(rest))
+                None => tokio::time::timeout(self.write_timeout, self.io.write_vectored(&slices))
                     .await
                     .map_err(|_| WriteError::Stalled)?,
             };
+            drop(slices);
             match written {
                 Ok(0) | Err(_) => return Err(WriteError::Gone),
-                Ok(n) => self.written += n,
+                Ok(n) => self.advance(n),
             }
         }
         self.pending = Vec::new();
-        self.written = 0;
+        self.done = 0;
+        self.offset = 0;
         Ok(())
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        while written > 0 && self.done < self.pending.len() {
+            let left = self.pending[self.done].len() - self.offset;
+            if written >= left {
+                written -= left;
+                self.done += 1;
+                self.offset = 0;
+            } else {
+                self.offset += written;
+                written = 0;
+            }
+        }
     }
 
     /// Writes the rest of an interrupted write and then `frame`, within
     /// `limit`; then shuts the write side (FIN).
-    pub async fn finish(&mut self, frame: Option<Vec<u8>>, limit: Duration) {
+    pub async fn finish(&mut self, frame: Option<Frame>, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         if let Some(frame) = frame {
-            let _ = tokio::time::timeout_at(deadline, self.send(frame)).await;
+            let _ = tokio::time::timeout_at(deadline, self.send(vec![frame])).await;
         }
         self.pending = Vec::new();
         let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
@@ -255,12 +320,39 @@ mod tests {
     #[test]
     fn headers_by_length() {
         for (len, header) in [(0, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
-            let mut out = Vec::new();
-            encode(&mut out, OP_TEXT, &vec![b'a'; len]);
-            assert_eq!(out.len(), len + header);
-            assert_eq!(framed_len(len), len + header);
-            assert_eq!(out[0], 0x81);
+            let frame = Frame::new(OP_TEXT, vec![b'a'; len]);
+            assert_eq!(frame.header().len(), header);
+            assert_eq!(frame.len(), len + header);
+            assert_eq!(frame.header()[0], 0x81);
         }
+    }
+
+    #[tokio::test]
+    async fn partial_vectored_writes_resume_where_they_stopped() {
+        // A 7-byte pipe forces many partial writes across frame boundaries.
+        let (near, mut far) = tokio::io::duplex(7);
+        let mut writer = Writer::new(near, Duration::from_secs(5));
+        let frames: Vec<Frame> = (0..50u8)
+            .map(|i| Frame::new(OP_TEXT, vec![i; usize::from(i) * 7]))
+            .collect();
+        let mut expected = Vec::new();
+        for frame in &frames {
+            expected.extend_from_slice(frame.header());
+            expected.extend_from_slice(&frame.payload);
+        }
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        writer.send(frames).await.unwrap();
+        writer
+            .finish(Some(close_frame(1000, "")), Duration::from_secs(5))
+            .await;
+        drop(writer);
+        let got = reader.await.unwrap();
+        expected.extend_from_slice(&[0x88, 2, 0x03, 0xE8]);
+        assert_eq!(got, expected);
     }
 
     #[tokio::test]

@@ -33,12 +33,13 @@ use tracing::{debug, warn};
 
 use crate::broadcast::{Broadcaster, ClientSlot, ClientStream, End, Step, Transport};
 use crate::config::Config;
-use crate::hub::{Catchup, Delivery, HubError};
+use crate::hub::{Catchup, HubError};
 use crate::protocol::{self, ClientFrame, SubscriptionQuery};
 use crate::response::{self, Body};
 use crate::watchdog::DRAIN_STALL;
 use crate::{cors, publish};
-use codec::{Incoming, ReadError, WriteError};
+use bytes::Bytes;
+use codec::{Frame, Incoming, ReadError, WriteError};
 
 type Io = TokioIo<Upgraded>;
 type Writer = codec::Writer<WriteHalf<Io>>;
@@ -255,15 +256,9 @@ impl Client {
             Err(_) => Ending::HubUnavailable,
         };
         if ending != Ending::Stalled {
-            let frame = ending.close_frame().map(|(code, reason)| {
-                let mut out = Vec::new();
-                codec::encode(
-                    &mut out,
-                    codec::OP_CLOSE,
-                    &codec::close_payload(code, reason),
-                );
-                out
-            });
+            let frame = ending
+                .close_frame()
+                .map(|(code, reason)| codec::close_frame(code, reason));
             // While draining, a full socket gets little time (see
             // `watchdog::DRAIN_STALL`).
             let limit = if ending == Ending::Shutdown {
@@ -289,14 +284,12 @@ impl Client {
             // keep its queue busy.
             let out = tokio::select! {
                 step = stream.next() => match encode_step(step) {
-                    Encoded::Bytes(out) => out,
+                    Encoded::Frames(frames) => frames,
                     Encoded::Keepalive => {
                         if last_heard.elapsed() > interval * 3 {
                             return Ending::Silent;
                         }
-                        let mut out = Vec::new();
-                        codec::encode(&mut out, codec::OP_PING, &[]);
-                        out
+                        vec![Frame::new(codec::OP_PING, Bytes::new())]
                     }
                     Encoded::End(end) => return end.into(),
                 },
@@ -327,9 +320,7 @@ impl Client {
                         }
                     };
                     let Some((opcode, payload)) = reply else { continue };
-                    let mut out = Vec::new();
-                    codec::encode(&mut out, opcode, &payload);
-                    out
+                    vec![Frame::new(opcode, payload)]
                 }
             };
             match stream.guard(writer.send(out)).await {
@@ -374,8 +365,8 @@ impl Client {
 
 /// What one step of the stream becomes on the wire.
 enum Encoded {
-    /// Frames to write, in one buffer freed once written.
-    Bytes(Vec<u8>),
+    /// Frames to write: headers, and payloads shared with every client.
+    Frames(Vec<Frame>),
     Keepalive,
     End(End),
 }
@@ -383,43 +374,24 @@ enum Encoded {
 fn encode_step(step: Step<'_>) -> Encoded {
     match step {
         Step::Hello(snapshot) => {
-            let hello = protocol::hello_frame(snapshot);
             let catchup = match &snapshot.catchup {
                 Catchup::Resumed(events) => events.as_slice(),
                 Catchup::Fresh(_) => &[],
             };
-            let total = codec::framed_len(hello.len())
-                + catchup
-                    .iter()
-                    .map(|event| codec::framed_len(event.frame.len()))
-                    .sum::<usize>();
-            let mut out = Vec::with_capacity(total);
-            codec::encode(&mut out, codec::OP_TEXT, hello.as_bytes());
+            let mut frames = Vec::with_capacity(1 + catchup.len());
+            frames.push(Frame::new(codec::OP_TEXT, protocol::hello_frame(snapshot)));
             for event in catchup {
-                codec::encode(&mut out, codec::OP_TEXT, event.frame.as_bytes());
+                frames.push(Frame::new(codec::OP_TEXT, Bytes::from(event.frame.clone())));
             }
-            Encoded::Bytes(out)
+            Encoded::Frames(frames)
         }
-        Step::Deliveries(batch) => {
-            let total = batch
+        Step::Deliveries(batch) => Encoded::Frames(
+            batch
                 .iter()
-                .map(|delivery| codec::framed_len(frame(delivery).len()))
-                .sum();
-            let mut out = Vec::with_capacity(total);
-            for delivery in batch {
-                codec::encode(&mut out, codec::OP_TEXT, frame(delivery));
-            }
-            Encoded::Bytes(out)
-        }
+                .map(|delivery| Frame::new(codec::OP_TEXT, Bytes::from(delivery.frame())))
+                .collect(),
+        ),
         Step::Keepalive => Encoded::Keepalive,
         Step::End(end) => Encoded::End(end),
-    }
-}
-
-/// A delivery's shared frame, borrowed (no reference count touched).
-fn frame(delivery: &Delivery) -> &[u8] {
-    match delivery {
-        Delivery::Event(event) => event.frame.as_bytes(),
-        Delivery::Reset(reset) => reset.frame.as_bytes(),
     }
 }
