@@ -2,7 +2,8 @@
 //!
 //! Owns: the handshake checks (enabled, Origin, MAX_CONNECTIONS, query),
 //! one task per client that encodes what its [`ClientStream`] yields (the
-//! hello and catch-up, then each batch of deliveries as one write) and reads
+//! hello and catch-up, then each batch of deliveries as one vectored write
+//! sequence from the shared event bytes) and reads
 //! the client's frames (subscribe / unsubscribe / publish, pings, close) —
 //! fairly: a steady flow of events never starves reading them; keepalive
 //! pings; WRITE_TIMEOUT_SECS on every write; and the close codes: 1008 too
