@@ -4,15 +4,15 @@
 //! a configured dashboard has not answered once, so a deployment is not
 //! marked ready before its dashboard is.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
+use crate::hub::Hub;
 use crate::response::{self, Body};
-use crate::server::Gateway;
-use crate::upstream::UpstreamState;
+use crate::upstream::{UpstreamHealth, UpstreamState};
 
 #[derive(Serialize)]
 struct HealthReport {
@@ -30,24 +30,33 @@ struct HealthReport {
     redis: Option<&'static str>,
 }
 
-pub fn respond(gateway: &Gateway, method: &Method) -> Response<Body> {
+/// What `/health` reports on, each from the module that counts it.
+pub struct Sources<'a> {
+    /// Live broadcaster clients (WebSocket, SSE, long-poll waiters).
+    pub connections: usize,
+    pub websocket_enabled: bool,
+    pub upstream: &'a UpstreamHealth,
+    pub restarts: Option<&'a AtomicU64>,
+    pub hub: &'a dyn Hub,
+}
+
+pub fn respond(sources: Sources<'_>, method: &Method) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET /health");
     }
-    let upstream = gateway.upstream.state();
+    let upstream = sources.upstream.state();
     let starting = upstream == UpstreamState::Starting;
     let report = HealthReport {
         status: if starting { "starting" } else { "healthy" },
-        connections: gateway.clients.load(Ordering::Relaxed),
+        connections: sources.connections,
         timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        websocket_enabled: gateway.config.websocket_enabled,
+        websocket_enabled: sources.websocket_enabled,
         upstream,
         version: env!("CARGO_PKG_VERSION"),
-        restarts: gateway
-            .dashboard_restarts
-            .as_ref()
+        restarts: sources
+            .restarts
             .map(|restarts| restarts.load(Ordering::Relaxed)),
-        redis: gateway
+        redis: sources
             .hub
             .backplane_up()
             .map(|up| if up { "up" } else { "down" }),

@@ -5,6 +5,7 @@
 
 pub mod assets;
 pub mod beacon;
+pub mod broadcast;
 pub mod config;
 pub mod cors;
 pub mod health;
@@ -22,11 +23,11 @@ pub mod sse;
 pub mod state;
 pub mod supervisor;
 pub mod upstream;
+pub mod watchdog;
 pub mod ws;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -37,9 +38,10 @@ use tracing::{info, warn};
 pub use config::Config;
 
 use crate::beacon::Beacon;
+use crate::broadcast::Broadcaster;
 use crate::hub::memory::MemoryHub;
 use crate::hub::redis::RedisHub;
-use crate::hub::{Hub, Limits};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::Gateway;
@@ -67,11 +69,11 @@ pub async fn run(
         Some(url) => RedisHub::start(
             url.expose(),
             &config.redis_prefix,
-            Limits::from(&config),
+            hub::Limits::from(&config),
             &shutdown,
         )
         .map_err(std::io::Error::other)?,
-        None => MemoryHub::start(Limits::from(&config), &shutdown, &client_runtime),
+        None => MemoryHub::start(hub::Limits::from(&config), &shutdown, &client_runtime),
     };
     let upstream = Arc::new(UpstreamHealth::new(config.dashboard_url.is_some()));
     let proxy = config.dashboard_url.clone().map(|url| {
@@ -90,15 +92,20 @@ pub async fn run(
     let restarts = supervisor.as_ref().map(|s| s.restarts.clone());
     let metrics = Metrics::new(hub.clone(), upstream.clone(), restarts.clone());
     let ping_clock = spawn_ping_clock(config.ping_interval, &shutdown);
-    let gateway = Arc::new(Gateway {
+    let broadcaster = Arc::new(Broadcaster::new(
         hub,
+        broadcast::Limits::from_config(&config),
+        metrics.connection_gauges(),
+        ping_clock,
+        shutdown.clone(),
+        client_runtime,
+    ));
+    let gateway = Arc::new(Gateway {
+        broadcaster,
         proxy,
         upstream,
         dashboard_restarts: restarts,
         metrics,
-        ping_clock,
-        client_runtime,
-        clients: AtomicUsize::new(0),
         shutdown,
         config,
     });

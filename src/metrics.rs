@@ -22,16 +22,10 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::broadcast::Transport;
 use crate::hub::Hub;
 use crate::response::{self, Body};
 use crate::upstream::{UpstreamHealth, UpstreamState};
-
-/// How a broadcaster client is connected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    WebSocket,
-    Sse,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransportLabel {
@@ -97,15 +91,16 @@ impl Metrics {
         }
     }
 
-    /// The gauge a client of this transport holds while connected.
-    pub fn connection_gauge(&self, transport: Transport) -> Gauge {
-        let transport = match transport {
-            Transport::WebSocket => "websocket",
-            Transport::Sse => "sse",
-        };
-        self.connections
-            .get_or_create(&TransportLabel { transport })
-            .clone()
+    /// The gauge a broadcaster client holds while connected, one per
+    /// transport in `Transport::ALL` order (the broadcaster keeps them).
+    pub fn connection_gauges(&self) -> [Gauge; 3] {
+        Transport::ALL.map(|transport| {
+            self.connections
+                .get_or_create(&TransportLabel {
+                    transport: transport.label(),
+                })
+                .clone()
+        })
     }
 
     /// One proxied request: its answer's status and the time to its head.

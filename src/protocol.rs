@@ -6,6 +6,7 @@
 //! the field, and encoding server frames. Does not own: sockets, HTTP, or
 //! what the hub does with a parsed value.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use percent_encoding::percent_decode_str;
@@ -55,7 +56,18 @@ impl SubscriptionQuery {
     /// Parses a raw query string. Values are percent-decoded (`%23` is `#`);
     /// a literal `+` stays `+`. No `topics` means everything.
     pub fn parse(query: Option<&str>) -> Result<SubscriptionQuery, BadInput> {
+        SubscriptionQuery::parse_limited(query, usize::MAX)
+    }
+
+    /// Like `parse`, refusing more than `max_patterns` distinct patterns
+    /// (MAX_PATTERNS_PER_CLIENT) as soon as it meets one too many; duplicates
+    /// are dropped through a set, so a long query costs linear time.
+    pub fn parse_limited(
+        query: Option<&str>,
+        max_patterns: usize,
+    ) -> Result<SubscriptionQuery, BadInput> {
         let mut patterns = Vec::new();
+        let mut seen = HashSet::new();
         let mut epoch = None;
         let mut since = None;
         let mut token = None;
@@ -69,7 +81,15 @@ impl SubscriptionQuery {
                     for text in value.split(',').filter(|t| !t.is_empty()) {
                         let pattern = Pattern::parse(text)
                             .map_err(|e| bad("topics", format!("{text:?} {e}")))?;
-                        if !patterns.contains(&pattern) {
+                        if seen.insert(pattern.clone()) {
+                            if patterns.len() == max_patterns {
+                                return Err(bad(
+                                    "topics",
+                                    format!(
+                                        "more than MAX_PATTERNS_PER_CLIENT ({max_patterns}) patterns"
+                                    ),
+                                ));
+                            }
                             patterns.push(pattern);
                         }
                     }
@@ -299,6 +319,17 @@ fn encode(value: &impl Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_patterns_are_deduplicated_and_capped() {
+        let query = SubscriptionQuery::parse_limited(Some("topics=a,b,a,b,a"), 2).unwrap();
+        assert_eq!(query.patterns.len(), 2);
+        let error = SubscriptionQuery::parse_limited(Some("topics=a,b,c"), 2).unwrap_err();
+        assert_eq!(
+            error.0,
+            "topics: more than MAX_PATTERNS_PER_CLIENT (2) patterns"
+        );
+    }
 
     #[test]
     fn query_decodes_percent_but_keeps_plus() {

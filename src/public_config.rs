@@ -4,8 +4,8 @@
 use http::{Response, StatusCode};
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::response::{self, Body};
-use crate::server::Gateway;
 
 #[derive(Serialize)]
 struct PublicConfig<'a> {
@@ -19,8 +19,7 @@ struct PublicConfig<'a> {
     publish_url: &'static str,
 }
 
-pub fn respond(gateway: &Gateway) -> Response<Body> {
-    let config = &gateway.config;
+pub fn respond(config: &Config) -> Response<Body> {
     response::json(
         StatusCode::OK,
         &PublicConfig {

@@ -15,20 +15,19 @@ use serde::Serialize;
 use tracing::debug;
 
 use crate::config::Config;
-use crate::hub::{Epoch, HubError, Seq};
+use crate::hub::{Epoch, Hub, Seq};
 use crate::protocol;
 use crate::response::{self, Body};
-use crate::server::Gateway;
 
 pub async fn handle(
-    gateway: &Gateway,
+    config: &Config,
+    hub: &dyn Hub,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Body> {
     if request.method() != Method::POST {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST to publish");
     }
-    let config = &gateway.config;
     if !may_publish(config, peer, request.headers(), None) {
         return unauthorized(config);
     }
@@ -50,21 +49,12 @@ pub async fn handle(
         Ok(parsed) => parsed,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };
-    match gateway.hub.publish(batch).await {
+    match hub.publish(batch).await {
         Ok(receipt) => {
             debug!(%peer, count = receipt.seqs.len(), "published");
             accepted(&receipt.epoch, receipt.seqs, is_array)
         }
-        Err(HubError::Unavailable) => {
-            response::json_error(StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable")
-        }
-        Err(error @ HubError::RetainedFull { .. }) => {
-            response::json_error(StatusCode::INSUFFICIENT_STORAGE, &error.to_string())
-        }
-        Err(error @ HubError::TooManyPatterns { .. }) => {
-            response::json_error(StatusCode::BAD_REQUEST, &error.to_string())
-        }
-        Err(error) => response::json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+        Err(error) => response::hub_error(&error),
     }
 }
 

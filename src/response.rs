@@ -10,6 +10,8 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use serde::Serialize;
 
+use crate::hub::HubError;
+
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,6 +55,19 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     let mut response = json(status, &ErrorBody { error: message });
     response.headers_mut().insert(CACHE_CONTROL, NO_STORE);
     response
+}
+
+/// A hub error as an HTTP answer, the same on every route: 400 for a client
+/// over MAX_PATTERNS_PER_CLIENT, 507 for a publish past MAX_RETAINED_BYTES,
+/// 503 while the backplane is down.
+pub fn hub_error(error: &HubError) -> Response<Body> {
+    let status = match error {
+        HubError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        HubError::TooManyPatterns { .. } => StatusCode::BAD_REQUEST,
+        HubError::RetainedFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        HubError::UnknownSubscriber => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_error(status, &error.to_string())
 }
 
 /// The gateway's own error for a browser or an API client: a small HTML page,

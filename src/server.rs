@@ -1,9 +1,14 @@
 //! The public listener: accept loop, router, connection tracking and drain.
 //!
 //! Owns: HTTP server settings (header read timeout, header size, keep-alive,
-//! h2c), which handler each request goes to, and the order of shutdown:
-//! stop accepting → tell upgraded tasks to finish → let in-flight requests
-//! complete → give up after the grace period.
+//! h2c), which handler each request goes to (each gets only the context it
+//! needs: the broadcaster's handlers a [`Broadcaster`], never this module's
+//! [`Gateway`], so data flows request → router → handler → hub with no
+//! import back here), a [`watchdog`](crate::watchdog) on every accepted
+//! connection (closed when it accepts no bytes for WRITE_TIMEOUT_SECS, when
+//! its SSE client is cut off, or when stalled while draining), and the
+//! order of shutdown: stop accepting → tell upgraded tasks to finish → let
+//! in-flight requests complete → give up after the grace period.
 //!
 //! Does not own: any route's behaviour; each handler lives in its module and
 //! the router below names it in one hop.
@@ -12,11 +17,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::beacon::Beacon;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -26,15 +30,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use crate::broadcast::Broadcaster;
 use crate::config::{Config, RESERVED_PREFIX};
-use crate::hub::Hub;
-use crate::metrics::{Metrics, Transport};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::upstream::UpstreamHealth;
+use crate::watchdog::{self, Watchdog};
 use crate::{assets, cors, health, public_config, publish, sse, state, ws};
-use prometheus_client::metrics::gauge::Gauge;
 
 /// A client sending its request head slower than this is dropped (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,60 +53,21 @@ const MAX_HEADERS: usize = 128;
 /// instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Everything the handlers share, built once at start.
+/// Everything the router needs, built once at start.
 pub struct Gateway {
     pub config: Config,
-    /// The event bus behind /ws, publish, state and SSE.
-    pub hub: Arc<dyn Hub>,
+    /// The broadcaster's context: hub, limits, client slots, clocks.
+    pub broadcaster: Arc<Broadcaster>,
     /// Present when a dashboard is configured.
     pub proxy: Option<Proxy>,
     /// What `/health` reports about the dashboard.
     pub upstream: Arc<UpstreamHealth>,
     /// Restarts of a supervised dashboard, for `/health`.
     pub dashboard_restarts: Option<Arc<AtomicU64>>,
-    /// Live WebSocket and SSE clients, for `/health` and MAX_CONNECTIONS.
-    pub clients: AtomicUsize,
     /// Tells upgraded tasks to finish and waits for them.
     pub shutdown: Shutdown,
     /// What `/_switchyard/metrics` reports.
     pub metrics: Metrics,
-    /// Ticks every PING_INTERVAL_SECS: one clock for every client's
-    /// keepalive, so an idle connection holds no timer of its own.
-    pub ping_clock: Arc<Beacon>,
-    /// Where WebSocket client tasks run (see `main`).
-    pub client_runtime: tokio::runtime::Handle,
-}
-
-impl Gateway {
-    /// Takes one of MAX_CONNECTIONS client places, if any is free.
-    pub fn reserve_client(self: &Arc<Self>, transport: Transport) -> Option<ClientSlot> {
-        let max = self.config.max_connections;
-        self.clients
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        let gauge = self.metrics.connection_gauge(transport);
-        gauge.inc();
-        Some(ClientSlot {
-            gateway: self.clone(),
-            gauge,
-        })
-    }
-}
-
-/// One counted client; gives its place back when dropped.
-pub struct ClientSlot {
-    gateway: Arc<Gateway>,
-    /// Its transport's `switchyard_connections` gauge.
-    gauge: Gauge,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.gateway.clients.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.dec();
-    }
 }
 
 /// Serves `listener` until `signal` resolves, then drains for at most
@@ -143,14 +108,28 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         debug!(%peer, "connection opened");
+        let (stream, handle) = watchdog::watch(stream);
         let handler = gateway.clone();
-        let service = service_fn(move |request| route(handler.clone(), peer, request));
+        let request_handle = handle.clone();
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(request_handle.clone());
+            route(handler.clone(), peer, request)
+        });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = connections.watch(connection.into_owned());
+        let connection = Watchdog::new(
+            connection,
+            &handle,
+            gateway.config.write_timeout,
+            gateway.shutdown.requested(),
+        );
         tokio::spawn(async move {
             match connection.await {
-                Ok(()) => debug!(%peer, "connection closed"),
-                Err(error) => debug!(%peer, %error, "connection closed with error"),
+                watchdog::Ending::Finished(Ok(())) => debug!(%peer, "connection closed"),
+                watchdog::Ending::Finished(Err(error)) => {
+                    debug!(%peer, %error, "connection closed with error")
+                }
+                ending => debug!(%peer, ?ending, "connection closed by its watchdog"),
             }
         });
     }
@@ -182,9 +161,16 @@ async fn route(
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path();
     let answer = if path == "/health" {
-        health::respond(&gateway, request.method())
+        let sources = health::Sources {
+            connections: gateway.broadcaster.clients(),
+            websocket_enabled: gateway.config.websocket_enabled,
+            upstream: &gateway.upstream,
+            restarts: gateway.dashboard_restarts.as_deref(),
+            hub: gateway.broadcaster.hub.as_ref(),
+        };
+        health::respond(sources, request.method())
     } else if path == gateway.config.websocket_path {
-        ws::upgrade(&gateway, peer, request)
+        ws::upgrade(&gateway.broadcaster, &gateway.config, peer, request)
     } else if path.starts_with(RESERVED_PREFIX) || path == "/_switchyard" {
         reserved(&gateway, peer, request).await
     } else if let Some(proxy) = &gateway.proxy {
@@ -219,10 +205,12 @@ async fn reserved(
     }
     let request_headers = request.headers().clone();
     let mut answer = match request.uri().path().strip_prefix(RESERVED_PREFIX) {
-        Some("publish") => publish::handle(gateway, peer, request).await,
-        Some("state") => state::handle(gateway, request).await,
-        Some("events") => sse::handle(gateway, request).await,
-        Some("config") => public_config::respond(gateway),
+        Some("publish") => {
+            publish::handle(config, gateway.broadcaster.hub.as_ref(), peer, request).await
+        }
+        Some("state") => state::handle(&gateway.broadcaster, request).await,
+        Some("events") => sse::handle(&gateway.broadcaster, request).await,
+        Some("config") => public_config::respond(config),
         Some("metrics") => gateway.metrics.respond(),
         Some("client.js") => assets::client_js(request.uri().query()),
         Some("") => assets::console_page(),

@@ -6,8 +6,13 @@
 //! Resume from `Last-Event-ID` (what EventSource sends by itself after a
 //! drop) or `?epoch=&since=`, with the same exactly-once-or-`resumed:false`
 //! rule. Comment heartbeats every PING_INTERVAL_SECS; the same slow-client
-//! rule (the stream ends when the client falls CLIENT_QUEUE behind); counted
-//! in `/health` and MAX_CONNECTIONS; ended at shutdown.
+//! rule (the stream ends and the socket is closed when the client falls
+//! CLIENT_QUEUE behind); counted in `/health` and MAX_CONNECTIONS; ended at
+//! shutdown. A reader that accepts no bytes for WRITE_TIMEOUT_SECS is closed
+//! by the connection's watchdog (`watchdog`), since hyper stops polling a
+//! body whose socket is full.
+//!
+//! Does not own: what to send when ([`ClientStream`]).
 
 use std::sync::Arc;
 
@@ -19,21 +24,20 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tracing::debug;
 
-use crate::beacon::Signal;
-use crate::hub::{Catchup, Delivery, Epoch, Event, Subscription};
-use crate::metrics::Transport;
+use crate::broadcast::{Broadcaster, ClientSlot, ClientStream, Step, Transport};
+use crate::hub::{Catchup, Delivery, Epoch, Event, Snapshot};
 use crate::protocol::{self, parse_event_id, SubscriptionQuery};
 use crate::response::{self, Body, BoxError};
-use crate::server::{ClientSlot, Gateway};
+use crate::watchdog::ConnectionHandle;
 
-/// Most queued events written in one chunk.
-const BATCH: usize = 256;
-
-pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(broadcaster: &Arc<Broadcaster>, request: Request<Incoming>) -> Response<Body> {
     if request.method() != Method::GET {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
-    let mut query = match SubscriptionQuery::parse(request.uri().query()) {
+    let mut query = match SubscriptionQuery::parse_limited(
+        request.uri().query(),
+        broadcaster.limits.max_patterns,
+    ) {
         Ok(query) => query,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };
@@ -54,38 +58,30 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
             }
         }
     }
-    let Some(slot) = gateway.reserve_client(Transport::Sse) else {
+    let Some(slot) = broadcaster.reserve_client(Transport::Sse) else {
         return response::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
-    let config = &gateway.config;
-    let subscription = match gateway
-        .hub
-        .clone()
-        .subscribe(query.patterns, query.resume, config.client_queue)
-        .await
-    {
-        Ok(subscription) => subscription,
-        Err(error) => {
-            return response::json_error(StatusCode::SERVICE_UNAVAILABLE, &error.to_string())
-        }
+    let stream = match broadcaster.subscribe(query.patterns, query.resume).await {
+        Ok(stream) => stream,
+        Err(error) => return response::hub_error(&error),
     };
     debug!(
-        resumed = matches!(subscription.snapshot.catchup, Catchup::Resumed(_)),
+        resumed = matches!(stream.subscription().snapshot.catchup, Catchup::Resumed(_)),
         "sse client connected"
     );
+    // A cut-off client's socket is closed at once, even when it is full
+    // and hyper no longer polls this body (see `watchdog`).
+    if let Some(connection) = request.extensions().get::<ConnectionHandle>() {
+        connection.close_when_cut_off(stream.queue().clone());
+    }
 
-    let opening = opening_chunk(&subscription);
-    let epoch = subscription.snapshot.epoch.clone();
-    let state = Stream {
-        opening: Some(opening),
-        subscription,
+    let epoch = stream.subscription().snapshot.epoch.clone();
+    let state = Sse {
+        stream,
         epoch,
-        heartbeat: gateway.ping_clock.next_firing(),
-        stop: gateway.shutdown.requested(),
-        batch: Vec::new(),
         _slot: slot,
     };
-    let frames = stream::unfold(state, Stream::next_chunk);
+    let frames = stream::unfold(state, Sse::next_chunk);
 
     let mut answer = Response::new(BodyExt::boxed(StreamBody::new(frames)));
     let out = answer.headers_mut();
@@ -99,56 +95,50 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
     answer
 }
 
-/// One SSE client's stream, polled by hyper as the response body.
-struct Stream {
-    /// `hello` plus any resumed events, sent first.
-    opening: Option<Bytes>,
-    subscription: Subscription,
+/// One SSE client, polled by hyper as the response body.
+struct Sse {
+    stream: ClientStream,
+    /// The epoch of the ids we write (a reset changes it).
     epoch: Epoch,
-    /// The gateway's keepalive clock: a comment line on each tick.
-    heartbeat: Signal,
-    /// Kept for the stream's life: polled per chunk for an atomic load.
-    stop: Signal,
-    batch: Vec<Delivery>,
-    /// Counts this client until the stream is dropped.
+    /// Counts this client until the body is dropped.
     _slot: ClientSlot,
 }
 
 type Chunk = Result<Frame<Bytes>, BoxError>;
 
-impl Stream {
-    async fn next_chunk(mut self) -> Option<(Chunk, Stream)> {
-        if let Some(opening) = self.opening.take() {
-            return Some((Ok(Frame::data(opening)), self));
-        }
-        let chunk = tokio::select! {
-            biased;
-            _ = self.subscription.queue.closed() => return None,
-            _ = &mut self.stop => return None,
-            received = self.subscription.queue.recv_many(&mut self.batch, BATCH) => {
-                if received == 0 {
-                    return None;
-                }
+impl Sse {
+    async fn next_chunk(mut self) -> Option<(Chunk, Sse)> {
+        let chunk = match self.stream.next().await {
+            Step::Hello(snapshot) => opening_chunk(snapshot),
+            Step::Deliveries(batch) => {
                 let mut out = BytesMut::new();
-                for delivery in self.batch.drain(..) {
+                for delivery in batch {
                     match delivery {
-                        Delivery::Event(event) => write_event(&mut out, &self.epoch, &event),
+                        Delivery::Event(event) => write_event(&mut out, &self.epoch, event),
                         Delivery::Reset(reset) => {
                             self.epoch = reset.epoch.clone();
-                            write_frame(&mut out, &reset.epoch, reset.seq, "reset", reset.frame.as_bytes());
+                            write_frame(
+                                &mut out,
+                                &reset.epoch,
+                                reset.seq,
+                                "reset",
+                                reset.frame.as_bytes(),
+                            );
                         }
                     }
                 }
                 out.freeze()
             }
-            _ = &mut self.heartbeat => Bytes::from_static(b": ping\n\n"),
+            Step::Keepalive => Bytes::from_static(b": ping\n\n"),
+            // Cut off or shutdown: the body ends (and on a cut-off the
+            // watchdog closes the socket).
+            Step::End(_) => return None,
         };
         Some((Ok(Frame::data(chunk)), self))
     }
 }
 
-fn opening_chunk(subscription: &Subscription) -> Bytes {
-    let snapshot = &subscription.snapshot;
+fn opening_chunk(snapshot: &Snapshot) -> Bytes {
     let mut out = BytesMut::new();
     write_frame(
         &mut out,

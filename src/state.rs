@@ -7,6 +7,12 @@
 //!
 //! `&wait=N` (at most 30 s) long-polls: when the resume point is current and
 //! nothing new matches yet, the answer waits for the first event (or N s).
+//! A waiting long-poll counts against MAX_CONNECTIONS (503 past it) and in
+//! `/health`'s `connections` until it answers; a client that then accepts
+//! no bytes of the answer for WRITE_TIMEOUT_SECS is closed by the
+//! connection's watchdog.
+//!
+//! Does not own: the subscription stream ([`crate::broadcast::ClientStream`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::HeaderValue;
@@ -17,19 +23,22 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::broadcast::{Broadcaster, Step, Transport};
 use crate::hub::{Catchup, Delivery, Epoch, HubError, Seq, Snapshot};
 use crate::protocol::{StateMap, SubscriptionQuery};
 use crate::response::{self, Body};
-use crate::server::Gateway;
 
 /// Longest long-poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
-pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(broadcaster: &Arc<Broadcaster>, request: Request<Incoming>) -> Response<Body> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
-    let query = match SubscriptionQuery::parse(request.uri().query()) {
+    let query = match SubscriptionQuery::parse_limited(
+        request.uri().query(),
+        broadcaster.limits.max_patterns,
+    ) {
         Ok(query) => query,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };
@@ -38,14 +47,20 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
         Err(message) => return response::json_error(StatusCode::BAD_REQUEST, message),
     };
     let snapshot = match wait {
-        Some(wait) if query.resume.is_some() => long_poll(gateway, query, wait).await,
-        _ => gateway.hub.snapshot(query.patterns, query.resume).await,
+        Some(wait) if query.resume.is_some() => {
+            let Some(_slot) = broadcaster.reserve_client(Transport::LongPoll) else {
+                return response::json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many connections",
+                );
+            };
+            long_poll(broadcaster, query, wait).await
+        }
+        _ => broadcaster.hub.snapshot(query.patterns, query.resume).await,
     };
     let snapshot = match snapshot {
         Ok(snapshot) => snapshot,
-        Err(error) => {
-            return response::json_error(StatusCode::SERVICE_UNAVAILABLE, &error.to_string())
-        }
+        Err(error) => return response::hub_error(&error),
     };
     let body = match &snapshot.catchup {
         Catchup::Fresh(state) => {
@@ -112,56 +127,63 @@ fn parse_wait(query: Option<&str>) -> Result<Option<Duration>, &'static str> {
 }
 
 /// Subscribes from the resume point; when that yields nothing yet, waits for
-/// the first matching event (and whatever arrived with it).
+/// the first matching deliveries (or `wait`, or shutdown).
 async fn long_poll(
-    gateway: &Arc<Gateway>,
+    broadcaster: &Broadcaster,
     query: SubscriptionQuery,
     wait: Duration,
 ) -> Result<Snapshot, HubError> {
     let query_patterns = query.patterns.clone();
-    let mut subscription = gateway
-        .hub
-        .clone()
-        .subscribe(query.patterns, query.resume, gateway.config.client_queue)
-        .await?;
-    let (epoch, mut seq) = (
-        subscription.snapshot.epoch.clone(),
-        subscription.snapshot.seq,
-    );
-    let catchup = std::mem::replace(
-        &mut subscription.snapshot.catchup,
-        Catchup::Resumed(Vec::new()),
-    );
-    let catchup = match catchup {
-        Catchup::Resumed(events) if events.is_empty() => {
-            let mut arrived = Vec::new();
-            tokio::select! {
-                _ = subscription.queue.recv_many(&mut arrived, 256) => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = gateway.shutdown.requested() => {}
+    let mut stream = broadcaster.subscribe(query.patterns, query.resume).await?;
+    let (epoch, mut seq) = match stream.next().await {
+        Step::Hello(snapshot) => match &snapshot.catchup {
+            Catchup::Resumed(events) if events.is_empty() => (snapshot.epoch.clone(), snapshot.seq),
+            catchup => {
+                return Ok(Snapshot {
+                    epoch: snapshot.epoch.clone(),
+                    seq: snapshot.seq,
+                    catchup: match catchup {
+                        Catchup::Resumed(events) => Catchup::Resumed(events.clone()),
+                        Catchup::Fresh(state) => Catchup::Fresh(state.clone()),
+                    },
+                })
             }
-            let mut events = Vec::with_capacity(arrived.len());
-            for delivery in arrived {
-                match delivery {
-                    Delivery::Event(event) => events.push(event),
-                    // The hub's stream broke while we waited: answer with the
-                    // fresh state, as a reset would.
-                    Delivery::Reset(_) => {
-                        drop(subscription);
-                        return gateway.hub.snapshot(query_patterns, None).await;
+        },
+        // `next` yields the hello first.
+        _ => return Err(HubError::Unavailable),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut events = Vec::new();
+    loop {
+        let step = tokio::select! {
+            step = stream.next() => step,
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        match step {
+            Step::Deliveries(batch) => {
+                for delivery in batch {
+                    match delivery {
+                        Delivery::Event(event) => events.push(event.clone()),
+                        // The hub's stream broke while we waited: answer
+                        // with the fresh state, as a reset would.
+                        Delivery::Reset(_) => {
+                            drop(stream);
+                            return broadcaster.hub.snapshot(query_patterns, None).await;
+                        }
                     }
                 }
+                break;
             }
-            if let Some(last) = events.last() {
-                seq = last.seq;
-            }
-            Catchup::Resumed(events)
+            Step::Keepalive | Step::Hello(_) => continue,
+            Step::End(_) => break,
         }
-        other => other,
-    };
+    }
+    if let Some(last) = events.last() {
+        seq = last.seq;
+    }
     Ok(Snapshot {
         epoch,
         seq,
-        catchup,
+        catchup: Catchup::Resumed(events),
     })
 }

@@ -777,3 +777,81 @@ async fn running_out_of_descriptors_neither_spins_nor_kills_the_accept_loop() {
     let (status, _) = gateway.health().await;
     assert_eq!(status, 200, "the gateway recovered");
 }
+
+#[tokio::test]
+async fn too_many_patterns_in_a_query_get_400_naming_the_limit() {
+    let gateway = Gateway::start(&[("MAX_PATTERNS_PER_CLIENT", "3")]).await;
+    // Duplicates count once: three distinct patterns are fine.
+    let mut client = connect(&gateway, "?topics=a,b,c,a,b,c").await;
+    assert_eq!(next_json(&mut client).await["type"], "hello");
+    match tokio_tungstenite::connect_async(gateway.ws_url("/ws?topics=a,b,c,d")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 400);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("MAX_PATTERNS_PER_CLIENT (3)"), "{body}");
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    for path in ["/_switchyard/events", "/_switchyard/state"] {
+        let response = get(&gateway.url(&format!("{path}?topics=a,b,c,d"))).await;
+        assert_eq!(response.status(), 400, "{path}");
+        let body = json_body(response).await;
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("MAX_PATTERNS_PER_CLIENT (3)"),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn fragmented_frames_pings_and_invalid_text_follow_the_websocket_rules() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let gateway = Gateway::start(&[]).await;
+    let mut client = connect(&gateway, "?topics=a").await;
+    next_json(&mut client).await;
+
+    // A text message in two fragments, with a ping between them.
+    let first = Frame::message(
+        r#"{"type":"subscribe","#.as_bytes().to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    );
+    let rest = Frame::message(
+        r#""topics":["b"]}"#.as_bytes().to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    );
+    client.send(Message::Frame(first)).await.unwrap();
+    client
+        .send(Message::Ping(b"hi".to_vec().into()))
+        .await
+        .unwrap();
+    client.send(Message::Frame(rest)).await.unwrap();
+    let mut pong = None;
+    let subscribed = loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), client.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("open")
+            .expect("valid");
+        match message {
+            Message::Pong(payload) => pong = Some(payload.to_vec()),
+            Message::Text(text) => break serde_json::from_str::<Value>(text.as_str()).unwrap(),
+            _ => {}
+        }
+    };
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(pong.as_deref(), Some(&b"hi"[..]), "the ping was answered");
+
+    // Text that is not UTF-8: close 1007.
+    let invalid = Frame::message(vec![0xFF, 0xFE], OpCode::Data(Data::Text), true);
+    client.send(Message::Frame(invalid)).await.unwrap();
+    assert_eq!(
+        close_code(&mut client, Duration::from_secs(5)).await,
+        Some(1007)
+    );
+}

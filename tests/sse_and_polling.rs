@@ -288,3 +288,31 @@ async fn public_config_names_the_transports() {
         format!("ws://localhost:{}/ws", local.addr.port())
     );
 }
+
+#[tokio::test]
+async fn waiting_long_polls_count_against_max_connections() {
+    let gateway = Gateway::start(&[("MAX_CONNECTIONS", "1")]).await;
+    let seq = publish_one(&gateway, "t", json!(1)).await;
+    let url = gateway.url(&format!("/_switchyard/state?since={seq}&wait=3"));
+    let waiting = {
+        let url = url.clone();
+        tokio::spawn(async move { get(&url).await.status().as_u16() })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gateway.health().await.1["connections"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting long-poll is not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The one place is taken: a second waiter and an SSE client get 503.
+    assert_eq!(get(&url).await.status(), 503);
+    let (status, _) = SseReader::open(&gateway, "", None).await;
+    assert_eq!(status, 503);
+    // A plain poll does not wait and is not counted.
+    assert_eq!(get(&gateway.url("/_switchyard/state")).await.status(), 200);
+    // Answered (here after `wait`), the place is free again.
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(gateway.health().await.1["connections"], 0);
+}

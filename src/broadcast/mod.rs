@@ -1,0 +1,172 @@
+//! The broadcaster's own context, shared by its three transports (`ws`,
+//! `sse`, `state`'s long-poll).
+//!
+//! Owns: [`Broadcaster`], the narrow context those handlers get instead of
+//! the whole gateway (the hub, the limits, the MAX_CONNECTIONS client slots
+//! with their `switchyard_connections` gauges, the keepalive clock, the
+//! shutdown signal and the runtime WebSocket clients run on), and
+//! [`ClientStream`] (in [`stream`]), the one subscription stream every
+//! transport reads: hello, then live deliveries, keepalive ticks and the
+//! reasons to end. A transport only encodes what it yields and writes it.
+//!
+//! Does not own: HTTP routing (`server`), wire encodings (`protocol`, and
+//! each transport's framing), fan-out and resume (`hub`).
+
+pub mod stream;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::beacon::Beacon;
+use crate::config::Config;
+use crate::hub::{Hub, HubError, Pattern, ResumePoint};
+use crate::shutdown::Shutdown;
+
+pub use stream::{ClientStream, End, Step};
+
+/// The limits the transports enforce, copied from the config at start.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// MAX_CONNECTIONS: WebSocket + SSE clients + long-poll waiters.
+    pub max_connections: usize,
+    /// CLIENT_QUEUE: how far behind a client may fall before it is cut off.
+    pub client_queue: usize,
+    /// WRITE_TIMEOUT_SECS: longest a client may accept no bytes while we
+    /// have bytes for it.
+    pub write_timeout: Duration,
+    /// MAX_PATTERNS_PER_CLIENT.
+    pub max_patterns: usize,
+    /// PING_INTERVAL_SECS.
+    pub ping_interval: Duration,
+    /// MAX_MESSAGE_BYTES: largest client frame.
+    pub max_message_bytes: usize,
+}
+
+impl Limits {
+    pub fn from_config(config: &Config) -> Limits {
+        Limits {
+            max_connections: config.max_connections,
+            client_queue: config.client_queue,
+            write_timeout: config.write_timeout,
+            max_patterns: config.max_patterns_per_client,
+            ping_interval: config.ping_interval,
+            max_message_bytes: config.max_message_bytes,
+        }
+    }
+}
+
+/// How a broadcaster client is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+    LongPoll,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::LongPoll];
+
+    /// Its `transport` label in `switchyard_connections`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
+        }
+    }
+}
+
+/// What the broadcaster's handlers share, built once at start.
+pub struct Broadcaster {
+    pub hub: Arc<dyn Hub>,
+    pub limits: Limits,
+    /// Live clients of every transport, for `/health` and MAX_CONNECTIONS.
+    clients: AtomicUsize,
+    /// One `switchyard_connections` gauge per transport, in `Transport::ALL`
+    /// order.
+    gauges: [Gauge; 3],
+    /// Ticks every PING_INTERVAL_SECS: one clock for every client's
+    /// keepalive, so an idle connection holds no timer of its own.
+    pub ping_clock: Arc<Beacon>,
+    /// Tells client tasks to finish and waits for them.
+    pub shutdown: Shutdown,
+    /// Where WebSocket client tasks run (see `main`).
+    pub client_runtime: tokio::runtime::Handle,
+}
+
+impl Broadcaster {
+    pub fn new(
+        hub: Arc<dyn Hub>,
+        limits: Limits,
+        gauges: [Gauge; 3],
+        ping_clock: Arc<Beacon>,
+        shutdown: Shutdown,
+        client_runtime: tokio::runtime::Handle,
+    ) -> Broadcaster {
+        Broadcaster {
+            hub,
+            limits,
+            clients: AtomicUsize::new(0),
+            gauges,
+            ping_clock,
+            shutdown,
+            client_runtime,
+        }
+    }
+
+    /// Live clients of every transport.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Takes one of MAX_CONNECTIONS client places, if any is free.
+    pub fn reserve_client(self: &Arc<Self>, transport: Transport) -> Option<ClientSlot> {
+        let max = self.limits.max_connections;
+        self.clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        let gauge = self.gauges[transport as usize].clone();
+        gauge.inc();
+        Some(ClientSlot {
+            broadcaster: self.clone(),
+            gauge,
+        })
+    }
+
+    /// Subscribes a client: its hello comes first out of the stream.
+    pub async fn subscribe(
+        &self,
+        patterns: Vec<Pattern>,
+        resume: Option<ResumePoint>,
+    ) -> Result<ClientStream, HubError> {
+        let subscription = self
+            .hub
+            .clone()
+            .subscribe(patterns, resume, self.limits.client_queue)
+            .await?;
+        Ok(ClientStream::new(
+            subscription,
+            self.ping_clock.next_firing(),
+            self.shutdown.requested(),
+        ))
+    }
+}
+
+/// One counted client; gives its place back when dropped.
+pub struct ClientSlot {
+    broadcaster: Arc<Broadcaster>,
+    /// Its transport's `switchyard_connections` gauge.
+    gauge: Gauge,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.broadcaster.clients.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}

@@ -1,0 +1,128 @@
+//! [`ClientStream`]: one subscriber's stream, the same for every transport.
+//!
+//! Owns: the order of what a client is sent — the hello (with the resumed
+//! events, if any) first, then live deliveries (events and resets) in
+//! batches, keepalive ticks between them — and the reasons it ends: cut off
+//! (the hub closed the queue because the client fell CLIENT_QUEUE behind)
+//! or shutdown. Once the hello has been handed out, the catch-up it carried
+//! is released; a batch buffer left large by a burst is released too, so an
+//! idle client holds neither.
+//!
+//! Does not own: encoding (each transport's framing) or writing (each
+//! transport, under WRITE_TIMEOUT_SECS).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::beacon::Signal;
+use crate::hub::queue::ClientQueue;
+use crate::hub::{Catchup, Delivery, Snapshot, Subscription};
+
+/// Most queued deliveries handed out in one step.
+pub const BATCH: usize = 256;
+
+/// A batch buffer larger than this is released after use.
+const KEEP_BATCH_CAPACITY: usize = 16;
+
+/// What to send next.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// First, once: the hello's snapshot (state, or the resumed events).
+    Hello(&'a Snapshot),
+    /// Live deliveries, in order.
+    Deliveries(&'a [Delivery]),
+    /// The keepalive clock ticked (PING_INTERVAL_SECS).
+    Keepalive,
+    /// Nothing more to send.
+    End(End),
+}
+
+/// Why a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The hub cut the client off for falling CLIENT_QUEUE behind.
+    CutOff,
+    /// The gateway is draining.
+    Shutdown,
+}
+
+pub struct ClientStream {
+    subscription: Subscription,
+    hello_given: bool,
+    batch: Vec<Delivery>,
+    /// The keepalive clock; one per client, polled for an atomic load.
+    pings: Signal,
+    /// The drain; one per client, polled for an atomic load.
+    stop: Signal,
+}
+
+impl ClientStream {
+    pub(super) fn new(subscription: Subscription, pings: Signal, stop: Signal) -> ClientStream {
+        ClientStream {
+            subscription,
+            hello_given: false,
+            batch: Vec::new(),
+            pings,
+            stop,
+        }
+    }
+
+    /// The hub subscription (for subscribe / unsubscribe frames).
+    pub fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+
+    /// The client's queue (the connection watches it to close a cut-off
+    /// client at once, even while its socket is full).
+    pub fn queue(&self) -> &Arc<ClientQueue> {
+        &self.subscription.queue
+    }
+
+    /// Runs `work` (a write) unless the client is cut off or the gateway
+    /// drains first: a stalled socket must not hold either up.
+    pub async fn guard<F: Future>(&mut self, work: F) -> Result<F::Output, End> {
+        let queue = &self.subscription.queue;
+        tokio::select! {
+            biased;
+            _ = queue.closed() => Err(End::CutOff),
+            _ = &mut self.stop => Err(End::Shutdown),
+            done = work => Ok(done),
+        }
+    }
+
+    /// The next thing to send. Cancel-safe: nothing is lost when the
+    /// future is dropped before it resolves.
+    pub async fn next(&mut self) -> Step<'_> {
+        if !self.hello_given {
+            self.hello_given = true;
+            return Step::Hello(&self.subscription.snapshot);
+        }
+        // The hello has been written: its catch-up need not stay with us.
+        let catchup = &mut self.subscription.snapshot.catchup;
+        if !matches!(catchup, Catchup::Resumed(events) if events.is_empty()) {
+            *catchup = Catchup::Resumed(Vec::new());
+        }
+        if self.batch.capacity() > KEEP_BATCH_CAPACITY {
+            self.batch = Vec::new();
+        } else {
+            self.batch.clear();
+        }
+        let queue = &self.subscription.queue;
+        // Cut off: end now, not after writing what is still queued.
+        if queue.is_closed() {
+            return Step::End(End::CutOff);
+        }
+        tokio::select! {
+            biased;
+            _ = &mut self.stop => Step::End(End::Shutdown),
+            _ = &mut self.pings => Step::Keepalive,
+            received = queue.recv_many(&mut self.batch, BATCH) => {
+                if received == 0 {
+                    Step::End(End::CutOff)
+                } else {
+                    Step::Deliveries(&self.batch)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The connection watchdog: every accepted connection's write progress,
+//! and the power to close it from outside hyper.
+//!
+//! Owns: [`Watched`], the IO wrapper `server` puts around each accepted
+//! socket (a write that returns `Pending` starts a stall clock, any write
+//! that moves bytes stops it), and [`Watchdog`], the future the connection
+//! task runs instead of the bare hyper connection: it ends (dropping the
+//! connection, which closes the socket) when the stall reaches
+//! WRITE_TIMEOUT_SECS, when a handler asks ([`ConnectionHandle`]; the SSE
+//! handler registers its client queue so a cut-off closes the socket at
+//! once), or, once the gateway drains, when the socket is stalled for
+//! [`DRAIN_STALL`]. This has to live at the connection: hyper stops polling
+//! a response body whose socket is full, so nothing inside a body ever runs
+//! for a stalled client.
+//!
+//! The unit is the connection: over HTTP/2 a cut-off SSE stream closes the
+//! whole connection (EventSource reconnects and resumes), and a stall
+//! stalls every stream on it anyway.
+//!
+//! Does not own: upgraded connections (a WebSocket task bounds its own
+//! writes: hyper's connection future ends at the upgrade), or what any
+//! response says.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::beacon::Signal;
+use crate::hub::queue::ClientQueue;
+
+/// While draining, a connection whose socket accepts no bytes for this long
+/// is closed: shutdown never waits out WRITE_TIMEOUT_SECS for a stalled
+/// client.
+pub const DRAIN_STALL: Duration = Duration::from_secs(1);
+
+/// What a connection's IO and its watchdog share.
+#[derive(Debug)]
+struct Progress {
+    /// Origin of `stalled_since`.
+    base: Instant,
+    /// Milliseconds since `base` + 1 when a write last returned `Pending`
+    /// with no progress since; 0 when not stalled.
+    stalled_since: AtomicU64,
+    /// A handler asked for the connection to close.
+    killed: AtomicBool,
+    watcher: Mutex<Watcher>,
+}
+
+#[derive(Debug, Default)]
+struct Watcher {
+    /// The watchdog's task, woken by a kill or a registration.
+    waker: Option<Waker>,
+    /// A client queue registered since the watchdog last looked.
+    queue: Option<Arc<ClientQueue>>,
+}
+
+impl Progress {
+    fn lock(&self) -> MutexGuard<'_, Watcher> {
+        self.watcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn note<T>(&self, outcome: &Poll<io::Result<T>>, moved: impl FnOnce(&T) -> bool) {
+        match outcome {
+            Poll::Ready(Ok(value)) if moved(value) => {
+                if self.stalled_since.load(Ordering::Relaxed) != 0 {
+                    self.stalled_since.store(0, Ordering::Relaxed);
+                }
+            }
+            Poll::Pending => {
+                if self.stalled_since.load(Ordering::Relaxed) == 0 {
+                    let now = self.base.elapsed().as_millis() as u64 + 1;
+                    self.stalled_since.store(now, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) => {}
+        }
+    }
+
+    /// How long the socket has accepted no bytes while we had some for it.
+    fn stalled_for(&self) -> Option<Duration> {
+        match self.stalled_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => {
+                let now = self.base.elapsed().as_millis() as u64 + 1;
+                Some(Duration::from_millis(now.saturating_sub(since)))
+            }
+        }
+    }
+
+    fn wake(&self) {
+        let waker = self.lock().waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// An accepted socket whose write progress its [`Watchdog`] sees.
+#[derive(Debug)]
+pub struct Watched<T> {
+    inner: T,
+    progress: Arc<Progress>,
+}
+
+/// Wraps `io`; the watchdog and the handle go with the connection task and
+/// its requests.
+pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
+    let progress = Arc::new(Progress {
+        base: Instant::now(),
+        stalled_since: AtomicU64::new(0),
+        killed: AtomicBool::new(false),
+        watcher: Mutex::new(Watcher::default()),
+    });
+    (
+        Watched {
+            inner: io,
+            progress: progress.clone(),
+        },
+        ConnectionHandle(progress),
+    )
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress.note(&outcome, |n| *n > 0);
+        outcome
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress.note(&outcome, |n| *n > 0);
+        outcome
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress.note(&outcome, |_| false);
+        outcome
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What a handler holds to close its connection (from the request's
+/// extensions).
+#[derive(Clone, Debug)]
+pub struct ConnectionHandle(Arc<Progress>);
+
+impl ConnectionHandle {
+    /// Closes the connection now, whatever hyper is doing with it.
+    pub fn kill(&self) {
+        self.0.killed.store(true, Ordering::Release);
+        self.0.wake();
+    }
+
+    /// Closes the connection as soon as `queue` is closed (its client cut
+    /// off), even while the socket is full and hyper polls nothing.
+    pub fn close_when_cut_off(&self, queue: Arc<ClientQueue>) {
+        let waker = {
+            let mut watcher = self.0.lock();
+            watcher.queue = Some(queue);
+            watcher.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// How a watched connection ended.
+#[derive(Debug)]
+pub enum Ending<T> {
+    /// hyper finished it (closed, upgraded, or failed): its result.
+    Finished(T),
+    /// Its socket accepted no bytes for WRITE_TIMEOUT_SECS (or
+    /// [`DRAIN_STALL`] while draining).
+    Stalled(Duration),
+    /// Its SSE client was cut off for falling CLIENT_QUEUE behind.
+    CutOff,
+    /// A handler closed it.
+    Killed,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Runs a connection until it finishes or must be closed; dropping the
+/// connection closes its socket.
+pub struct Watchdog<F> {
+    connection: Pin<Box<F>>,
+    progress: Arc<Progress>,
+    write_timeout: Duration,
+    stop: Signal,
+    draining: bool,
+    /// Armed only while the socket is stalled.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Resolves when a registered client queue closes.
+    cut_off: Option<BoxFuture<()>>,
+}
+
+impl<F: Future> Watchdog<F> {
+    pub fn new(
+        connection: F,
+        handle: &ConnectionHandle,
+        write_timeout: Duration,
+        stop: Signal,
+    ) -> Watchdog<F> {
+        Watchdog {
+            connection: Box::pin(connection),
+            progress: handle.0.clone(),
+            write_timeout,
+            stop,
+            draining: false,
+            timer: None,
+            cut_off: None,
+        }
+    }
+}
+
+impl<F: Future> Future for Watchdog<F> {
+    type Output = Ending<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            if this.progress.killed.load(Ordering::Acquire) {
+                return Poll::Ready(Ending::Killed);
+            }
+            {
+                let mut watcher = this.progress.lock();
+                match &watcher.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => watcher.waker = Some(cx.waker().clone()),
+                }
+                if let Some(queue) = watcher.queue.take() {
+                    this.cut_off = Some(Box::pin(async move { queue.closed().await }));
+                }
+            }
+            if let Some(cut_off) = &mut this.cut_off {
+                if cut_off.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ending::CutOff);
+                }
+            }
+            if let Poll::Ready(output) = this.connection.as_mut().poll(cx) {
+                return Poll::Ready(Ending::Finished(output));
+            }
+            // A handler that ran inside that poll may have registered a
+            // queue or asked for a kill.
+            let registered = {
+                let watcher = this.progress.lock();
+                watcher.queue.is_some()
+            };
+            if registered || this.progress.killed.load(Ordering::Acquire) {
+                continue;
+            }
+            if !this.draining && Pin::new(&mut this.stop).poll(cx).is_ready() {
+                this.draining = true;
+            }
+            let Some(stalled) = this.progress.stalled_for() else {
+                this.timer = None;
+                return Poll::Pending;
+            };
+            let limit = if this.draining {
+                DRAIN_STALL.min(this.write_timeout)
+            } else {
+                this.write_timeout
+            };
+            if stalled >= limit {
+                return Poll::Ready(Ending::Stalled(stalled));
+            }
+            let deadline = tokio::time::Instant::now() + (limit - stalled);
+            let timer = match &mut this.timer {
+                Some(timer) => {
+                    timer.as_mut().reset(deadline);
+                    timer
+                }
+                None => this
+                    .timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::beacon::Beacon;
+
+    fn never_stops() -> Signal {
+        Beacon::new().fired()
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_makes_no_progress_is_stopped_and_progress_resets_the_clock() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let (mut io, handle) = watch(near);
+        // The far end takes 64 bytes every 50 ms: slow, never stalled for
+        // 150 ms, so the writer finishes.
+        let reader = tokio::spawn(async move {
+            let mut buffer = [0u8; 64];
+            let mut total = 0;
+            while total < 1024 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                total += tokio::io::AsyncReadExt::read(&mut far, &mut buffer)
+                    .await
+                    .unwrap();
+            }
+            far
+        });
+        let slow = async {
+            io.write_all(&[1u8; 1024]).await.unwrap();
+        };
+        let ending = Watchdog::new(slow, &handle, Duration::from_millis(150), never_stops()).await;
+        assert!(matches!(ending, Ending::Finished(())), "{ending:?}");
+        let _far = reader.await.unwrap();
+
+        // Now nobody reads: stopped after the write timeout.
+        let started = Instant::now();
+        let stuck = async {
+            io.write_all(&[2u8; 1024]).await.unwrap();
+        };
+        let ending = Watchdog::new(stuck, &handle, Duration::from_millis(150), never_stops()).await;
+        assert!(matches!(ending, Ending::Stalled(_)), "{ending:?}");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_handler_can_close_its_connection_or_have_it_closed_on_a_cut_off() {
+        let (_io, handle) = watch(tokio::io::empty());
+        let killer = handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            killer.kill();
+        });
+        let ending = Watchdog::new(
+            std::future::pending::<()>(),
+            &handle,
+            Duration::from_secs(60),
+            never_stops(),
+        )
+        .await;
+        assert!(matches!(ending, Ending::Killed), "{ending:?}");
+
+        let (_io, handle) = watch(tokio::io::empty());
+        let queue = Arc::new(ClientQueue::new(4));
+        handle.close_when_cut_off(queue.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            queue.close();
+        });
+        let ending = Watchdog::new(
+            std::future::pending::<()>(),
+            &handle,
+            Duration::from_secs(60),
+            never_stops(),
+        )
+        .await;
+        assert!(matches!(ending, Ending::CutOff), "{ending:?}");
+    }
+}

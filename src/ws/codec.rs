@@ -1,0 +1,379 @@
+//! WebSocket framing (RFC 6455) for the broadcaster, server side.
+//!
+//! Owns: reading client frames (masked, possibly fragmented, at most
+//! MAX_MESSAGE_BYTES per message, UTF-8 checked) and writing server frames
+//! (unmasked: a 2–10 byte header, then the payload written straight from
+//! the event's shared bytes with vectored writes — no copy per client).
+//! Nothing is buffered per connection while idle: a client frame's payload
+//! is allocated for that frame and freed once handled; a batch being
+//! written holds only headers and shared handles (~48 bytes a frame), freed
+//! once written. tungstenite kept both its buffers at their largest size (a
+//! 60 KB hello left ~63 KiB on every idle client), and a copy of every
+//! pending frame per client.
+//!
+//! Does not own: what a frame means (`protocol`), when to write or close
+//! (the client loop in `ws`).
+
+use std::io::IoSlice;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// A whole message from the client.
+#[derive(Debug)]
+pub enum Incoming {
+    Text(String),
+    Binary,
+    Ping(Vec<u8>),
+    Pong,
+    /// The close code it sent, if any.
+    Close(Option<u16>),
+}
+
+/// Why reading stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// A message over MAX_MESSAGE_BYTES: close 1009.
+    TooLarge,
+    /// Text that is not UTF-8: close 1007.
+    InvalidText,
+    /// A frame that breaks the protocol: close 1002.
+    Protocol,
+    /// The socket closed or failed.
+    Gone,
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(_: std::io::Error) -> ReadError {
+        ReadError::Gone
+    }
+}
+
+/// Reads client messages from `io`.
+pub struct Reader<R> {
+    io: R,
+    max_message_bytes: usize,
+    /// A fragmented message so far: whether it is text, and its bytes.
+    partial: Option<(bool, Vec<u8>)>,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    pub fn new(io: R, max_message_bytes: usize) -> Reader<R> {
+        Reader {
+            io,
+            max_message_bytes,
+            partial: None,
+        }
+    }
+
+    /// The next whole message. Not cancel-safe: keep the future alive
+    /// (the client loop reads through a pinned stream).
+    pub async fn next(&mut self) -> Result<Incoming, ReadError> {
+        loop {
+            let mut head = [0u8; 2];
+            self.io.read_exact(&mut head).await?;
+            let fin = head[0] & 0x80 != 0;
+            if head[0] & 0x70 != 0 || head[1] & 0x80 == 0 {
+                // Reserved bits (no extension is negotiated), or unmasked.
+                return Err(ReadError::Protocol);
+            }
+            let opcode = head[0] & 0x0F;
+            let len = match head[1] & 0x7F {
+                126 => u64::from(self.io.read_u16().await?),
+                127 => self.io.read_u64().await?,
+                short => u64::from(short),
+            };
+            let mut mask = [0u8; 4];
+            self.io.read_exact(&mut mask).await?;
+            let control = opcode & 0x8 != 0;
+            if control && (!fin || len > 125) {
+                return Err(ReadError::Protocol);
+            }
+            let so_far = self.partial.as_ref().map_or(0, |(_, bytes)| bytes.len());
+            if len.saturating_add(so_far as u64) > self.max_message_bytes as u64 {
+                return Err(ReadError::TooLarge);
+            }
+            let mut payload = vec![0u8; len as usize];
+            self.io.read_exact(&mut payload).await?;
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= mask[i % 4];
+            }
+            match opcode {
+                0x0 => {
+                    let Some((text, mut bytes)) = self.partial.take() else {
+                        return Err(ReadError::Protocol);
+                    };
+                    bytes.extend_from_slice(&payload);
+                    if fin {
+                        return message(text, bytes);
+                    }
+                    self.partial = Some((text, bytes));
+                }
+                0x1 | 0x2 => {
+                    if self.partial.is_some() {
+                        return Err(ReadError::Protocol);
+                    }
+                    let text = opcode == 0x1;
+                    if fin {
+                        return message(text, payload);
+                    }
+                    self.partial = Some((text, payload));
+                }
+                0x8 => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return Ok(Incoming::Close(code));
+                }
+                0x9 => return Ok(Incoming::Ping(payload)),
+                0xA => return Ok(Incoming::Pong),
+                _ => return Err(ReadError::Protocol),
+            }
+        }
+    }
+}
+
+fn message(text: bool, bytes: Vec<u8>) -> Result<Incoming, ReadError> {
+    if !text {
+        return Ok(Incoming::Binary);
+    }
+    String::from_utf8(bytes)
+        .map(Incoming::Text)
+        .map_err(|_| ReadError::InvalidText)
+}
+
+/// One unmasked server frame: its header, and its payload shared with
+/// every other client it goes to.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    header: [u8; 10],
+    header_len: u8,
+    payload: Bytes,
+}
+
+impl Frame {
+    pub fn new(opcode: u8, payload: impl Into<Bytes>) -> Frame {
+        let payload = payload.into();
+        let mut header = [0u8; 10];
+        header[0] = 0x80 | opcode;
+        let len = payload.len();
+        let header_len = if len < 126 {
+            header[1] = len as u8;
+            2
+        } else if let Ok(short) = u16::try_from(len) {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        Frame {
+            header,
+            header_len,
+            payload,
+        }
+    }
+
+    fn header(&self) -> &[u8] {
+        &self.header[..usize::from(self.header_len)]
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.header_len) + self.payload.len()
+    }
+}
+
+/// A close frame: the code, then the reason.
+pub fn close_frame(code: u16, reason: &str) -> Frame {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    Frame::new(OP_CLOSE, payload)
+}
+
+/// What is left to write of `frames`, the first `offset` bytes of which are
+/// out, as slices for one vectored write.
+fn slices(frames: &[Frame], offset: usize) -> Vec<IoSlice<'_>> {
+    let mut slices = Vec::with_capacity(MAX_SLICES);
+    let mut skip = offset;
+    for frame in frames {
+        for part in [frame.header(), &frame.payload[..]] {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices.push(IoSlice::new(&part[skip..]));
+            skip = 0;
+        }
+        if slices.len() >= MAX_SLICES - 1 {
+            break;
+        }
+    }
+    slices
+}
+
+/// Most slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// Why a write failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// The client accepted no bytes for WRITE_TIMEOUT_SECS.
+    Stalled,
+    /// The socket closed or failed.
+    Gone,
+}
+
+/// Writes frames, bounding how long the client may accept nothing.
+pub struct Writer<W> {
+    io: W,
+    write_timeout: Duration,
+    /// The frames being written: `done` of them are out, and `offset`
+    /// bytes of the next. A write that is interrupted (cut-off, shutdown)
+    /// leaves its rest here, so a close frame can still follow at a frame
+    /// boundary; emptied (and freed) once written.
+    pending: Vec<Frame>,
+    done: usize,
+    offset: usize,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    pub fn new(io: W, write_timeout: Duration) -> Writer<W> {
+        Writer {
+            io,
+            write_timeout,
+            pending: Vec::new(),
+            done: 0,
+            offset: 0,
+        }
+    }
+
+    /// Writes `frames` (after whatever an interrupted write left). Each
+    /// write must move some bytes within WRITE_TIMEOUT_SECS; any progress
+    /// restarts the clock. A timer exists only while the socket is full.
+    /// Cancel-safe: dropped midway, the rest stays pending.
+    pub async fn send(&mut self, frames: Vec<Frame>) -> Result<(), WriteError> {
+        if self.done >= self.pending.len() {
+            self.pending = frames;
+            self.done = 0;
+            self.offset = 0;
+        } else {
+            self.pending.extend(frames);
+        }
+        while self.done < self.pending.len() {
+            let slices = slices(&self.pending[self.done..], self.offset);
+            let written = match self.io.write_vectored(&slices).now_or_never() {
+                Some(written) => written,
+                None => tokio::time::timeout(self.write_timeout, self.io.write_vectored(&slices))
+                    .await
+                    .map_err(|_| WriteError::Stalled)?,
+            };
+            drop(slices);
+            match written {
+                Ok(0) | Err(_) => return Err(WriteError::Gone),
+                Ok(n) => self.advance(n),
+            }
+        }
+        self.pending = Vec::new();
+        self.done = 0;
+        self.offset = 0;
+        Ok(())
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        while written > 0 && self.done < self.pending.len() {
+            let left = self.pending[self.done].len() - self.offset;
+            if written >= left {
+                written -= left;
+                self.done += 1;
+                self.offset = 0;
+            } else {
+                self.offset += written;
+                written = 0;
+            }
+        }
+    }
+
+    /// Writes the rest of an interrupted write and then `frame`, within
+    /// `limit`; then shuts the write side (FIN).
+    pub async fn finish(&mut self, frame: Option<Frame>, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        if let Some(frame) = frame {
+            let _ = tokio::time::timeout_at(deadline, self.send(vec![frame])).await;
+        }
+        self.pending = Vec::new();
+        let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_by_length() {
+        for (len, header) in [(0, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
+            let frame = Frame::new(OP_TEXT, vec![b'a'; len]);
+            assert_eq!(frame.header().len(), header);
+            assert_eq!(frame.len(), len + header);
+            assert_eq!(frame.header()[0], 0x81);
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_vectored_writes_resume_where_they_stopped() {
+        // A 7-byte pipe forces many partial writes across frame boundaries.
+        let (near, mut far) = tokio::io::duplex(7);
+        let mut writer = Writer::new(near, Duration::from_secs(5));
+        let frames: Vec<Frame> = (0..50u8)
+            .map(|i| Frame::new(OP_TEXT, vec![i; usize::from(i) * 7]))
+            .collect();
+        let mut expected = Vec::new();
+        for frame in &frames {
+            expected.extend_from_slice(frame.header());
+            expected.extend_from_slice(&frame.payload);
+        }
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        writer.send(frames).await.unwrap();
+        writer
+            .finish(Some(close_frame(1000, "")), Duration::from_secs(5))
+            .await;
+        drop(writer);
+        let got = reader.await.unwrap();
+        expected.extend_from_slice(&[0x88, 2, 0x03, 0xE8]);
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn reads_masked_fragmented_text_and_refuses_large_ones() {
+        fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+            let mask = [1, 2, 3, 4];
+            let mut out = vec![
+                if fin { 0x80 } else { 0 } | opcode,
+                0x80 | payload.len() as u8,
+            ];
+            out.extend_from_slice(&mask);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            out
+        }
+        let mut wire = frame(false, 0x1, b"hel");
+        wire.extend(frame(true, 0x9, b"p"));
+        wire.extend(frame(true, 0x0, b"lo"));
+        wire.extend(frame(true, 0x1, &[b'x'; 20]));
+        let mut reader = Reader::new(&wire[..], 10);
+        assert!(matches!(reader.next().await, Ok(Incoming::Ping(p)) if p == b"p"));
+        assert!(matches!(reader.next().await, Ok(Incoming::Text(t)) if t == "hello"));
+        assert_eq!(reader.next().await.err(), Some(ReadError::TooLarge));
+    }
+}
