@@ -58,9 +58,13 @@ async fn keeps_host_and_sets_forwarding_headers_for_a_trusted_peer() {
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "dash.up.railway.app")
         .header("x-real-ip", "198.51.100.7")
+        .header("x-scheme", "https")
+        .header("x-forwarded-port", "443")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let seen = json_body(send(request).await).await;
+    assert_eq!(header(&seen, "x-scheme"), ["https"]);
+    assert_eq!(header(&seen, "x-forwarded-port"), ["443"]);
     assert_eq!(header(&seen, "host"), ["dash.example.com"]);
     assert_eq!(
         header(&seen, "x-forwarded-for"),
@@ -84,9 +88,24 @@ async fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-proto", "https")
         .header("x-real-ip", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6;proto=https;host=evil.example")
+        .header("x-forwarded-port", "443")
+        .header("x-forwarded-prefix", "/admin")
+        .header("x-scheme", "https")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let seen = json_body(send(request).await).await;
+    for name in [
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-scheme",
+    ] {
+        assert!(
+            header(&seen, name).is_empty(),
+            "{name} reached the dashboard"
+        );
+    }
     assert_eq!(header(&seen, "host"), ["dash.example.com"]);
     assert_eq!(header(&seen, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(header(&seen, "x-forwarded-proto"), ["http"]);
