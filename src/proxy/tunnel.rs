@@ -113,6 +113,8 @@ pub fn open(
             ended = copy(TokioIo::new(client), TokioIo::new(upstream), limits.0, limits.1) => ended,
             _ = stop.requested() => Ended::Shutdown,
         };
+        // Both connections are gone; the place is free before it is logged.
+        drop(slot);
         match ended {
             Ended::Closed { up, down } => {
                 debug!(path, bytes_up = up, bytes_down = down, "tunnel closed")
@@ -124,7 +126,6 @@ pub fn open(
             }
             Ended::Shutdown => debug!(path, "tunnel closed for shutdown"),
         }
-        drop(slot);
     });
     Response::from_parts(parts, response::empty())
 }
