@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How much chunked body each client writes: far past MAX_MESSAGE_BYTES.
-const BODY_BYTES: usize = 3 << 20;
+const BODY_BYTES: usize = 8 << 20;
 
 /// What a client that writes `head` plus a `BODY_BYTES` chunked body, and
 /// only then reads, gets back: the status line, or what went wrong.
@@ -87,7 +87,7 @@ async fn twenty_oversized_chunked_publishes_all_read_413() {
 async fn unauthorized_publishes_with_a_large_body_read_401() {
     let gateway = Gateway::start(&[("PUBLISH_TOKEN", "secret-token-1234")]).await;
     let head = chunked_head("/_switchyard/publish", "Authorization: Bearer wrong\r\n");
-    for _ in 0..10 {
+    for _ in 0..20 {
         let status = write_all_then_read(&gateway, &head).await;
         assert!(status.starts_with("HTTP/1.1 401"), "{status}");
     }
@@ -102,7 +102,7 @@ async fn a_proxy_error_during_an_upload_reaches_the_client() {
     gateway.wait_upstream("up").await;
     upstream.kill().await;
     let head = chunked_head("/upload", "");
-    for _ in 0..10 {
+    for _ in 0..20 {
         let status = write_all_then_read(&gateway, &head).await;
         assert!(
             status.starts_with("HTTP/1.1 502") || status.starts_with("HTTP/1.1 503"),
