@@ -489,3 +489,36 @@ async fn an_idempotent_request_broken_on_a_kept_connection_is_retried_once() {
         "a POST is never retried"
     );
 }
+
+/// A client that stops sending its body mid-upload is not waited on
+/// forever now that the upstream timer pauses for it: after 60 s without a
+/// body byte (nginx's `client_body_timeout`) it gets 408 and the dashboard's
+/// connection is let go. Takes a minute, so it runs with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes 60 s: cargo test --test proxy_http -- --ignored"]
+async fn a_client_that_stalls_mid_body_gets_408_after_60_s() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[
+        ("DASHBOARD_URL", &upstream.url()),
+        ("UPSTREAM_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(90), stream.read(&mut answer))
+        .await
+        .expect("an answer within 90 s")
+        .unwrap();
+    let took = started.elapsed();
+    let head = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        took >= Duration::from_secs(59) && took < Duration::from_secs(75),
+        "{took:?}"
+    );
+}

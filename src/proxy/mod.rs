@@ -27,9 +27,8 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ipnet::IpNet;
-use tracing::{debug, warn};
-
 use tokio::sync::watch;
+use tracing::{debug, warn};
 
 use self::outgoing::{Outgoing, Progress};
 use self::pool::{Pool, SendError};
@@ -39,6 +38,10 @@ use crate::linger;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::upstream::{UpstreamHealth, UpstreamState};
+
+/// A client that sends no byte of its request body for this long, while the
+/// dashboard waits for it, gets 408 (nginx's `client_body_timeout`, 60 s).
+const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,6 +70,8 @@ pub struct Proxy {
 enum Failure {
     Refused(std::io::Error),
     TimedOut,
+    /// The client stopped sending its body.
+    ClientStalled,
     Broken(hyper::Error),
 }
 
@@ -108,7 +113,8 @@ impl Proxy {
             Some(Some(slot)) => Some(slot),
             Some(None) => {
                 let max = self.tunnels.max();
-                warn!(%method, path = request.uri().path(), max_tunnels = max, "tunnel refused: at MAX_TUNNELS");
+                // Not a warning: under a flood of upgrades it would be one per request.
+                debug!(%method, path = request.uri().path(), max_tunnels = max, "tunnel refused: at MAX_TUNNELS");
                 let message = format!(
                     "Too many proxied WebSocket connections (MAX_TUNNELS = {max}); try again later."
                 );
@@ -139,6 +145,9 @@ impl Proxy {
                     Failure::Refused(error) => error_chain(error),
                     Failure::Broken(error) => error_chain(error),
                     Failure::TimedOut => format!("dashboard idle for {:?}", self.timeout),
+                    Failure::ClientStalled => {
+                        format!("client sent no body byte for {CLIENT_BODY_TIMEOUT:?}")
+                    }
                 };
                 warn!(%method, path, status = reply.status().as_u16(), upstream_ms, reason, "proxy failed");
                 return reply;
@@ -170,7 +179,8 @@ impl Proxy {
     /// UPSTREAM_TIMEOUT_SECS of waiting on the dashboard: from the start
     /// until it takes the request, from each frame of body it is handed
     /// until it takes the next, and from the body's end until the response
-    /// head. While the client is slow to send its body, no timer runs. (A
+    /// head. While the client is slow to send its body, that timer does not
+    /// run; a client silent for [`CLIENT_BODY_TIMEOUT`] mid-body gets 408. (A
     /// response head that comes before the body has been sent ends the wait.)
     async fn exchange(
         &self,
@@ -196,16 +206,8 @@ impl Proxy {
         // False once the body is gone (its last state stays readable).
         let mut watching = true;
         loop {
-            let deadline = match *progress.borrow_and_update() {
-                Progress::Client => None,
-                Progress::Dashboard(since) | Progress::Sent(since) => Some(since + self.timeout),
-            };
-            let expired = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let deadline = self.deadline(*progress.borrow_and_update());
+            let expired = tokio::time::sleep_until(deadline.into());
             tokio::select! {
                 sent = &mut send => return done(sent),
                 changed = progress.changed(), if watching => watching = changed.is_ok(),
@@ -213,17 +215,22 @@ impl Proxy {
                     // The dashboard may have taken more frames since, which
                     // moves the instant without waking this loop.
                     let current = *progress.borrow();
-                    let still = match current {
-                        Progress::Client => false,
-                        Progress::Dashboard(since) | Progress::Sent(since) => {
-                            since + self.timeout <= Instant::now()
-                        }
-                    };
-                    if still {
-                        return Err(Failure::TimedOut);
+                    if self.deadline(current) <= Instant::now() {
+                        return Err(match current {
+                            Progress::Client(_) => Failure::ClientStalled,
+                            _ => Failure::TimedOut,
+                        });
                     }
                 }
             }
+        }
+    }
+
+    /// When the side awaited in `progress` has been waited on too long.
+    fn deadline(&self, progress: Progress) -> Instant {
+        match progress {
+            Progress::Client(since) => since + CLIENT_BODY_TIMEOUT,
+            Progress::Dashboard(since) | Progress::Sent(since) => since + self.timeout,
         }
     }
 
@@ -283,6 +290,11 @@ impl Proxy {
             Failure::TimedOut => response::error_page(
                 StatusCode::GATEWAY_TIMEOUT,
                 "The dashboard did not answer in time.",
+                wants_json,
+            ),
+            Failure::ClientStalled => response::error_page(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body stopped arriving.",
                 wants_json,
             ),
             Failure::Refused(_) if self.health.state() == UpstreamState::Starting => {

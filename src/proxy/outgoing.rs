@@ -1,7 +1,8 @@
 //! The body of a proxied request as the dashboard's connection reads it:
 //! the client's body passed through frame by frame, reporting who the
 //! exchange is waiting on, so the upstream timeout counts only the
-//! dashboard's time, never the client's upload.
+//! dashboard's time, never the client's upload (and a client that stalls
+//! mid-body is timed on its own, see `proxy::CLIENT_BODY_TIMEOUT`).
 //!
 //! Owns: the [`Progress`] of one request body (waiting on the client, on the
 //! dashboard since when, or done since when), and lingering on a body the
@@ -27,8 +28,9 @@ pub enum Progress {
     /// The dashboard, since this instant: it has not taken the bytes it was
     /// offered (or the request head), or owes the response head.
     Dashboard(Instant),
-    /// The client, to send more of its body: no timer runs.
-    Client,
+    /// The client, since this instant, to send more of its body: the
+    /// upstream timer does not run.
+    Client(Instant),
     /// The body has been sent whole (or abandoned) at this instant; the
     /// dashboard owes the response head.
     Sent(Instant),
@@ -113,7 +115,10 @@ impl Body for Outgoing {
         }
         match Pin::new(&mut streaming.body).poll_frame(cx) {
             Poll::Pending => {
-                streaming.set(Progress::Client);
+                // Since the first poll that found nothing, not the latest.
+                if !matches!(*streaming.progress.borrow(), Progress::Client(_)) {
+                    streaming.set(Progress::Client(Instant::now()));
+                }
                 Poll::Pending
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -166,7 +171,7 @@ impl Drop for Outgoing {
         } = *streaming;
         // Waiting on the client no more: the timer runs from now.
         progress.send_if_modified(|current| {
-            if *current == Progress::Client {
+            if matches!(current, Progress::Client(_)) {
                 *current = Progress::Sent(Instant::now());
                 true
             } else {
