@@ -10,6 +10,7 @@ pub mod config;
 pub mod cors;
 pub mod health;
 pub mod hub;
+pub mod linger;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

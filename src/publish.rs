@@ -3,33 +3,48 @@
 //! Owns: who may publish (the bearer token, compared in constant time; or,
 //! without PUBLISH_TOKEN, loopback peers only — the real TCP peer, never a
 //! header), the body size limit, and the 202/400/401/413/503/507 answers
-//! (507: the batch would take retained state past MAX_RETAINED_BYTES).
+//! (507: the batch would take retained state past MAX_RETAINED_BYTES). An
+//! answer given before the body is read (405, 401, 413) lingers on the rest
+//! of the body (`linger`), so the client reads it instead of a reset.
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 use tracing::debug;
 
 use crate::config::Config;
 use crate::hub::{Epoch, Hub, Seq};
+use crate::linger;
 use crate::protocol;
 use crate::response::{self, Body};
+use crate::shutdown::Shutdown;
 
 pub async fn handle(
     config: &Config,
     hub: &dyn Hub,
+    shutdown: &Shutdown,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    // Every answer given before the body is read lingers on it (see `linger`).
+    let linger_bytes = linger::max_bytes(config.max_message_bytes);
+    let early = |request: Request<Incoming>, answer: Response<Body>| {
+        if !linger::expects_continue(request.headers()) {
+            linger::discard(request.into_body(), linger_bytes, shutdown);
+        }
+        answer
+    };
     if request.method() != Method::POST {
-        return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST to publish");
+        let answer = response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST to publish");
+        return early(request, answer);
     }
     if !may_publish(config, peer, request.headers(), None) {
-        return unauthorized(config);
+        return early(request, unauthorized(config));
     }
     let limit = config.max_message_bytes;
     let declared = request
@@ -38,12 +53,20 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return too_large(limit);
+        return early(request, too_large(limit));
     }
-    let body = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => return too_large(limit),
-        Err(_) => return response::json_error(StatusCode::BAD_REQUEST, "body: could not be read"),
+    let lingers = !linger::expects_continue(request.headers());
+    let body = match read_limited(request.into_body(), limit, declared).await {
+        Ok(body) => body,
+        Err(ReadError::TooLarge(rest)) => {
+            if lingers {
+                linger::discard(rest, linger_bytes, shutdown);
+            }
+            return too_large(limit);
+        }
+        Err(ReadError::Broken) => {
+            return response::json_error(StatusCode::BAD_REQUEST, "body: could not be read")
+        }
     };
     let (batch, is_array) = match protocol::parse_publish_body(&body) {
         Ok(parsed) => parsed,
@@ -56,6 +79,50 @@ pub async fn handle(
         }
         Err(error) => response::hub_error(&error),
     }
+}
+
+enum ReadError {
+    /// Past the limit; the rest of the body, to linger on.
+    TooLarge(Incoming),
+    /// The client's connection failed mid-body.
+    Broken,
+}
+
+/// The whole body if it fits in `limit` bytes. Read frame by frame rather
+/// than through `Limited`, so that an oversized body is handed back unread
+/// past the limit and can still be drained before the 413 closes the
+/// connection.
+async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<Bytes, ReadError> {
+    let mut first: Option<Bytes> = None;
+    let mut collected: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ReadError::Broken);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let so_far = first.as_ref().map_or(0, Bytes::len) + collected.len();
+        if so_far + data.len() > limit {
+            return Err(ReadError::TooLarge(body));
+        }
+        // One frame (the usual case) is kept as is; more are copied together.
+        match first.take() {
+            None if collected.is_empty() => first = Some(data),
+            None => collected.extend_from_slice(&data),
+            Some(previous) => {
+                let expected = declared.map_or(0, |len| len as usize).min(limit);
+                collected.reserve(expected.max(previous.len() + data.len()));
+                collected.extend_from_slice(&previous);
+                collected.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(collected)))
 }
 
 fn accepted(epoch: &Epoch, seqs: Vec<Seq>, is_array: bool) -> Response<Body> {

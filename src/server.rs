@@ -206,7 +206,14 @@ async fn reserved(
     let request_headers = request.headers().clone();
     let mut answer = match request.uri().path().strip_prefix(RESERVED_PREFIX) {
         Some("publish") => {
-            publish::handle(config, gateway.broadcaster.hub.as_ref(), peer, request).await
+            publish::handle(
+                config,
+                gateway.broadcaster.hub.as_ref(),
+                &gateway.shutdown,
+                peer,
+                request,
+            )
+            .await
         }
         Some("state") => state::handle(&gateway.broadcaster, request).await,
         Some("events") => sse::handle(&gateway.broadcaster, request).await,

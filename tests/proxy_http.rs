@@ -58,9 +58,13 @@ async fn keeps_host_and_sets_forwarding_headers_for_a_trusted_peer() {
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "dash.up.railway.app")
         .header("x-real-ip", "198.51.100.7")
+        .header("x-scheme", "https")
+        .header("x-forwarded-port", "443")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let seen = json_body(send(request).await).await;
+    assert_eq!(header(&seen, "x-scheme"), ["https"]);
+    assert_eq!(header(&seen, "x-forwarded-port"), ["443"]);
     assert_eq!(header(&seen, "host"), ["dash.example.com"]);
     assert_eq!(
         header(&seen, "x-forwarded-for"),
@@ -84,9 +88,24 @@ async fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-proto", "https")
         .header("x-real-ip", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6;proto=https;host=evil.example")
+        .header("x-forwarded-port", "443")
+        .header("x-forwarded-prefix", "/admin")
+        .header("x-scheme", "https")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let seen = json_body(send(request).await).await;
+    for name in [
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-scheme",
+    ] {
+        assert!(
+            header(&seen, name).is_empty(),
+            "{name} reached the dashboard"
+        );
+    }
     assert_eq!(header(&seen, "host"), ["dash.example.com"]);
     assert_eq!(header(&seen, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(header(&seen, "x-forwarded-proto"), ["http"]);
@@ -369,4 +388,137 @@ async fn a_dashboard_closing_an_idle_connection_costs_no_request() {
     assert_eq!(text_body(response).await, "hello from upstream\n");
     assert_eq!(upstream.connections(), 2);
     assert!(gateway.log_events("proxy failed").is_empty());
+}
+
+/// A 1 MB POST trickled in 50 chunks over ~5 s, against a 2 s upstream
+/// timeout: the timeout counts the dashboard's time, not the client's
+/// upload, so the dashboard's 200 arrives. A dashboard that then takes
+/// longer than the timeout to answer still gets the client a 504, about
+/// the timeout after the body ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_not_timed_out_but_a_slow_dashboard_is() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[
+        ("DASHBOARD_URL", &upstream.url()),
+        ("UPSTREAM_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    const CHUNKS: usize = 50;
+    const CHUNK: usize = 20 * 1024; // 50 of them: 1 MB
+    fn trickle(
+        total_chunks: usize,
+        chunk_bytes: usize,
+    ) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>>> {
+        let chunk = Bytes::from(vec![b'u'; chunk_bytes]);
+        let stream = futures_util::stream::unfold(0usize, move |sent| {
+            let chunk = chunk.clone();
+            async move {
+                if sent == total_chunks {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((Ok(Frame::data(chunk)), sent + 1))
+            }
+        });
+        StreamBody::new(stream)
+    }
+    let started = Instant::now();
+    let request = Request::post(gateway.url("/upload"))
+        .body(trickle(CHUNKS, CHUNK))
+        .unwrap();
+    let response = send(request).await;
+    let took = started.elapsed();
+    assert_eq!(response.status(), 200, "after {took:?}");
+    let expected = (CHUNKS * CHUNK).to_string();
+    assert_eq!(text_body(response).await, expected);
+    assert!(took >= Duration::from_secs(4), "the upload took {took:?}");
+
+    // A 2 s trickle (small enough to sit in socket buffers: /slow reads no
+    // body) to a dashboard that answers 8 s after the request head: 504
+    // about 2 s after the body ended (≈4 s), not 2 s after the start.
+    let started = Instant::now();
+    let request = Request::post(gateway.url("/slow?ms=8000"))
+        .body(trickle(20, 1024))
+        .unwrap();
+    let response = send(request).await;
+    let took = started.elapsed();
+    assert_eq!(response.status(), 504, "after {took:?}");
+    assert!(
+        took >= Duration::from_millis(3900) && took < Duration::from_millis(7500),
+        "504 after {took:?} (body ≈2 s, then 2 s)"
+    );
+}
+
+/// A kept connection that the dashboard closes just as a request arrives
+/// (it read the request, then hung up): a GET is sent again once, on a new
+/// connection, and the client sees 200; a POST is never sent twice: 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_broken_on_a_kept_connection_is_retried_once() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[("DASHBOARD_URL", &upstream.url())]).await;
+    let seen = |upstream: &Upstream| {
+        upstream
+            .requests()
+            .iter()
+            .filter(|(_, uri, _)| uri == "/drop-on-reuse")
+            .map(|(method, _, _)| method.clone())
+            .collect::<Vec<_>>()
+    };
+
+    let first = get(&gateway.url("/drop-on-reuse")).await;
+    assert_eq!(text_body(first).await, "fresh");
+    // Let the pool see the kept connection free again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = get(&gateway.url("/drop-on-reuse")).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(text_body(again).await, "fresh");
+    assert_eq!(
+        seen(&upstream),
+        ["GET", "GET", "GET"],
+        "sent twice, no more"
+    );
+    assert_eq!(upstream.connections(), 2);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let post = support::post(&gateway.url("/drop-on-reuse"), "once").await;
+    assert_eq!(post.status(), 502);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        seen(&upstream),
+        ["GET", "GET", "GET", "POST"],
+        "a POST is never retried"
+    );
+}
+
+/// A client that stops sending its body mid-upload is not waited on
+/// forever now that the upstream timer pauses for it: after 60 s without a
+/// body byte (nginx's `client_body_timeout`) it gets 408 and the dashboard's
+/// connection is let go. Takes a minute, so it runs with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes 60 s: cargo test --test proxy_http -- --ignored"]
+async fn a_client_that_stalls_mid_body_gets_408_after_60_s() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[
+        ("DASHBOARD_URL", &upstream.url()),
+        ("UPSTREAM_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(90), stream.read(&mut answer))
+        .await
+        .expect("an answer within 90 s")
+        .unwrap();
+    let took = started.elapsed();
+    let head = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        took >= Duration::from_secs(59) && took < Duration::from_secs(75),
+        "{took:?}"
+    );
 }

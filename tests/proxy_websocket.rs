@@ -202,3 +202,187 @@ async fn many_tunnels_at_once_stay_independent() {
         );
     }
 }
+
+/// Proxied upgrades whose request headers say `upgrade` to the dashboard.
+fn upgrades_seen(upstream: &Upstream) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|(_, _, headers)| headers.contains_key("upgrade"))
+        .count()
+}
+
+/// Waits (up to `limit`) for the socket to end; answers how long that took.
+async fn ended_within(socket: &mut Socket, limit: Duration) -> Option<std::time::Instant> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => return None,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                return Some(std::time::Instant::now())
+            }
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_tunnels_an_upgrade_gets_503_before_the_dashboard_hears_of_it() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[("DASHBOARD_URL", &upstream.url()), ("MAX_TUNNELS", "2")]).await;
+    let (mut first, _) = connect_streamlit_like(&gateway).await;
+    let (mut second, _) = connect_streamlit_like(&gateway).await;
+    assert_eq!(upgrades_seen(&upstream), 2);
+
+    let third = tokio_tungstenite::connect_async(gateway.ws_url("/_stcore/stream")).await;
+    match third {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("MAX_TUNNELS = 2"), "{body}");
+        }
+        Err(other) => panic!("expected a 503, got {other}"),
+        Ok(_) => panic!("a third tunnel opened past MAX_TUNNELS=2"),
+    }
+    assert_eq!(
+        upgrades_seen(&upstream),
+        2,
+        "the dashboard never saw the third"
+    );
+
+    // The two open tunnels are unaffected; closing one frees its place.
+    second
+        .send(Message::Text("still here".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut second).await,
+        Message::Text("still here".into())
+    );
+    first.close(None).await.unwrap();
+    assert!(ended_within(&mut first, Duration::from_secs(10))
+        .await
+        .is_some());
+    drop(first);
+    let closed = gateway.wait_for_log("tunnel closed", 1).await;
+    assert_eq!(closed.len(), 1, "the closed tunnel was let go");
+    let (mut again, _) = connect_streamlit_like(&gateway).await;
+    again
+        .send(Message::Text("room again".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut again).await,
+        Message::Text("room again".into())
+    );
+}
+
+/// TUNNEL_IDLE_SECS=2: a tunnel with no byte either way is closed after
+/// about 2 s, not before; one that talks every 300 ms stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_and_an_active_one_is_not() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[
+        ("DASHBOARD_URL", &upstream.url()),
+        ("TUNNEL_IDLE_SECS", "2"),
+    ])
+    .await;
+    let (mut silent, _) = connect_streamlit_like(&gateway).await;
+    let opened = std::time::Instant::now();
+    let (mut active, _) = connect_streamlit_like(&gateway).await;
+    let watcher = tokio::spawn(async move {
+        ended_within(&mut silent, Duration::from_secs(15))
+            .await
+            .map(|at| at - opened)
+    });
+    for i in 0..15 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let text = format!("tick {i}");
+        active
+            .send(Message::Text(text.clone().into()))
+            .await
+            .unwrap();
+        assert_eq!(next_message(&mut active).await, Message::Text(text.into()));
+    }
+    let silent_for = watcher
+        .await
+        .unwrap()
+        .expect("the silent tunnel closed within 15 s");
+    eprintln!("silent tunnel closed after {silent_for:?}; the active one is still open");
+    assert!(
+        silent_for >= Duration::from_millis(1900) && silent_for < Duration::from_secs(5),
+        "silent tunnel closed after {silent_for:?}"
+    );
+    // The active one outlived the silent one by far (4.5 s of ticks).
+    active.send(Message::Text("last".into())).await.unwrap();
+    assert_eq!(
+        next_message(&mut active).await,
+        Message::Text("last".into())
+    );
+    let idle = gateway.wait_for_log("tunnel timed out", 1).await;
+    assert_eq!(idle.len(), 1, "only the silent tunnel timed out");
+    assert_eq!(idle[0]["reason"], "idle");
+}
+
+/// WRITE_TIMEOUT_SECS=2: a client with a tiny receive buffer that never
+/// reads while the dashboard floods it. The tunnel is closed and freed, and
+/// the dashboard side sees the close within the timeout + 2 s; a quiet
+/// tunnel beside it stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_client_takes_no_bytes_is_closed_after_the_write_timeout() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&[
+        ("DASHBOARD_URL", &upstream.url()),
+        ("WRITE_TIMEOUT_SECS", "2"),
+        ("MAX_TUNNELS", "2"),
+    ])
+    .await;
+    let (mut quiet, _) = connect_streamlit_like(&gateway).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gateway.addr).await.unwrap();
+    let (mut stalled, _) =
+        tokio_tungstenite::client_async(gateway.ws_url("/_stcore/stream"), stream)
+            .await
+            .expect("upgrade through the gateway");
+    stalled.send(Message::Text("flood".into())).await.unwrap();
+    let flood_started = std::time::Instant::now();
+    // Never read `stalled` again.
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let ended = loop {
+        if let Some(&at) = upstream.websockets_ended().first() {
+            break at;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dashboard never saw the stalled tunnel close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let after = ended - flood_started;
+    eprintln!("stalled tunnel: dashboard side closed {after:?} after the flood began");
+    assert!(
+        after >= Duration::from_millis(1500) && after <= Duration::from_secs(4),
+        "dashboard side closed {after:?} after the client stopped reading"
+    );
+    let timed_out = gateway.wait_for_log("tunnel timed out", 1).await;
+    assert_eq!(timed_out.len(), 1);
+    assert_eq!(timed_out[0]["reason"], "write stalled");
+    assert_eq!(timed_out[0]["side"], "client");
+
+    // The quiet tunnel is still open, and the stalled one's place is free.
+    quiet.send(Message::Text("alive".into())).await.unwrap();
+    assert_eq!(
+        next_message(&mut quiet).await,
+        Message::Text("alive".into())
+    );
+    let (mut another, _) = connect_streamlit_like(&gateway).await;
+    another.send(Message::Text("freed".into())).await.unwrap();
+    assert_eq!(
+        next_message(&mut another).await,
+        Message::Text("freed".into())
+    );
+    drop(stalled);
+}

@@ -27,6 +27,17 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Forwarding headers the gateway does not set: believed from a trusted
+/// proxy, removed from anyone else, so a client cannot tell the dashboard
+/// its own scheme, port or path prefix (frameworks build redirect and
+/// asset URLs from these; Tornado, under Streamlit, reads X-Scheme).
+const FORWARDED_ONLY_IF_TRUSTED: [HeaderName; 4] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-scheme"),
+];
 const UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 
 /// True for an HTTP/1.1 upgrade request: `Connection: upgrade` plus an
@@ -78,13 +89,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 /// Sets the forwarding headers for a request from `peer`. A trusted peer's
 /// X-Forwarded-Proto/-Host and X-Real-IP are kept and its X-Forwarded-For is
 /// appended to; from anyone else they are replaced, so a client cannot
-/// spoof its address or scheme to the dashboard.
+/// spoof its address or scheme to the dashboard. `Forwarded`,
+/// X-Forwarded-Port, X-Forwarded-Prefix and X-Scheme pass from a trusted
+/// peer and are removed from anyone else.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
     trusted: bool,
     original_host: Option<HeaderValue>,
 ) {
+    if !trusted {
+        for name in &FORWARDED_ONLY_IF_TRUSTED {
+            if headers.contains_key(name) {
+                headers.remove(name);
+            }
+        }
+    }
     let peer_value = peer_header_value(peer);
     let forwarded_for = match (trusted, joined(headers, &X_FORWARDED_FOR)) {
         (true, Some(previous)) => HeaderValue::from_str(&format!("{previous}, {peer}")).ok(),
@@ -231,6 +251,46 @@ mod tests {
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "app.example");
         assert_eq!(headers["x-real-ip"], "203.0.113.9");
+    }
+
+    #[test]
+    fn other_forwarding_headers_from_an_untrusted_peer_are_removed() {
+        let mut headers = map(&[
+            ("forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+            ("Forwarded", "for=7.7.7.7"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-scheme", "https"),
+            ("accept", "*/*"),
+        ]);
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        set_forwarded(&mut headers, peer, false, None);
+        for name in [
+            "forwarded",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-scheme",
+        ] {
+            assert!(!headers.contains_key(name), "{name} kept");
+        }
+        assert_eq!(headers["accept"], "*/*");
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9");
+    }
+
+    #[test]
+    fn other_forwarding_headers_from_a_trusted_peer_pass() {
+        let mut headers = map(&[
+            ("forwarded", "for=198.51.100.1;proto=https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/app"),
+            ("x-scheme", "https"),
+        ]);
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        set_forwarded(&mut headers, peer, true, None);
+        assert_eq!(headers["forwarded"], "for=198.51.100.1;proto=https");
+        assert_eq!(headers["x-forwarded-port"], "443");
+        assert_eq!(headers["x-forwarded-prefix"], "/app");
+        assert_eq!(headers["x-scheme"], "https");
     }
 
     #[test]

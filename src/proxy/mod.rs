@@ -2,14 +2,18 @@
 //! dashboard, bodies streamed both ways, WebSocket upgrades tunnelled.
 //!
 //! Owns: building the upstream request (always to `DASHBOARD_URL`, whatever
-//! the Host header or an absolute-form URI says), the response-head timeout,
-//! and the 502/503/504 answers.
+//! the Host header or an absolute-form URI says), the upstream timeout
+//! (UPSTREAM_TIMEOUT_SECS, counted only while the dashboard is awaited: it
+//! starts once the request body has been sent, see `outgoing`), refusing an
+//! upgrade past MAX_TUNNELS, and the 502/503/504 answers.
 //!
-//! Does not own: header rules (`headers`), keep-alive connections (`pool`),
+//! Does not own: header rules (`headers`), keep-alive connections and
+//! retries (`pool`), the request body's progress and lingering (`outgoing`),
 //! byte copying after an upgrade (`tunnel`), or knowing whether the
 //! dashboard is up (`upstream`).
 
 mod headers;
+mod outgoing;
 mod pool;
 mod tunnel;
 
@@ -23,13 +27,21 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ipnet::IpNet;
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use self::outgoing::{Outgoing, Progress};
 use self::pool::{Pool, SendError};
+use self::tunnel::Tunnels;
 use crate::config::{Config, UpstreamUrl};
+use crate::linger;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::upstream::{UpstreamHealth, UpstreamState};
+
+/// A client that sends no byte of its request body for this long, while the
+/// dashboard waits for it, gets 408 (nginx's `client_body_timeout`, 60 s).
+const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,8 +51,13 @@ pub struct Proxy {
     pool: Arc<Pool>,
     /// Where every request goes.
     upstream: UpstreamUrl,
-    /// No response head in this time: 504.
+    /// The dashboard awaited this long (for the request head or body to be
+    /// taken, or for the response head once the body is sent): 504.
     timeout: Duration,
+    /// Proxied upgrades, against MAX_TUNNELS.
+    tunnels: Arc<Tunnels>,
+    /// How much of a body is read and dropped when answering early.
+    linger_bytes: u64,
     /// Peers whose forwarding headers are believed.
     trusted_proxies: Vec<IpNet>,
     /// Told about every answer and every refusal.
@@ -53,6 +70,8 @@ pub struct Proxy {
 enum Failure {
     Refused(std::io::Error),
     TimedOut,
+    /// The client stopped sending its body.
+    ClientStalled,
     Broken(hyper::Error),
 }
 
@@ -68,6 +87,8 @@ impl Proxy {
             pool,
             upstream,
             timeout: config.upstream_timeout,
+            tunnels: Tunnels::new(config.max_tunnels, config.tunnel_idle, config.write_timeout),
+            linger_bytes: linger::max_bytes(config.max_message_bytes),
             trusted_proxies: config.trusted_proxies.clone(),
             health,
             shutdown,
@@ -86,20 +107,34 @@ impl Proxy {
         let wants_json = response::wants_json(request.headers());
         let upgrading =
             request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers());
+        // Past MAX_TUNNELS an upgrade is refused before the dashboard hears of it.
+        let slot = match upgrading.then(|| self.tunnels.reserve()) {
+            None => None,
+            Some(Some(slot)) => Some(slot),
+            Some(None) => {
+                let max = self.tunnels.max();
+                // Not a warning: under a flood of upgrades it would be one per request.
+                debug!(%method, path = request.uri().path(), max_tunnels = max, "tunnel refused: at MAX_TUNNELS");
+                let message = format!(
+                    "Too many proxied WebSocket connections (MAX_TUNNELS = {max}); try again later."
+                );
+                let mut reply =
+                    response::error_page(StatusCode::SERVICE_UNAVAILABLE, &message, wants_json);
+                reply
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return reply;
+            }
+        };
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
 
-        let outgoing = self.upstream_request(request, peer, upgrading);
+        let (outgoing, progress) = self.upstream_request(request, peer, upgrading, started);
 
         // For the logs: shares the request's bytes, no copy.
         let path_and_query = outgoing.uri().path_and_query().cloned();
         let path = path_and_query.as_ref().map_or("/", PathAndQuery::path);
 
-        let result = match tokio::time::timeout(self.timeout, self.pool.send(outgoing)).await {
-            Err(_) => Err(Failure::TimedOut),
-            Ok(Err(SendError::Connect(error))) => Err(Failure::Refused(error)),
-            Ok(Err(SendError::Exchange(error))) => Err(Failure::Broken(error)),
-            Ok(Ok(answer)) => Ok(answer),
-        };
+        let result = self.exchange(outgoing, progress, started).await;
         let upstream_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         let answer = match result {
@@ -109,7 +144,10 @@ impl Proxy {
                 let reason = match &failure {
                     Failure::Refused(error) => error_chain(error),
                     Failure::Broken(error) => error_chain(error),
-                    Failure::TimedOut => format!("no response head within {:?}", self.timeout),
+                    Failure::TimedOut => format!("dashboard idle for {:?}", self.timeout),
+                    Failure::ClientStalled => {
+                        format!("client sent no body byte for {CLIENT_BODY_TIMEOUT:?}")
+                    }
                 };
                 warn!(%method, path, status = reply.status().as_u16(), upstream_ms, reason, "proxy failed");
                 return reply;
@@ -119,9 +157,15 @@ impl Proxy {
         let status = answer.status();
         debug!(%method, path, status = status.as_u16(), upstream_ms, "proxied");
 
-        match client_upgrade {
-            Some(client_upgrade) if status == StatusCode::SWITCHING_PROTOCOLS => {
-                tunnel::open(client_upgrade, answer, &self.shutdown, path.to_owned())
+        match (client_upgrade, slot) {
+            (Some(client_upgrade), Some(slot)) if status == StatusCode::SWITCHING_PROTOCOLS => {
+                tunnel::open(
+                    client_upgrade,
+                    answer,
+                    &self.shutdown,
+                    path.to_owned(),
+                    slot,
+                )
             }
             _ => {
                 let (mut parts, body) = answer.into_parts();
@@ -131,14 +175,75 @@ impl Proxy {
         }
     }
 
+    /// Sends `request` and waits for the response head, for at most
+    /// UPSTREAM_TIMEOUT_SECS of waiting on the dashboard: from the start
+    /// until it takes the request, from each frame of body it is handed
+    /// until it takes the next, and from the body's end until the response
+    /// head. While the client is slow to send its body, that timer does not
+    /// run; a client silent for [`CLIENT_BODY_TIMEOUT`] mid-body gets 408. (A
+    /// response head that comes before the body has been sent ends the wait.)
+    async fn exchange(
+        &self,
+        request: Request<Outgoing>,
+        progress: Option<watch::Receiver<Progress>>,
+        started: Instant,
+    ) -> Result<Response<Incoming>, Failure> {
+        let done = |sent: Result<Response<Incoming>, SendError>| match sent {
+            Ok(answer) => Ok(answer),
+            Err(SendError::Connect(error)) => Err(Failure::Refused(error)),
+            Err(SendError::Exchange(error)) => Err(Failure::Broken(error)),
+        };
+        let send = self.pool.send(request);
+        let Some(mut progress) = progress else {
+            // No body: the dashboard is awaited from the start.
+            let deadline = tokio::time::Instant::from_std(started + self.timeout);
+            return match tokio::time::timeout_at(deadline, send).await {
+                Ok(sent) => done(sent),
+                Err(_) => Err(Failure::TimedOut),
+            };
+        };
+        tokio::pin!(send);
+        // False once the body is gone (its last state stays readable).
+        let mut watching = true;
+        loop {
+            let deadline = self.deadline(*progress.borrow_and_update());
+            let expired = tokio::time::sleep_until(deadline.into());
+            tokio::select! {
+                sent = &mut send => return done(sent),
+                changed = progress.changed(), if watching => watching = changed.is_ok(),
+                () = expired => {
+                    // The dashboard may have taken more frames since, which
+                    // moves the instant without waking this loop.
+                    let current = *progress.borrow();
+                    if self.deadline(current) <= Instant::now() {
+                        return Err(match current {
+                            Progress::Client(_) => Failure::ClientStalled,
+                            _ => Failure::TimedOut,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the side awaited in `progress` has been waited on too long.
+    fn deadline(&self, progress: Progress) -> Instant {
+        match progress {
+            Progress::Client(since) => since + CLIENT_BODY_TIMEOUT,
+            Progress::Dashboard(since) | Progress::Sent(since) => since + self.timeout,
+        }
+    }
+
     /// The request as the dashboard sees it: same method, path, query and
     /// body; the client's Host; forwarding headers; no hop-by-hop headers.
+    /// With a body, also the receiver of its progress.
     fn upstream_request(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
         upgrading: bool,
-    ) -> Request<Incoming> {
+        started: Instant,
+    ) -> (Request<Outgoing>, Option<watch::Receiver<Progress>>) {
         let (mut parts, body) = request.into_parts();
         // HTTP/2 clients name the host in :authority, not in a Host header.
         let original_host = match parts.headers.get(HOST) {
@@ -174,7 +279,10 @@ impl Proxy {
             .any(|net| net.contains(&peer_ip));
         headers::strip_hop_by_hop(&mut parts.headers, upgrading);
         headers::set_forwarded(&mut parts.headers, peer_ip, trusted, original_host);
-        Request::from_parts(parts, body)
+        let lingers = !linger::expects_continue(&parts.headers);
+        let (body, progress) =
+            Outgoing::new(body, started, lingers, self.linger_bytes, &self.shutdown);
+        (Request::from_parts(parts, body), progress)
     }
 
     fn failure_reply(&self, failure: &Failure, wants_json: bool) -> Response<Body> {
@@ -182,6 +290,11 @@ impl Proxy {
             Failure::TimedOut => response::error_page(
                 StatusCode::GATEWAY_TIMEOUT,
                 "The dashboard did not answer in time.",
+                wants_json,
+            ),
+            Failure::ClientStalled => response::error_page(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body stopped arriving.",
                 wants_json,
             ),
             Failure::Refused(_) if self.health.state() == UpstreamState::Starting => {

@@ -3,7 +3,10 @@
 //! Owns: opening connections (TCP_NODELAY, a connect timeout), reusing the
 //! ones that are free, forgetting closed ones and closing ones idle too long,
 //! and sending a request again on a fresh connection when a kept-alive one
-//! closed before the dashboard saw it.
+//! closed before the dashboard saw it — or, for an idempotent request
+//! without a body (GET, HEAD, OPTIONS), when a kept-alive one broke before
+//! any answer (once, on a new connection: the dashboard may have closed it
+//! just as the request went out, the race every keep-alive client has).
 //!
 //! Does not own: what goes into the request (`proxy`), or what happens after
 //! a 101 (`tunnel`); a connection that switched protocols is never kept.
@@ -19,13 +22,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::outgoing::Outgoing;
 use crate::shutdown::Shutdown;
 
 /// A dashboard that does not accept a TCP connection within this is down.
@@ -48,7 +52,7 @@ pub struct Pool {
 }
 
 struct Kept {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Outgoing>,
     since: Instant,
 }
 
@@ -88,17 +92,25 @@ impl Pool {
 
     /// Sends `request` (origin-form URI, Host set) and returns the response
     /// head. A request that a kept connection gave back unsent (it closed
-    /// under us) goes out again on the next free connection or a new one;
-    /// a request the dashboard may have seen is never sent twice.
+    /// under us) goes out again on the next free connection or a new one.
+    /// A request the dashboard may have seen is sent again only when it is
+    /// idempotent and has no body, only once, and only on a new connection,
+    /// after a kept connection broke before any answer.
     pub async fn send(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<Outgoing>,
     ) -> Result<Response<Incoming>, SendError> {
+        let mut replayed = false;
         loop {
-            let (mut sender, reused) = match self.take_free() {
+            let free = if replayed { None } else { self.take_free() };
+            let (mut sender, reused) = match free {
                 Some(sender) => (sender, true),
                 None => (self.connect().await.map_err(SendError::Connect)?, false),
             };
+            // The head is copied only when a replay could happen.
+            let replay = (reused && !replayed)
+                .then(|| replayable(&request))
+                .flatten();
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -106,10 +118,15 @@ impl Pool {
                     }
                     return Ok(response);
                 }
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) if reused => {
+                Err(mut failed) => match (failed.take_message(), replay) {
+                    (Some(unsent), _) if reused => {
                         debug!(error = %failed.error(), "kept connection closed; retrying on a new one");
                         request = unsent;
+                    }
+                    (None, Some(again)) if broke_before_answer(failed.error()) => {
+                        debug!(error = %failed.error(), "kept connection broke before an answer; retrying the idempotent request once on a new connection");
+                        request = again;
+                        replayed = true;
                     }
                     _ => return Err(SendError::Exchange(failed.into_error())),
                 },
@@ -119,7 +136,7 @@ impl Pool {
 
     /// A kept connection that can take a request now, forgetting closed ones
     /// on the way. Newest first: the connection most likely still open.
-    fn take_free(&self) -> Option<SendRequest<Incoming>> {
+    fn take_free(&self) -> Option<SendRequest<Outgoing>> {
         let mut kept = lock(&self.kept);
         let mut index = kept.len();
         while index > 0 {
@@ -134,7 +151,7 @@ impl Pool {
         None
     }
 
-    fn keep(&self, sender: SendRequest<Incoming>) {
+    fn keep(&self, sender: SendRequest<Outgoing>) {
         let mut kept = lock(&self.kept);
         if kept.len() < MAX_KEPT {
             kept.push(Kept {
@@ -154,7 +171,7 @@ impl Pool {
         });
     }
 
-    async fn connect(&self) -> std::io::Result<SendRequest<Incoming>> {
+    async fn connect(&self) -> std::io::Result<SendRequest<Outgoing>> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
             .await
             .map_err(|_| {
@@ -172,6 +189,38 @@ impl Pool {
         });
         Ok(sender)
     }
+}
+
+/// A copy of `request` to send again, when sending it twice is harmless:
+/// an idempotent method (RFC 9110 §9.2.2; PUT and DELETE are left out, a
+/// dashboard's handlers for them rarely are) and no body.
+fn replayable(request: &Request<Outgoing>) -> Option<Request<Outgoing>> {
+    use hyper::body::Body as _;
+    let idempotent = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if !idempotent || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut again = Request::new(Outgoing::empty());
+    *again.method_mut() = request.method().clone();
+    *again.uri_mut() = request.uri().clone();
+    *again.version_mut() = request.version();
+    *again.headers_mut() = request.headers().clone();
+    Some(again)
+}
+
+/// The connection closed or failed under the request, with no answer; not
+/// a malformed answer, nor a failure of our own.
+fn broke_before_answer(error: &hyper::Error) -> bool {
+    if error.is_parse() || error.is_user() || error.is_timeout() {
+        return false;
+    }
+    error.is_incomplete_message()
+        || error.is_canceled()
+        || error.is_closed()
+        || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
 }
 
 /// The list stays consistent even if a holder panicked (nothing here can).

@@ -11,8 +11,14 @@
 //! - `/hop-response`: a response carrying hop-by-hop headers
 //! - `/bye`: answers 200 (keep-alive, as far as the headers say), then
 //!   closes the connection 100 ms later, like a server's idle timeout
+//! - `/drop-on-reuse`: answers the first request of a connection with 200
+//!   "fresh"; on a connection that already carried one, reads the request
+//!   and hangs up without an answer (a dashboard closing a kept connection
+//!   just as a request arrives)
 //! - `/refuse-upgrade`: answers an upgrade request with 403 "nope"
-//! - any other path with `Upgrade: websocket`: a WebSocket echo server
+//! - any other path with `Upgrade: websocket`: a WebSocket echo server; a
+//!   text message `flood` makes it send 64 KiB binary frames until sending
+//!   fails. Each WebSocket's end is recorded in `Seen::websockets_ended`.
 //! - anything else: 200 "hello from upstream"
 
 use std::convert::Infallible;
@@ -45,6 +51,8 @@ pub struct Seen {
     /// Connections that carried at least one request (the gateway's TCP
     /// health probe connects without sending one).
     pub connections: usize,
+    /// When each upgraded WebSocket's task ended (its peer closed or broke).
+    pub websockets_ended: Vec<std::time::Instant>,
 }
 
 pub struct Upstream {
@@ -115,6 +123,10 @@ impl Upstream {
         self.seen.lock().unwrap().requests.clone()
     }
 
+    pub fn websockets_ended(&self) -> Vec<std::time::Instant> {
+        self.seen.lock().unwrap().websockets_ended.clone()
+    }
+
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.seen.lock().unwrap().connections
@@ -125,6 +137,8 @@ impl Upstream {
 #[derive(Default)]
 struct ThisConnection {
     used: std::sync::atomic::AtomicBool,
+    /// Requests this connection carried before the current one.
+    served: std::sync::atomic::AtomicUsize,
     hang_up: tokio::sync::Notify,
 }
 
@@ -156,13 +170,21 @@ async fn handle(
         request.headers().clone(),
     ));
     let upgrade = request.headers().contains_key(http::header::UPGRADE);
+    let served = connection
+        .served
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let response = match path.as_str() {
+        "/drop-on-reuse" if served > 0 => {
+            connection.hang_up.notify_one();
+            return std::future::pending().await;
+        }
+        "/drop-on-reuse" => Response::new(full("fresh")),
         "/refuse-upgrade" => Response::builder()
             .status(StatusCode::FORBIDDEN)
             .header("x-refused", "yes")
             .body(full("nope"))
             .unwrap(),
-        _ if upgrade => websocket(&mut request),
+        _ if upgrade => websocket(&mut request, seen.clone()),
         "/inspect" => {
             let method = request.method().to_string();
             let uri = request.uri().to_string();
@@ -265,7 +287,7 @@ fn download(total: u64, pause: Duration) -> Body {
 /// The 101 answer plus an echo task. Picks the first offered subprotocol and
 /// echoes any offered extension header back, so tests can see the proxy
 /// carry handshake headers both ways.
-fn websocket(request: &mut Request<Incoming>) -> Response<Body> {
+fn websocket(request: &mut Request<Incoming>, seen: Arc<Mutex<Seen>>) -> Response<Body> {
     let headers = request.headers();
     let Some(key) = headers.get("sec-websocket-key") else {
         return Response::builder()
@@ -299,6 +321,11 @@ fn websocket(request: &mut Request<Incoming>) -> Response<Body> {
                 .await;
         while let Some(Ok(message)) = socket.next().await {
             let reply = match message {
+                Message::Text(text) if text.as_str() == "flood" => {
+                    let frame = Bytes::from(vec![7u8; 64 * 1024]);
+                    while socket.send(Message::Binary(frame.clone())).await.is_ok() {}
+                    break;
+                }
                 Message::Text(text) => match text.as_str().strip_prefix("close-me:") {
                     Some(code) => {
                         let code: u16 = code.parse().unwrap_or(1000);
@@ -319,6 +346,10 @@ fn websocket(request: &mut Request<Incoming>) -> Response<Body> {
                 break;
             }
         }
+        seen.lock()
+            .unwrap()
+            .websockets_ended
+            .push(std::time::Instant::now());
     });
     response.body(full(Bytes::new())).unwrap()
 }
