@@ -3289,6 +3289,16 @@ async fn hostile_run(
     let outcome = Arc::new(Mutex::new(FloodOutcome::default()));
     let flooder = start_flood(ws, frames, flood_at, &outcome);
     let flood = hostile_phase(args, servers, ctx, start).await;
+    // up to --drain s more for the answers to the rest of the flood
+    let answers_deadline = Instant::now() + Duration::from_secs_f64(args.drain);
+    let flood_over = || {
+        let o = outcome.lock().unwrap();
+        o.subscribed + o.errors >= args.flood_frames || o.close != 0 || o.send_error.is_some()
+    };
+    while !flood_over() && Instant::now() < answers_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_after_answers = rss_sum(servers);
     for task in &flooder {
         task.abort();
     }
@@ -3325,8 +3335,18 @@ async fn hostile_run(
     table.row(
         "flooder answered",
         format!(
-            "{} subscribed, {} error{}; last answer {}; {} events, {} other frames; \
-             connection at the end: {}",
+            "{}/{} frames answered{}: {} subscribed, {} error{}; last answer {}; {} events, \
+             {} other frames; connection at the end: {}",
+            o.subscribed + o.errors,
+            args.flood_frames,
+            if o.subscribed + o.errors < args.flood_frames {
+                format!(
+                    " (the rest still unanswered {} s after the flood phase)",
+                    args.drain
+                )
+            } else {
+                String::new()
+            },
             o.subscribed,
             o.errors,
             o.first_error
@@ -3451,10 +3471,11 @@ async fn hostile_run(
     table.row(
         "server RSS",
         format!(
-            "after connect {} / after quiet {} / after flood {}",
+            "after connect {} / after quiet {} / after flood phase {} / after the flood's answers {}",
             kib(rss_connected),
             kib(quiet.rss_end),
-            kib(flood.rss_end)
+            kib(flood.rss_end),
+            kib(rss_after_answers)
         ),
     );
 
@@ -3517,6 +3538,11 @@ async fn hostile_run(
         ),
         ("flood_subscribed", o.subscribed.to_string()),
         ("flood_errors", o.errors.to_string()),
+        (
+            "flood_last_answer_s",
+            o.last_answer
+                .map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64())),
+        ),
         ("flood_closed", u8::from(o.close != 0).to_string()),
         ("missing", total.missing.to_string()),
         ("zero_loss", u8::from(zero_loss).to_string()),
