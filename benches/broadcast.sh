@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benches/broadcast.sh — switchyard's WebSocket broadcaster under load.
 #
-# Runs the issue's five scenarios, each as its own run of the load generator
+# Runs the broadcaster's scenarios, each as its own run of the load generator
 # benches/loadgen.rs (`cargo bench --bench loadgen -- <args>`), which starts
 # its own switchyard on a free 127.0.0.1 port, connects the clients from
 # 127.A.B.x source addresses, publishes on an open-loop schedule, measures,
@@ -14,12 +14,23 @@
 #        targets: zero loss, no publish waits, server <= 4 us CPU per delivered message
 #   3. 1,000 clients x 100 events/s of 256 B, 20 s
 #        targets: zero loss, publish->receive p99 <= 50 ms
-#   4. 15,000 idle connections
+#   4. idle connections, two sub-runs (SCENARIOS="4a" or "4b" runs one):
+#      4a. 15,000 idle connections, tiny hello
 #        target: server RSS per connection <= 4 KiB
+#      4b. 1,000 idle connections after a 60 KB hello (20 retained topics of
+#          3 KB published before the clients connect)
+#        target: server RSS per connection <= 8 KiB
 #   5. 100 clients x 200 events/s of 4 KiB, 1 client stalls half way, 20 s
 #        targets: the others' p99 during the stall <= 1.5x before, the stalled
 #        client closed with 1008, server RSS growth during the stall
 #        < CLIENT_QUEUE x frame size
+#   6. hostile: 1,000 clients x 100 events/s of 256 B, two phases of
+#      max(10, DURATION/2) s on one server: quiet, then the same while one
+#      anonymous WebSocket client (no Origin) writes 30 subscribe frames of
+#      3,600 distinct patterns (flood/<n>/+/x) as fast as it can
+#        targets: publish RTT p99 under flood <= 2x quiet with every publish
+#        answered; zero loss for the 1,000 clients. The table also says how
+#        the flooder was answered (subscribed / error frames, closed or not).
 #
 # What to trust: this machine has 2 cores, shared by the server, the load
 # generator and anything else running. Each table shows the background load
@@ -36,8 +47,10 @@
 # The Redis backplane (several replicas, publish throughput) has its own
 # script, benches/redis.sh, on the same load generator.
 #
-# Usage: benches/broadcast.sh                 (all five, 20 s each: ~3 minutes)
+# Usage: benches/broadcast.sh                 (all six, 20 s each: ~5 minutes)
 #        SCENARIOS="3 4" DURATION=10 benches/broadcast.sh
+#        SCENARIOS=6 benches/broadcast.sh        (the hostile scenario alone)
+#        SCENARIOS=4b benches/broadcast.sh       (the 60 KB hello alone)
 # Needs: cargo; a hard fd limit of at least ~15,100 for scenario 4 (the load
 # generator raises its soft limit itself; the server inherits it).
 # Loopback only; nothing leaves 127.0.0.0/8.
@@ -49,7 +62,10 @@ DURATION=${DURATION:-20}
 # (1000 events) must be full before the stall, so its RSS growth is the
 # stall's alone: scenario 5 runs at least 20 s whatever DURATION says.
 STALL_DURATION=$(( DURATION > 20 ? DURATION : 20 ))
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5"}
+# Scenario 6 runs two phases (quiet, flood) of this many seconds each, plus
+# up to 10 s more per phase when the server falls behind.
+HOSTILE_PHASE=$(( DURATION / 2 > 10 ? DURATION / 2 : 10 ))
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -117,12 +133,24 @@ for s in $SCENARIOS; do
         3) run 3 "1,000 clients x 100 ev/s x 256 B" \
                --clients 1000 --rate 100 --size 256 --duration "$DURATION" \
                --target-zero-loss --target-p99-ms 50 ;;
-        4) run 4 "15,000 idle connections" \
-               --idle --clients 15000 --duration 5 --target-rss-kib 4 ;;
+        4|4a|4b)
+           if [ "$s" != 4b ]; then
+               run 4a "15,000 idle connections, tiny hello" \
+                   --idle --clients 15000 --duration 5 --target-rss-kib 4
+           fi
+           if [ "$s" != 4a ]; then
+               run 4b "1,000 idle connections after a 60 KB hello (20 retained x 3 KB)" \
+                   --idle --clients 1000 --duration 5 --retained 20 --retained-size 3072 \
+                   --target-rss-kib 8
+           fi ;;
         5) run 5 "100 clients x 200 ev/s x 4 KiB, 1 stalled half way" \
                --clients 100 --rate 200 --size 4096 --duration "$STALL_DURATION" \
                --stall 1 --stall-at 0.5 --target-stall ;;
-        *) die "unknown scenario $s (1-5)" ;;
+        6) run 6 "hostile: 1,000 clients x 100 ev/s x 256 B, quiet vs a pattern flood" \
+               --hostile --clients 1000 --rate 100 --size 256 --duration "$HOSTILE_PHASE" \
+               --flood-frames 30 --flood-patterns 3600 \
+               --target-flood-ratio 2 --target-zero-loss ;;
+        *) die "unknown scenario $s (1-6, 4a, 4b)" ;;
     esac
 done
 

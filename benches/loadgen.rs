@@ -34,7 +34,20 @@
 //! and "during the stall".
 //!
 //! `--idle`: only connects, holds the connections for `--duration` seconds
-//! and reports the server's RSS per connection.
+//! and reports the server's RSS per connection. `--retained N` publishes N
+//! retained topics of `--retained-size` bytes first, so every hello carries
+//! them (20 x 3 KB: a 60 KB hello; any mode, but made for `--idle`).
+//!
+//! `--hostile`: one server, one set of clients, two phases of `--duration`
+//! each: quiet, then the same schedule while one anonymous WebSocket client
+//! (no Origin, no token, no topics) writes `--flood-frames` subscribe frames
+//! of `--flood-patterns` distinct patterns as fast as the socket takes them.
+//! Reports publish RTT (POST to 202) p50/p99 of both phases and their
+//! ratio, the RTT of the publishes sent while the flood was being answered,
+//! how the flooder was answered (subscribed / error frames, closed or not),
+//! and the clients' loss over both phases. Nothing is sent or waited for
+//! after `--duration + --drain` from a phase's start: an unanswered publish
+//! then counts as failed, with its age as its RTT (a lower bound).
 //!
 //! `--replicas N --redis-url URL`: starts N servers sharing one Redis
 //! backplane under one `REDIS_PREFIX` unique to the run (`--redis-prefix`),
@@ -101,6 +114,17 @@ load:
   --stall-at F           when the stall starts, as a fraction of --duration (default 0.5)
   --stall-rcvbuf B       SO_RCVBUF of stalled clients' sockets (default 65536)
   --idle                 only connect, hold, report RSS per connection
+  --retained N           before the clients connect, publish N retained topics
+                         bench/retained/0..N-1 (one request each), so every hello
+                         carries them (default 0: a tiny hello)
+  --retained-size B      bytes of each retained topic's data (default 3072)
+  --hostile              two phases of --duration each on one server and one set of
+                         clients: quiet, then the same while one anonymous WebSocket
+                         client (no Origin) floods subscribe frames; reports publish RTT
+                         quiet vs under flood and how the flooder was answered
+  --flood-frames N       subscribe frames the flooder sends (default 30)
+  --flood-patterns N     distinct patterns per frame, flood/<n in base 36>/+/x
+                         (default 3600; a frame must fit MAX_MESSAGE_BYTES)
   --server-env K=V       extra environment for the server(s) (repeatable)
   --throughput           (alias --max-rate) publish as fast as possible for --duration instead
                          of --rate: --pool closed-loop connections per replica, --batch events
@@ -133,6 +157,7 @@ report:
   --target-stall         PASS/MISS: others' p99 during stall <= 1.5x before, stalled clients
                          closed with 1008, RSS growth during the stall < CLIENT_QUEUE x frame size
   --target-events-per-s X  PASS/MISS (--throughput): accepted events/s >= X
+  --target-flood-ratio X PASS/MISS (--hostile): publish RTT p99 under flood <= X x quiet
   with --replicas > 1 a PASS/MISS line for one epoch is always printed: the first hello on
   every replica and every publish receipt carry the same epoch
 
@@ -170,6 +195,12 @@ struct Args {
     target_rss_kib: Option<f64>,
     target_stall: bool,
     target_events_per_s: Option<f64>,
+    target_flood_ratio: Option<f64>,
+    retained: usize,
+    retained_size: usize,
+    hostile: bool,
+    flood_frames: usize,
+    flood_patterns: usize,
     throughput: bool,
     batch: usize,
     replicas: usize,
@@ -208,6 +239,12 @@ impl Args {
             target_rss_kib: None,
             target_stall: false,
             target_events_per_s: None,
+            target_flood_ratio: None,
+            retained: 0,
+            retained_size: 3072,
+            hostile: false,
+            flood_frames: 30,
+            flood_patterns: 3600,
             throughput: false,
             batch: 50,
             replicas: 1,
@@ -243,6 +280,12 @@ impl Args {
                 "--stall-at" => args.stall_at = num(&flag, value()?)?,
                 "--stall-rcvbuf" => args.stall_rcvbuf = num(&flag, value()?)?,
                 "--idle" => args.idle = true,
+                "--retained" => args.retained = num(&flag, value()?)?,
+                "--retained-size" => args.retained_size = num(&flag, value()?)?,
+                "--hostile" => args.hostile = true,
+                "--flood-frames" => args.flood_frames = num(&flag, value()?)?,
+                "--flood-patterns" => args.flood_patterns = num(&flag, value()?)?,
+                "--target-flood-ratio" => args.target_flood_ratio = Some(num(&flag, value()?)?),
                 "--server-env" => {
                     let kv = value()?;
                     let (k, v) = kv
@@ -315,6 +358,21 @@ impl Args {
         }
         if args.throughput && (args.idle || args.stall > 0) {
             return Err("--throughput does not combine with --idle or --stall".into());
+        }
+        if args.hostile && (args.idle || args.throughput || args.stall > 0 || args.replicas > 1) {
+            return Err(
+                "--hostile does not combine with --idle, --throughput, --stall or --replicas"
+                    .into(),
+            );
+        }
+        if args.hostile && args.topics.is_some() {
+            return Err("--hostile: every client subscribes to everything (no --topics)".into());
+        }
+        if args.hostile && (args.flood_frames == 0 || args.flood_patterns == 0) {
+            return Err("--flood-frames and --flood-patterns must be at least 1".into());
+        }
+        if args.retained > 0 && args.retained_size < 16 {
+            return Err("--retained-size must be at least 16".into());
         }
         if args.redis_url.is_some() && args.redis_prefix.is_none() {
             args.redis_prefix = Some(format!("bench:{}:{}:", std::process::id(), wall_ns()));
@@ -1005,6 +1063,8 @@ struct Ctx {
     failed: AtomicUsize,
     first_error: Mutex<Option<String>>,
     epochs: Mutex<EpochTally>,
+    /// The largest hello frame any client got, bytes.
+    hello_bytes: AtomicUsize,
     /// Events published at or after this wall-clock ns are "during the stall".
     stall_wall_ns: AtomicU64,
     schedule: watch::Receiver<Option<Schedule>>,
@@ -1197,7 +1257,10 @@ async fn client_task(idx: usize, ctx: Arc<Ctx>) {
     }
     let Some(mut ws) = ws else { return fail(why) };
     let hello = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-        Ok(Some(Ok(Message::Text(text)))) => hello_info(text.as_bytes()),
+        Ok(Some(Ok(Message::Text(text)))) => {
+            ctx.hello_bytes.fetch_max(text.len(), Relaxed);
+            hello_info(text.as_bytes())
+        }
         _ => None,
     };
     drop(permit);
@@ -1280,6 +1343,11 @@ struct PubConfig {
     args: Args,
     servers: Vec<SocketAddr>,
     start: Instant,
+    /// `--hostile`: no request is sent, and none is waited for, after this;
+    /// one still unanswered counts as failed, its RTT as its age then.
+    cutoff: Option<Instant>,
+    /// `--hostile`: keep (send time, RTT) of every request.
+    log: bool,
 }
 
 #[derive(Default)]
@@ -1309,6 +1377,15 @@ struct PubReport {
     wake_late: u64,
     max_wake_delay: Duration,
     rtt: Option<Hist>,
+    /// (send time, RTT) of every request, when PubConfig::log.
+    log: Option<Vec<(Instant, Duration)>>,
+    /// Events the schedule held: rate x duration.
+    planned: u64,
+    /// Requests still unanswered at the cutoff, and their events.
+    unanswered: u64,
+    unanswered_events: u64,
+    /// Events of the schedule never sent: the cutoff came first.
+    not_sent: u64,
     tick: Duration,
     /// From the scheduled start to the last response.
     elapsed: Duration,
@@ -1373,6 +1450,8 @@ struct Publish {
     tick: Option<Duration>,
     /// No connection was free when it was due.
     waited: bool,
+    /// See PubConfig::cutoff.
+    cutoff: Option<Instant>,
 }
 
 /// Sends one publish and records the outcome; false when the connection
@@ -1385,14 +1464,20 @@ async fn publish_once(sender: &mut Sender, p: Publish, report: &Mutex<PubReport>
         .body(Full::new(p.body))
         .expect("request");
     let sent = Instant::now();
-    let outcome = async {
+    let exchange = async {
         sender.ready().await?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok::<_, hyper::Error>((status, body))
-    }
-    .await;
+    };
+    let (outcome, cut_off) = match p.cutoff {
+        None => (exchange.await, false),
+        Some(cutoff) => match tokio::time::timeout_at(cutoff, exchange).await {
+            Ok(outcome) => (outcome, false),
+            Err(_) => (Ok((http::StatusCode::GATEWAY_TIMEOUT, Bytes::new())), true),
+        },
+    };
     let rtt = sent.elapsed();
     let mut r = report.lock().unwrap();
     r.requests += 1;
@@ -1400,6 +1485,22 @@ async fn publish_once(sender: &mut Sender, p: Publish, report: &Mutex<PubReport>
     r.per_replica[p.replica].0 += 1;
     if let Some(h) = r.rtt.as_mut() {
         h.record(rtt.as_micros() as u64);
+    }
+    if let Some(log) = r.log.as_mut() {
+        log.push((sent, rtt));
+    }
+    if cut_off {
+        r.unanswered += 1;
+        r.unanswered_events += n;
+        r.failed_events += n;
+        if r.first_error.is_none() {
+            r.first_error = Some(format!(
+                "publish to replica {}: no answer within {:.1} s (the run's cutoff)",
+                p.replica,
+                rtt.as_secs_f64()
+            ));
+        }
+        return false;
     }
     let slow = p.tick.is_some_and(|tick| rtt > tick);
     r.slow += u64::from(slow);
@@ -1464,6 +1565,7 @@ async fn publish_loop(config: PubConfig) -> PubReport {
     let report = Arc::new(Mutex::new(PubReport {
         tick,
         rtt: Some(Hist::new()),
+        log: config.log.then(Vec::new),
         per_replica: vec![(0, 0); replicas],
         ..PubReport::default()
     }));
@@ -1485,6 +1587,8 @@ async fn publish_loop(config: PubConfig) -> PubReport {
         pools.push((free_tx, free_rx));
     }
     let total = (args.rate * args.duration).round() as u64;
+    report.lock().unwrap().planned = total;
+    let cutoff = config.cutoff;
     let n_ticks = (args.duration / tick.as_secs_f64()).round().max(1.0) as u64;
     let due_by = |i: u64| ((args.rate * tick.as_secs_f64() * i as f64).round() as u64).min(total);
     // data is {"t":<19 digits>,"p":"<pad>"}: 32 bytes around the pad
@@ -1493,8 +1597,11 @@ async fn publish_loop(config: PubConfig) -> PubReport {
     let mut tasks = tokio::task::JoinSet::new();
     let mut k = 0u64;
     let mut request_no = 0usize;
-    for i in 0..n_ticks {
+    'ticks: for i in 0..n_ticks {
         let due = config.start + tick * i as u32;
+        if cutoff.is_some_and(|c| due >= c) {
+            break;
+        }
         let slept = Instant::now() < due;
         tokio::time::sleep_until(due).await;
         let late = Instant::now().saturating_duration_since(due);
@@ -1516,10 +1623,19 @@ async fn publish_loop(config: PubConfig) -> PubReport {
             let (free_tx, free_rx) = &mut pools[replica];
             let (mut sender, waited) = match free_rx.try_recv() {
                 Ok(s) => (s, false),
-                Err(_) => match free_rx.recv().await {
-                    Some(s) => (s, true),
-                    None => unreachable!("free_tx lives here"),
-                },
+                Err(_) => {
+                    let free = match cutoff {
+                        Some(c) => match tokio::time::timeout_at(c, free_rx.recv()).await {
+                            Ok(free) => free,
+                            Err(_) => break 'ticks,
+                        },
+                        None => free_rx.recv().await,
+                    };
+                    match free {
+                        Some(s) => (s, true),
+                        None => unreachable!("free_tx lives here"),
+                    }
+                }
             };
             let (body, topics) = publish_body(args, k, n, &pad);
             k += n;
@@ -1535,9 +1651,12 @@ async fn publish_loop(config: PubConfig) -> PubReport {
                     topics,
                     tick: Some(tick),
                     waited,
+                    cutoff,
                 };
                 if publish_once(&mut sender, publish, &report).await {
                     let _ = free_tx.send(sender);
+                } else if cutoff.is_some_and(|c| Instant::now() >= c) {
+                    // past the cutoff nothing more is sent
                 } else if let Ok(fresh) = open_publish_conn(server).await {
                     let _ = free_tx.send(fresh);
                 }
@@ -1547,6 +1666,7 @@ async fn publish_loop(config: PubConfig) -> PubReport {
     }
     while tasks.join_next().await.is_some() {}
     let mut r = report.lock().unwrap();
+    r.not_sent = total.saturating_sub(k);
     r.elapsed = config.start.elapsed();
     std::mem::take(&mut *r)
 }
@@ -1600,6 +1720,7 @@ async fn throughput_loop(config: PubConfig) -> PubReport {
                     topics,
                     tick: None,
                     waited: false,
+                    cutoff: None,
                 };
                 if !publish_once(&mut sender, publish, &report).await {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1724,6 +1845,12 @@ async fn run_servers(args: &Args, fd_limit: u64) -> (i32, Option<Table>) {
             }
         }
     }
+    if args.retained > 0 {
+        if let Err(e) = publish_retained(args, servers[0].addr).await {
+            eprintln!("loadgen: --retained: {e}");
+            return (1, None);
+        }
+    }
     let clk_tck = clock_ticks_per_sec();
     // What else keeps the cores busy (the servers are idle): a second of /proc/stat.
     let quiet0 = machine_jiffies();
@@ -1750,6 +1877,7 @@ async fn run_servers(args: &Args, fd_limit: u64) -> (i32, Option<Table>) {
         connected: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
         first_error: Mutex::new(None),
+        hello_bytes: AtomicUsize::new(0),
         epochs: Mutex::new(EpochTally {
             first: vec![None; args.replicas],
             counts: BTreeMap::new(),
@@ -1801,6 +1929,22 @@ async fn run_servers(args: &Args, fd_limit: u64) -> (i32, Option<Table>) {
             }
         ),
     );
+    table.row(
+        "hello frame",
+        format!(
+            "largest {} B{}",
+            ctx.hello_bytes.load(Relaxed),
+            if args.retained > 0 {
+                format!(
+                    " ({} retained topics of {} B data, published before the clients connected)",
+                    args.retained, args.retained_size
+                )
+            } else {
+                String::new()
+            }
+        ),
+    );
+    table.result("hello_bytes", ctx.hello_bytes.load(Relaxed).to_string());
     if connected < args.clients {
         let why = ctx
             .first_error
@@ -1833,6 +1977,8 @@ async fn run_servers(args: &Args, fd_limit: u64) -> (i32, Option<Table>) {
             per_conn,
         )
         .await
+    } else if args.hostile {
+        hostile_run(args, &servers, &ctx, &mut table, clk_tck, rss_connected).await
     } else {
         broadcast_run(
             args,
@@ -2070,6 +2216,8 @@ async fn broadcast_run(
             args: args.clone(),
             servers: servers.iter().map(|s| s.addr).collect(),
             start,
+            cutoff: None,
+            log: false,
         };
         std::thread::Builder::new()
             .name("publisher".into())
@@ -2809,6 +2957,604 @@ async fn broadcast_run(
     0
 }
 
+// ---------------------------------------------------------------- retained state, hostile client
+
+/// `--retained`: N retained topics of `--retained-size` bytes of data,
+/// published to `server` one request each before any client connects, so
+/// every hello carries them (20 x 3072 B: the issue's 60 KB hello).
+async fn publish_retained(args: &Args, server: SocketAddr) -> Result<(), String> {
+    let mut sender = open_publish_conn(server).await?;
+    // data is {"p":"<pad>"}: 8 bytes around the pad
+    let pad = "x".repeat(args.retained_size.saturating_sub(8));
+    for i in 0..args.retained {
+        let topic = format!("bench/retained/{i}");
+        let body = format!(r#"{{"topic":"{topic}","retain":true,"data":{{"p":"{pad}"}}}}"#);
+        let request = http::Request::post("/_switchyard/publish")
+            .header(http::header::HOST, server.to_string())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| format!("publish of {topic}: no answer within 10 s"))?
+            .map_err(|e| format!("publish of {topic}: {e}"))?;
+        if status != http::StatusCode::ACCEPTED {
+            return Err(format!(
+                "publish of {topic} answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `n` in base 36: short, distinct pattern levels.
+fn base36(mut n: usize) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[n % 36]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.iter().rev().map(|&d| char::from(d)).collect()
+}
+
+/// The flooder's subscribe frames: `frames` frames of `patterns` distinct,
+/// valid patterns `flood/<n>/+/x` each (n counts on across the frames, in
+/// base 36 so that 3,600 of them fit a 64 KiB frame). None matches a topic
+/// anyone publishes to.
+fn flood_frames(frames: usize, patterns: usize) -> Vec<String> {
+    (0..frames)
+        .map(|f| {
+            let mut s = String::with_capacity(32 + patterns * 17);
+            s.push_str(r#"{"type":"subscribe","topics":["#);
+            for k in 0..patterns {
+                if k > 0 {
+                    s.push(',');
+                }
+                let _ = write!(s, r#""flood/{}/+/x""#, base36(f * patterns + k));
+            }
+            s.push_str("]}");
+            s
+        })
+        .collect()
+}
+
+/// What the flooder saw; times are from the moment it started sending.
+#[derive(Default)]
+struct FloodOutcome {
+    /// Frames written, and when the last write returned.
+    sent: usize,
+    all_sent: Option<Duration>,
+    send_error: Option<String>,
+    /// Answers: `subscribed` and `error` frames, and the first error's text.
+    subscribed: usize,
+    errors: usize,
+    first_error: Option<String>,
+    /// When the last answer arrived.
+    last_answer: Option<Duration>,
+    /// Event frames (it is subscribed to everything, like any anonymous
+    /// client that names no topics) and anything else.
+    events: u64,
+    other: usize,
+    /// See CLOSE_*; 0 while open.
+    close: u32,
+}
+
+/// The flooder's connection: plain `client_async`, so no Origin header and
+/// no token; no `topics` (everything). Returns once its hello arrived.
+async fn connect_flooder(ctx: &Ctx) -> Result<Ws, String> {
+    let server = ctx.servers[0];
+    let stream = TcpStream::connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let url = format!("ws://{server}{}", ctx.ws_path);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) if hello_info(text.as_bytes()).is_some() => Ok(ws),
+        _ => Err("no hello frame within 30 s".into()),
+    }
+}
+
+/// Sends every frame as fast as the socket takes them from `at` on, and
+/// reads (and classifies) everything the server answers, until aborted.
+fn start_flood(
+    ws: Ws,
+    frames: Vec<String>,
+    at: Instant,
+    outcome: &Arc<Mutex<FloodOutcome>>,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    use futures_util::SinkExt;
+    let (mut sink, mut stream) = ws.split();
+    let reader = {
+        let outcome = outcome.clone();
+        tokio::spawn(async move {
+            let close = loop {
+                let Some(msg) = stream.next().await else {
+                    break CLOSE_EOF;
+                };
+                let text = match msg {
+                    Ok(Message::Text(text)) => text,
+                    Ok(Message::Close(frame)) => {
+                        break frame.map_or(1005, |f| u32::from(u16::from(f.code)))
+                    }
+                    Ok(_) => continue,
+                    Err(_) => break CLOSE_ERROR,
+                };
+                let b = text.as_bytes();
+                let mut o = outcome.lock().unwrap();
+                if b.starts_with(EVENT_PREFIX) {
+                    o.events += 1;
+                } else if b.starts_with(br#"{"type":"subscribed""#) {
+                    o.subscribed += 1;
+                    o.last_answer = Some(at.elapsed());
+                } else if b.starts_with(br#"{"type":"error""#) {
+                    o.errors += 1;
+                    o.last_answer = Some(at.elapsed());
+                    if o.first_error.is_none() {
+                        let message = serde_json::from_slice::<serde_json::Value>(b)
+                            .ok()
+                            .and_then(|v| v["message"].as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        o.first_error = Some(message.chars().take(200).collect());
+                    }
+                } else {
+                    o.other += 1;
+                }
+            };
+            outcome.lock().unwrap().close = close;
+        })
+    };
+    let writer = {
+        let outcome = outcome.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            for frame in frames {
+                if let Err(e) = sink.send(Message::text(frame)).await {
+                    outcome.lock().unwrap().send_error = Some(e.to_string());
+                    break;
+                }
+                outcome.lock().unwrap().sent += 1;
+            }
+            outcome.lock().unwrap().all_sent = Some(at.elapsed());
+            // keep the connection open until the run aborts this task
+            std::future::pending::<()>().await;
+        })
+    };
+    [reader, writer]
+}
+
+/// One phase of `--hostile`: the open-loop schedule for `--duration` from
+/// `start` (nothing sent or waited for after `--duration + --drain`), then
+/// up to `--drain` s for every connected client to have the last seq.
+struct Phase {
+    report: PubReport,
+    cpu0: CpuWindow,
+    cpu1: CpuWindow,
+    /// Connected clients without the phase's last seq at the end.
+    behind: usize,
+    rss_end: u64,
+}
+
+async fn hostile_phase(args: &Args, servers: &[Server], ctx: &Ctx, start: Instant) -> Phase {
+    let cutoff = start + Duration::from_secs_f64(args.duration + args.drain);
+    tokio::time::sleep_until(start).await;
+    let cpu0 = CpuWindow::now(servers);
+    let (report_tx, report_rx) = oneshot::channel();
+    let config = PubConfig {
+        args: args.clone(),
+        servers: servers.iter().map(|s| s.addr).collect(),
+        start,
+        cutoff: Some(cutoff),
+        log: true,
+    };
+    std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || {
+            let _ = report_tx.send(run_publisher(config));
+        })
+        .expect("publisher thread");
+    let report = report_rx.await.unwrap_or_default();
+    let last = report.accepted.iter().map(|a| a.0).max().unwrap_or(0);
+    let behind = || {
+        ctx.stats
+            .iter()
+            .filter(|s| {
+                s.hello_seq.load(Relaxed) != NO_HELLO
+                    && s.close.load(Relaxed) == 0
+                    && s.last_seq.load(Relaxed) < last
+            })
+            .count()
+    };
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain);
+    while behind() > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Phase {
+        report,
+        cpu0,
+        cpu1: CpuWindow::now(servers),
+        behind: behind(),
+        rss_end: rss_sum(servers),
+    }
+}
+
+/// A phase's CPU: (text, share of the machine other processes used, %).
+fn phase_cpu(p: &Phase, clk_tck: u64) -> (String, f64) {
+    let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / clk_tck as f64;
+    let (a, b) = (&p.cpu0, &p.cpu1);
+    let window = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+    let server = secs(a.server.0, b.server.0) + secs(a.server.1, b.server.1);
+    let me = secs(a.me.0, b.me.0) + secs(a.me.1, b.me.1);
+    let busy = b.machine.0.saturating_sub(a.machine.0);
+    let total = b.machine.1.saturating_sub(a.machine.1).max(1);
+    let busy_pct = 100.0 * busy as f64 / total as f64;
+    let others = (busy as f64 / clk_tck as f64 - server - me).max(0.0);
+    let others_pct = 100.0 * others / (total as f64 / clk_tck as f64);
+    (
+        format!(
+            "server {server:.2} s = {:.0} % of a core, loadgen {me:.2} s over {window:.1} s; \
+             machine {busy_pct:.0} % busy over {} cores, other processes {others_pct:.0} % of it{}",
+            100.0 * server / window,
+            cores(),
+            if others_pct > 10.0 {
+                " — NOT A QUIET MACHINE"
+            } else {
+                ""
+            }
+        ),
+        others_pct,
+    )
+}
+
+/// `--hostile`: a quiet phase, then the same phase while one anonymous
+/// WebSocket client floods subscribe frames; publish RTT p50/p99 of both,
+/// how the flooder was answered, and whether the clients lost events.
+async fn hostile_run(
+    args: &Args,
+    servers: &[Server],
+    ctx: &Arc<Ctx>,
+    table: &mut Table,
+    clk_tck: u64,
+    rss_connected: u64,
+) -> i32 {
+    let frames = flood_frames(args.flood_frames, args.flood_patterns);
+    let largest = frames.iter().map(String::len).max().unwrap_or(0);
+    let limit: usize = args
+        .server_env("MAX_MESSAGE_BYTES")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(65_536);
+    if largest > limit {
+        table.row(
+            "flood",
+            format!(
+                "NOT RUN: a frame of {largest} B exceeds MAX_MESSAGE_BYTES ({limit}): \
+                 fewer --flood-patterns"
+            ),
+        );
+        return 1;
+    }
+    let live = ctx.connected.load(Relaxed);
+    table.row(
+        "offered load",
+        format!(
+            "two phases of {} s, each {} ev/s x {} B data to {live} clients subscribed to \
+             everything: quiet, then the same under flood; nothing is sent or awaited after \
+             {} s from a phase's start",
+            args.duration,
+            args.rate,
+            args.size,
+            args.duration + args.drain
+        ),
+    );
+
+    // ---- quiet
+    let quiet = hostile_phase(
+        args,
+        servers,
+        ctx,
+        Instant::now() + Duration::from_millis(300),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // ---- flood: the flooder connects first, floods a little into the phase
+    let ws = match connect_flooder(ctx).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            table.row("flooder", format!("could not connect: {e}"));
+            return 1;
+        }
+    };
+    let lead = Duration::from_millis(500);
+    let start = Instant::now() + lead;
+    // latencies of events published from here on go to phase 1
+    ctx.stall_wall_ns
+        .store(wall_ns() + lead.as_nanos() as u64, Relaxed);
+    let flood_offset = Duration::from_secs_f64(args.duration / 10.0).min(Duration::from_secs(1));
+    let flood_at = start + flood_offset;
+    let outcome = Arc::new(Mutex::new(FloodOutcome::default()));
+    let flooder = start_flood(ws, frames, flood_at, &outcome);
+    let flood = hostile_phase(args, servers, ctx, start).await;
+    // up to --drain s more for the answers to the rest of the flood
+    let answers_deadline = Instant::now() + Duration::from_secs_f64(args.drain);
+    let flood_over = || {
+        let o = outcome.lock().unwrap();
+        o.subscribed + o.errors >= args.flood_frames || o.close != 0 || o.send_error.is_some()
+    };
+    while !flood_over() && Instant::now() < answers_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_after_answers = rss_sum(servers);
+    for task in &flooder {
+        task.abort();
+    }
+    let o = std::mem::take(&mut *outcome.lock().unwrap());
+
+    // ---- the flood and its answers
+    table.row(
+        "flood",
+        format!(
+            "{} subscribe frames x {} distinct patterns flood/<n>/+/x ({} in all), largest frame \
+             {largest} B, from one anonymous WebSocket client (no Origin, no token, no topics), \
+             starting {:.1} s into the flood phase",
+            args.flood_frames,
+            args.flood_patterns,
+            args.flood_frames * args.flood_patterns,
+            flood_offset.as_secs_f64()
+        ),
+    );
+    table.row(
+        "flood sent",
+        format!(
+            "{}/{} frames written{}{}",
+            o.sent,
+            args.flood_frames,
+            o.all_sent.map_or(String::new(), |d| format!(
+                " in {} ms",
+                ms(d.as_micros() as u64)
+            )),
+            o.send_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (write failed: {e})"))
+        ),
+    );
+    table.row(
+        "flooder answered",
+        format!(
+            "{}/{} frames answered{}: {} subscribed, {} error{}; last answer {}; {} events, \
+             {} other frames; connection at the end: {}",
+            o.subscribed + o.errors,
+            args.flood_frames,
+            if o.subscribed + o.errors < args.flood_frames {
+                format!(
+                    " (the rest still unanswered {} s after the flood phase)",
+                    args.drain
+                )
+            } else {
+                String::new()
+            },
+            o.subscribed,
+            o.errors,
+            o.first_error
+                .as_ref()
+                .map_or(String::new(), |m| format!(" (first: {m:?})")),
+            o.last_answer.map_or("none".into(), |d| format!(
+                "{:.2} s after the first frame",
+                d.as_secs_f64()
+            )),
+            o.events,
+            o.other,
+            if o.close == 0 {
+                "open".to_owned()
+            } else {
+                format!("CLOSED ({})", close_name(o.close))
+            }
+        ),
+    );
+
+    // ---- publishes, quiet vs flood
+    let published_text = |p: &PubReport| {
+        format!(
+            "{}/{} accepted, {} failed ({} unanswered at the cutoff), {} never sent; \
+             {} of {} requests had to wait",
+            p.accepted.len(),
+            p.planned,
+            p.failed_events,
+            p.unanswered_events,
+            p.not_sent,
+            p.had_to_wait,
+            p.requests
+        )
+    };
+    let rtt_text = |p: &PubReport| p.rtt.as_ref().map_or("-".into(), |h| h.summary_ms());
+    table.row("quiet: published", published_text(&quiet.report));
+    table.row("quiet: publish RTT", rtt_text(&quiet.report));
+    table.row("flood: published", published_text(&flood.report));
+    table.row(
+        "flood: publish RTT",
+        rtt_text(&flood.report)
+            + if flood.report.unanswered > 0 {
+                "  (unanswered ones count at their age at the cutoff: a lower bound)"
+            } else {
+                ""
+            },
+    );
+    // the publishes sent while the server was answering the flood
+    let window_end = match (o.last_answer, o.sent == args.flood_frames) {
+        (Some(d), true) if o.subscribed + o.errors >= args.flood_frames => flood_at + d,
+        _ => flood.cpu1.at,
+    };
+    let mut in_window = Hist::new();
+    for &(sent, rtt) in flood.report.log.iter().flatten() {
+        if sent >= flood_at && sent <= window_end {
+            in_window.record(rtt.as_micros() as u64);
+        }
+    }
+    table.row(
+        "flood: RTT while answering",
+        format!(
+            "publishes sent between the first flood frame and its last answer ({:.2} s): {}",
+            window_end.saturating_duration_since(flood_at).as_secs_f64(),
+            in_window.summary_ms()
+        ),
+    );
+    let (lat_quiet, lat_flood) = (Hist::collect(None, Some(0)), Hist::collect(None, Some(1)));
+    table.row("quiet: publish->receive", lat_quiet.summary_ms());
+    table.row("flood: publish->receive", lat_flood.summary_ms());
+
+    // ---- the clients, over both phases
+    let mut seqs: Vec<u64> = quiet
+        .report
+        .accepted
+        .iter()
+        .chain(&flood.report.accepted)
+        .map(|a| a.0)
+        .collect();
+    seqs.sort_unstable();
+    let mut total = Tally::default();
+    for s in &ctx.stats {
+        let hello = s.hello_seq.load(Relaxed);
+        if hello == NO_HELLO {
+            continue;
+        }
+        let received = s.received.load(Relaxed);
+        total.clients += 1;
+        total.delivered += received;
+        *total.closes.entry(s.close.load(Relaxed)).or_default() += 1;
+        let want = (seqs.len() - seqs.partition_point(|&q| q <= hello)) as u64;
+        let dups = s.dups.load(Relaxed);
+        let lost = want.saturating_sub(received - dups);
+        total.expected += want;
+        total.missing += lost;
+        total.lossy_clients += usize::from(lost > 0);
+        total.gaps += s.gaps.load(Relaxed);
+        total.gap_seqs += s.gap_seqs.load(Relaxed);
+        total.dups += dups;
+    }
+    table.row(
+        "loss (both phases)",
+        format!(
+            "{}; {} gaps ({} seqs skipped), {} duplicates{}",
+            total.loss_text(),
+            total.gaps,
+            total.gap_seqs,
+            total.dups,
+            if quiet.behind + flood.behind > 0 {
+                format!(
+                    "; still behind at drain end: {} after quiet, {} after flood (count as missing)",
+                    quiet.behind, flood.behind
+                )
+            } else {
+                String::new()
+            }
+        ),
+    );
+    table.row("clients at end", total.closes_text());
+    let (quiet_cpu, quiet_others) = phase_cpu(&quiet, clk_tck);
+    let (flood_cpu, flood_others) = phase_cpu(&flood, clk_tck);
+    table.row("quiet: CPU", quiet_cpu);
+    table.row("flood: CPU", flood_cpu);
+    table.row(
+        "server RSS",
+        format!(
+            "after connect {} / after quiet {} / after flood phase {} / after the flood's answers {}",
+            kib(rss_connected),
+            kib(quiet.rss_end),
+            kib(flood.rss_end),
+            kib(rss_after_answers)
+        ),
+    );
+
+    // ---- targets
+    let p = |r: &PubReport, q: f64| r.rtt.as_ref().and_then(|h| h.quantile(q));
+    let (q99, f99) = (p(&quiet.report, 0.99), p(&flood.report, 0.99));
+    let ratio = match (q99, f99) {
+        (Some(q), Some(f)) => Some(f as f64 / q.max(1) as f64),
+        _ => None,
+    };
+    let complete = flood.report.failed_events == 0 && flood.report.not_sent == 0;
+    if let Some(target) = args.target_flood_ratio {
+        table.target(
+            &format!("publish RTT p99 under flood <= {target}x quiet, every publish answered"),
+            complete && ratio.is_some_and(|r| r <= target),
+            match (q99, f99, ratio) {
+                (Some(q), Some(f), Some(r)) => format!(
+                    "quiet {} ms, flood {} ms = {r:.2}x{}",
+                    ms(q),
+                    ms(f),
+                    if complete {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} events failed, {} never sent",
+                            flood.report.failed_events, flood.report.not_sent
+                        )
+                    }
+                ),
+                _ => "no samples".into(),
+            },
+        );
+    }
+    let failed = quiet.report.failed_events + flood.report.failed_events;
+    let zero_loss = total.missing == 0 && total.gaps == 0 && total.dups == 0 && failed == 0;
+    if args.target_zero_loss {
+        table.target(
+            "zero loss (both phases)",
+            zero_loss,
+            format!(
+                "{} missing, {} gaps, {} dups, {failed} publish failures",
+                total.missing, total.gaps, total.dups
+            ),
+        );
+    }
+    let us = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+    let results = [
+        ("mode", "hostile".to_owned()),
+        ("clients", live.to_string()),
+        ("quiet_published", quiet.report.accepted.len().to_string()),
+        ("flood_published", flood.report.accepted.len().to_string()),
+        ("planned", flood.report.planned.to_string()),
+        ("quiet_rtt_p50_us", us(p(&quiet.report, 0.5))),
+        ("quiet_rtt_p99_us", us(q99)),
+        ("flood_rtt_p50_us", us(p(&flood.report, 0.5))),
+        ("flood_rtt_p99_us", us(f99)),
+        (
+            "flood_ratio",
+            ratio.map_or("-".into(), |r| format!("{r:.2}")),
+        ),
+        ("flood_subscribed", o.subscribed.to_string()),
+        ("flood_errors", o.errors.to_string()),
+        (
+            "flood_last_answer_s",
+            o.last_answer
+                .map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64())),
+        ),
+        ("flood_closed", u8::from(o.close != 0).to_string()),
+        ("missing", total.missing.to_string()),
+        ("zero_loss", u8::from(zero_loss).to_string()),
+        ("others_pct_quiet", format!("{quiet_others:.0}")),
+        ("others_pct_flood", format!("{flood_others:.0}")),
+    ];
+    for (k, v) in results {
+        table.result(k, v);
+    }
+    0
+}
+
 fn kib(v: u64) -> String {
     if v >= 10 * 1024 {
         format!("{:.1} MiB", v as f64 / 1024.0)
@@ -3019,4 +3765,26 @@ fn self_check() {
         serde_json::to_string(&parsed[1]["data"]).unwrap().len(),
         256
     );
+
+    // the flood: valid subscribe frames of distinct patterns that fit the
+    // default MAX_MESSAGE_BYTES at the default 3,600 per frame
+    assert_eq!(
+        [base36(0), base36(35), base36(36), base36(107_999)],
+        ["0", "z", "10", "2bbz"]
+    );
+    let frames = flood_frames(3, 3600);
+    let mut seen = std::collections::HashSet::new();
+    for frame in &frames {
+        assert!(frame.len() <= 65_536, "flood frame of {} B", frame.len());
+        let v: serde_json::Value = serde_json::from_str(frame).expect("flood frame is JSON");
+        assert_eq!(v["type"], "subscribe");
+        let topics = v["topics"].as_array().expect("topics");
+        assert_eq!(topics.len(), 3600);
+        for t in topics {
+            let t = t.as_str().expect("a string");
+            assert!(t.starts_with("flood/") && t.ends_with("/+/x"), "{t}");
+            assert!(seen.insert(t.to_owned()), "{t} twice");
+        }
+    }
+    assert!(flood_frames(30, 3600).iter().all(|f| f.len() <= 65_536));
 }
