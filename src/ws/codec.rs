@@ -56,6 +56,9 @@ impl From<std::io::Error> for ReadError {
     }
 }
 
+/// What a frame's payload buffer starts at before its bytes arrive.
+const FIRST_READ: usize = 4096;
+
 /// Reads client messages from `io`.
 pub struct Reader<R> {
     io: R,
@@ -100,8 +103,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             if len.saturating_add(so_far as u64) > self.max_message_bytes as u64 {
                 return Err(ReadError::TooLarge);
             }
-            let mut payload = vec![0u8; len as usize];
-            self.io.read_exact(&mut payload).await?;
+            // Grows with the bytes that really arrive: a header announcing
+            // MAX_MESSAGE_BYTES that is then trickled in pins only what came.
+            let mut payload = Vec::with_capacity((len as usize).min(FIRST_READ));
+            (&mut self.io).take(len).read_to_end(&mut payload).await?;
+            if payload.len() as u64 != len {
+                return Err(ReadError::Gone);
+            }
             for (i, byte) in payload.iter_mut().enumerate() {
                 *byte ^= mask[i % 4];
             }
@@ -199,24 +207,26 @@ pub fn close_frame(code: u16, reason: &str) -> Frame {
 }
 
 /// What is left to write of `frames`, the first `offset` bytes of which are
-/// out, as slices for one vectored write.
-fn slices(frames: &[Frame], offset: usize) -> Vec<IoSlice<'_>> {
-    let mut slices = Vec::with_capacity(MAX_SLICES);
+/// out, as slices for one vectored write: fills `slices` (on the stack, no
+/// allocation per write) and answers how many it used.
+fn slices<'a>(frames: &'a [Frame], offset: usize, slices: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+    let mut used = 0;
     let mut skip = offset;
-    for frame in frames {
+    'frames: for frame in frames {
         for part in [frame.header(), &frame.payload[..]] {
             if skip >= part.len() {
                 skip -= part.len();
                 continue;
             }
-            slices.push(IoSlice::new(&part[skip..]));
+            slices[used] = IoSlice::new(&part[skip..]);
+            used += 1;
             skip = 0;
-        }
-        if slices.len() >= MAX_SLICES - 1 {
-            break;
+            if used == MAX_SLICES {
+                break 'frames;
+            }
         }
     }
-    slices
+    used
 }
 
 /// Most slices handed to one vectored write.
@@ -268,14 +278,15 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             self.pending.extend(frames);
         }
         while self.done < self.pending.len() {
-            let slices = slices(&self.pending[self.done..], self.offset);
-            let written = match self.io.write_vectored(&slices).now_or_never() {
+            let mut parts = [IoSlice::new(&[]); MAX_SLICES];
+            let used = slices(&self.pending[self.done..], self.offset, &mut parts);
+            let parts = &parts[..used];
+            let written = match self.io.write_vectored(parts).now_or_never() {
                 Some(written) => written,
-                None => tokio::time::timeout(self.write_timeout, self.io.write_vectored(&slices))
+                None => tokio::time::timeout(self.write_timeout, self.io.write_vectored(parts))
                     .await
                     .map_err(|_| WriteError::Stalled)?,
             };
-            drop(slices);
             match written {
                 Ok(0) | Err(_) => return Err(WriteError::Gone),
                 Ok(n) => self.advance(n),
