@@ -9,7 +9,7 @@
 //! byte copying after an upgrade (`tunnel`), or knowing whether the
 //! dashboard is up (`upstream`).
 
-mod headers;
+pub mod headers;
 mod pool;
 mod tunnel;
 
