@@ -126,7 +126,10 @@ fuzz_target!(|data: &[u8]| {
         if upgrading && (is_handshake(name) || name == header::CONNECTION) {
             continue;
         }
-        assert!(!headers.contains_key(name), "{name} named by Connection survived");
+        assert!(
+            !headers.contains_key(name),
+            "{name} named by Connection survived"
+        );
     }
     for name in before.keys() {
         let hop = HOP_BY_HOP.contains(&name.as_str())
@@ -156,7 +159,10 @@ fuzz_target!(|data: &[u8]| {
     );
     if !trusted {
         assert_eq!(forwarded_for, peer_text);
-        assert_eq!(values(&headers, &HeaderName::from_static("x-forwarded-proto")), ["http"]);
+        assert_eq!(
+            values(&headers, &HeaderName::from_static("x-forwarded-proto")),
+            ["http"]
+        );
         assert_eq!(
             values(&headers, &HeaderName::from_static("x-real-ip")),
             [peer_text.as_str()]

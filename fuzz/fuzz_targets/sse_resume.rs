@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.seq, point.seq);
         assert_eq!(again.epoch, point.epoch);
     } else if let Some((_, seq)) = text.rsplit_once(':') {
-        assert!(seq.parse::<u64>().is_err(), "a valid id was refused: {text:?}");
+        assert!(
+            seq.parse::<u64>().is_err(),
+            "a valid id was refused: {text:?}"
+        );
     }
 
     match SubscriptionQuery::parse(Some(text)) {
