@@ -7,9 +7,12 @@
 //! untrusted peer.
 //!
 //! Input: one flags byte (bit 0 upgrading, bit 1 trusted peer, bit 2 IPv6),
-//! the peer address (4 or 16 bytes), then header lines `name:value` split
-//! on `\n`. A name of one byte below 0x20 picks a header the rules care
-//! about, so the fuzzer need not guess the spellings.
+//! the peer address (4 or 16 bytes), then headers, each a selector byte
+//! (below 21 mod 32: a header the rules care about, from [`KNOWN`], so the
+//! fuzzer need not guess the spellings; else a length byte and that many
+//! name bytes), a length byte and that many value bytes. In a value, a byte
+//! below 0x20 (tab aside) stands for a [`KNOWN`] name too
+//! (`connection: \x14,\x01` names `x-secret` and `keep-alive`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -52,34 +55,52 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authenticate",
 ];
 
+/// Takes `n` bytes (fewer at the end of the input).
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let (head, tail) = rest.split_at(n.min(rest.len()));
+    *rest = tail;
+    head
+}
+
 fn parse(data: &[u8]) -> Option<(bool, bool, IpAddr, HeaderMap)> {
-    let (&flags, rest) = data.split_first()?;
-    let (peer, rest): (IpAddr, &[u8]) = if flags & 4 != 0 {
-        let bytes: [u8; 16] = rest.get(..16)?.try_into().ok()?;
-        (Ipv6Addr::from(bytes).into(), &rest[16..])
+    let (&flags, mut rest) = data.split_first()?;
+    let peer: IpAddr = if flags & 4 != 0 {
+        let bytes: [u8; 16] = take(&mut rest, 16).try_into().ok()?;
+        Ipv6Addr::from(bytes).into()
     } else {
-        let bytes: [u8; 4] = rest.get(..4)?.try_into().ok()?;
-        (Ipv4Addr::from(bytes).into(), &rest[4..])
+        let bytes: [u8; 4] = take(&mut rest, 4).try_into().ok()?;
+        Ipv4Addr::from(bytes).into()
     };
     let mut headers = HeaderMap::new();
-    for line in rest.split(|&b| b == b'\n') {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
+    while let Some((&selector, tail)) = rest.split_first() {
+        rest = tail;
+        let name = match KNOWN.get((selector % 32) as usize) {
+            Some(known) => Ok(HeaderName::from_static(known)),
+            None => {
+                let len = take(&mut rest, 1).first().map_or(0, |n| n % 24);
+                HeaderName::from_bytes(take(&mut rest, len as usize))
+            }
         };
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        let name = match name {
-            [i] if (*i as usize) < KNOWN.len() => HeaderName::from_static(KNOWN[*i as usize]),
-            _ => match HeaderName::from_bytes(name) {
-                Ok(name) => name,
-                Err(_) => continue,
-            },
-        };
-        let Ok(value) = HeaderValue::from_bytes(value) else {
-            continue;
-        };
-        headers.append(name, value);
+        let len = take(&mut rest, 1).first().map_or(0, |n| n % 48);
+        let value = expand(take(&mut rest, len as usize));
+        if let (Ok(name), Ok(value)) = (name, HeaderValue::from_bytes(&value)) {
+            headers.append(name, value);
+        }
     }
     Some((flags & 1 != 0, flags & 2 != 0, peer, headers))
+}
+
+/// `value` with each byte below 0x20 (tab aside) that indexes [`KNOWN`]
+/// replaced by that name.
+fn expand(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    for &byte in value {
+        match KNOWN.get(byte as usize) {
+            Some(name) if byte != b'\t' => out.extend_from_slice(name.as_bytes()),
+            _ => out.push(byte),
+        }
+    }
+    out
 }
 
 /// The header names `Connection` lists (as HeaderName parses them).
