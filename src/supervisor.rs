@@ -161,7 +161,8 @@ fn log_exit(status: std::io::Result<ExitStatus>, ran: Duration) {
 ///
 /// After passing it on, the shell stays until nothing but itself is left in
 /// the group (read from `/proc`; a zombie does not count), at most `grace`
-/// (whole seconds, rounded up); then it SIGKILLs the group. When the gateway
+/// (whole seconds, rounded up; `date +%s` counts whole seconds, so at least
+/// one second less); then it SIGKILLs the group. When the gateway
 /// is alive it kills the group at its own deadline anyway; when the gateway
 /// was SIGKILLed, this is the only thing that stops a dashboard that ignores
 /// SIGTERM. Without `/proc` the group counts as alive: the shell waits out
