@@ -88,7 +88,12 @@ pub async fn run(
     info!(%addr, dashboard, "listening");
 
     let supervisor = config.dashboard_command.clone().map(|command| {
-        Supervisor::start(command, child_environment(&config, addr), upstream.clone())
+        Supervisor::start(
+            command,
+            child_environment(&config, addr),
+            upstream.clone(),
+            config.shutdown_grace,
+        )
     });
     let restarts = supervisor.as_ref().map(|s| s.restarts.clone());
     let metrics = Metrics::new(hub.clone(), upstream.clone(), restarts.clone());

@@ -2,6 +2,10 @@
 //!
 //! Exit codes: 0 after a clean drain, 1 when the gateway cannot start (port
 //! taken, no signal handlers), 2 for a bad configuration.
+//!
+//! Logs are written by a thread of their own (see `logging`); every exit
+//! after logging starts returns through `main`, which flushes them (bounded:
+//! a stdout that does not drain never holds up the exit).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,8 +22,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    switchyard::logging::init(config.log_format);
+    let log = switchyard::logging::init(config.log_format);
+    let code = serve(config);
+    log.flush(LOG_FLUSH_LIMIT);
+    code
+}
 
+/// Longest wait at exit for queued log lines to reach stdout.
+const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// Runs the gateway until it has drained; the process's exit code.
+fn serve(config: Config) -> ExitCode {
     // Broadcaster clients run on a runtime of their own: a fan-out to
     // thousands of clients then never queues the HTTP side (publishes,
     // health checks, proxied requests) behind their tasks.

@@ -189,6 +189,12 @@ impl Collector for Live {
             "Subscribers registered in the hub",
             stats.subscribers as i64,
         )?;
+        counter(
+            &mut encoder,
+            "log_lines_dropped",
+            "Log lines dropped because stdout did not keep up (logging never blocks)",
+            crate::logging::dropped_lines(),
+        )?;
         let state = self.upstream.state();
         if state != UpstreamState::None {
             let up = i64::from(state == UpstreamState::Up);

@@ -9,7 +9,10 @@
 //!
 //! No orphan survives the gateway: at shutdown the group is signalled; and
 //! if the gateway itself is SIGKILLed, the kernel sends the child shell
-//! SIGTERM (PR_SET_PDEATHSIG), whose trap passes it to the whole group.
+//! SIGTERM (PR_SET_PDEATHSIG), whose trap passes it to the whole group,
+//! waits up to the grace (`SHUTDOWN_GRACE_SECS`) for the group to be gone,
+//! and SIGKILLs whatever is left of it: a dashboard that ignores SIGTERM
+//! does not outlive the gateway by more than the grace.
 //!
 //! Does not own: whether the dashboard answers (see `upstream`).
 
@@ -48,16 +51,21 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts `command` now and keeps it running until [`Supervisor::stop`].
+    ///
+    /// `grace` bounds how long the child's shell lets the group handle a
+    /// SIGTERM it did not get from us (the gateway died) before SIGKILL.
     pub fn start(
         command: String,
         env: Vec<(String, String)>,
         health: Arc<UpstreamHealth>,
+        grace: Duration,
     ) -> Supervisor {
         let restarts = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let stop_deadline = Arc::new(std::sync::Mutex::new(None));
         let task = tokio::spawn(supervise(
             command,
+            grace,
             env,
             health,
             restarts.clone(),
@@ -85,16 +93,18 @@ impl Supervisor {
 
 async fn supervise(
     command: String,
+    grace: Duration,
     env: Vec<(String, String)>,
     health: Arc<UpstreamHealth>,
     restarts: Arc<AtomicU64>,
     stop: CancellationToken,
     stop_deadline: Arc<std::sync::Mutex<Option<Instant>>>,
 ) {
+    let script = script(&command, grace);
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        match spawn(&command, &env) {
+        match spawn(&script, &env) {
             Ok(mut child) => {
                 let pid = child.id();
                 info!(target: "dashboard", pid, command, "dashboard started");
@@ -148,20 +158,44 @@ fn log_exit(status: std::io::Result<ExitStatus>, ran: Duration) {
 /// The shell script the child runs. The command runs as a background job
 /// of a shell that waits for it, so the shell can pass a SIGTERM (ours, or
 /// the kernel's when the gateway dies) to the whole process group.
-fn script(command: &str) -> String {
+///
+/// After passing it on, the shell stays until nothing but itself is left in
+/// the group (read from `/proc`; a zombie does not count), at most `grace`
+/// (whole seconds, rounded up; `date +%s` counts whole seconds, so at least
+/// one second less); then it SIGKILLs the group. When the gateway
+/// is alive it kills the group at its own deadline anyway; when the gateway
+/// was SIGKILLed, this is the only thing that stops a dashboard that ignores
+/// SIGTERM. Without `/proc` the group counts as alive: the shell waits out
+/// the grace.
+fn script(command: &str, grace: Duration) -> String {
+    let grace_secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
     format!(
-        "trap 'trap \"\" TERM; kill -TERM 0 2>/dev/null; exit 143' TERM\n\
+        "_switchyard_group_left() {{\n\
+         \x20 [ -d /proc/$$ ] || return 0\n\
+         \x20 for _sy_stat in /proc/[0-9]*/stat; do\n\
+         \x20   read -r _sy_line 2>/dev/null <\"$_sy_stat\" || continue\n\
+         \x20   set -- ${{_sy_line##*) }}\n\
+         \x20   [ \"$3\" = \"$$\" ] && [ \"$1\" != Z ] && [ \"${{_sy_line%% *}}\" != \"$$\" ] && return 0\n\
+         \x20 done\n\
+         \x20 return 1\n\
+         }}\n\
+         trap 'trap \"\" TERM; kill -TERM 0 2>/dev/null\n\
+         \x20 _sy_end=$(( $(date +%s) + {grace_secs} ))\n\
+         \x20 while _switchyard_group_left && [ \"$(date +%s)\" -lt \"$_sy_end\" ]; do sleep 0.1; done\n\
+         \x20 _switchyard_group_left && kill -KILL 0 2>/dev/null\n\
+         \x20 exit 143' TERM\n\
          {{ {command}\n}} &\n\
          wait $!\n"
     )
 }
 
-fn spawn(command: &str, env: &[(String, String)]) -> std::io::Result<Child> {
+/// Starts `sh -c script` in a group of its own.
+fn spawn(script: &str, env: &[(String, String)]) -> std::io::Result<Child> {
     let gateway_pid = std::process::id();
     let mut child = Command::new("sh");
     child
         .arg("-c")
-        .arg(script(command))
+        .arg(script)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         // The gateway's own dashboard settings would make a child that is
         // itself a switchyard proxy to itself, or supervise another copy.
@@ -242,12 +276,19 @@ async fn terminate(child: &mut Child, deadline: Instant, started: Instant) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::script;
 
     #[test]
     fn the_command_is_one_background_group() {
-        let text = script("cd /app && streamlit run app.py; echo done");
+        let text = script(
+            "cd /app && streamlit run app.py; echo done",
+            Duration::from_millis(2500),
+        );
         assert!(text.contains("{ cd /app && streamlit run app.py; echo done\n} &"));
-        assert!(text.starts_with("trap "));
+        assert!(text.contains("\ntrap '"));
+        assert!(text.contains("$(date +%s) + 3 ))"), "{text}");
+        assert!(text.contains("kill -KILL 0"));
     }
 }

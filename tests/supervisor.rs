@@ -328,3 +328,69 @@ async fn when_only_the_shell_dies_the_whole_group_is_replaced() {
     // The new child got the port: no "address in use" exit after the restart.
     assert_eq!(gateway.wait_for_log("dashboard exited", 1).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_child_that_ignores_sigterm_is_killed_within_the_grace_after_the_gateway_is_sigkilled() {
+    let pid_file = std::env::temp_dir().join(format!(
+        "switchyard-stubborn-{}-{}",
+        std::process::id(),
+        dead_port()
+    ));
+    let _ = std::fs::remove_file(&pid_file);
+    // The command ignores SIGTERM, and so does the process it starts (an
+    // ignored signal stays ignored across exec).
+    let command = format!(
+        "trap '' TERM; sh -c 'echo $$ > {}; exec sleep 600'",
+        pid_file.display()
+    );
+    let grace = Duration::from_secs(3);
+    let mut gateway = Gateway::start(&[
+        (
+            "DASHBOARD_URL",
+            &format!("http://127.0.0.1:{}", dead_port()),
+        ),
+        ("DASHBOARD_COMMAND", &command),
+        ("SHUTDOWN_GRACE_SECS", &grace.as_secs().to_string()),
+    ])
+    .await;
+    let mut stubborn = 0;
+    wait_for("the child's pid file", || {
+        stubborn = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        stubborn != 0
+    })
+    .await;
+    assert!(alive(stubborn));
+
+    gateway.signal("KILL");
+    gateway.wait_exit(Duration::from_secs(5)).await;
+    let killed = Instant::now();
+    // It had its grace: SIGTERM (ignored) first, not an immediate SIGKILL.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alive_during_grace = alive(stubborn);
+    while alive(stubborn) && killed.elapsed() < grace + Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_after = killed.elapsed();
+    let still_alive = alive(stubborn);
+    if still_alive {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &stubborn.to_string()])
+            .status();
+    }
+    let _ = std::fs::remove_file(&pid_file);
+    println!(
+        "child ignoring SIGTERM gone {gone_after:?} after the gateway's SIGKILL (grace {grace:?})"
+    );
+    assert!(
+        !still_alive,
+        "the child outlived the gateway by {gone_after:?}"
+    );
+    assert!(alive_during_grace, "the child got no grace");
+    assert!(
+        gone_after <= grace + Duration::from_secs(2),
+        "gone only after {gone_after:?}"
+    );
+}

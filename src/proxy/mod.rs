@@ -12,7 +12,7 @@
 //! byte copying after an upgrade (`tunnel`), or knowing whether the
 //! dashboard is up (`upstream`).
 
-mod headers;
+pub mod headers;
 mod outgoing;
 mod pool;
 mod tunnel;
