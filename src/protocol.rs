@@ -307,7 +307,17 @@ pub fn reset_frame(epoch: &Epoch, seq: Seq, state: &[Arc<Event>]) -> String {
 
 /// `{"type":"error","message":...}`.
 pub fn error_frame(message: &str) -> String {
-    encode(&serde_json::json!({"type": "error", "message": message}))
+    #[derive(Serialize)]
+    struct Error<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        message: &'a str,
+    }
+    // `type` first, like every other frame (a `json!` map would sort it last).
+    encode(&Error {
+        kind: "error",
+        message,
+    })
 }
 
 /// Our frames hold only strings, numbers and already-valid raw JSON.
@@ -319,6 +329,14 @@ fn encode(value: &impl Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_frames_name_their_type_first() {
+        assert_eq!(
+            error_frame("too many patterns"),
+            r#"{"type":"error","message":"too many patterns"}"#
+        );
+    }
 
     #[test]
     fn query_patterns_are_deduplicated_and_capped() {
