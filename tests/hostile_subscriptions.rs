@@ -10,7 +10,7 @@ mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -19,7 +19,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use support::{connect, get, json_body, next_json, publish, Client, Gateway};
+use support::{
+    connect, get, json_body, next_json, publish, redis_url, unique_prefix, Client, Gateway,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -408,18 +410,10 @@ async fn wait_for_redis(gateway: &Gateway) {
 
 #[tokio::test]
 async fn the_retained_cap_holds_through_redis() {
-    let Some(url) = std::env::var("SWITCHYARD_TEST_REDIS")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!("SKIPPED: SWITCHYARD_TEST_REDIS is not set; the Redis retained cap did not run");
+    let Some(url) = redis_url("the Redis retained cap") else {
         return;
     };
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("switchyard-test:cap:{}:{nanos}:", std::process::id());
+    let prefix = unique_prefix("cap");
     let cap = CAP.to_string();
     let gateway = Gateway::start(&[
         ("REDIS_URL", &url),
@@ -500,18 +494,10 @@ async fn history_is_bounded_in_bytes_in_memory() {
 
 #[tokio::test]
 async fn history_is_bounded_in_bytes_through_redis() {
-    let Some(url) = std::env::var("SWITCHYARD_TEST_REDIS")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!("SKIPPED: SWITCHYARD_TEST_REDIS is not set; the Redis history bound did not run");
+    let Some(url) = redis_url("the Redis history bound") else {
         return;
     };
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("switchyard-test:history:{}:{nanos}:", std::process::id());
+    let prefix = unique_prefix("history");
     let gateway = Gateway::start(&[
         ("REDIS_URL", &url),
         ("REDIS_PREFIX", &prefix),
@@ -527,20 +513,10 @@ async fn history_is_bounded_in_bytes_through_redis() {
 /// and deleting such a topic frees exactly what it was counted as.
 #[tokio::test]
 async fn an_older_redis_state_is_counted_once() {
-    let Some(url) = std::env::var("SWITCHYARD_TEST_REDIS")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!(
-            "SKIPPED: SWITCHYARD_TEST_REDIS is not set; the Redis state migration did not run"
-        );
+    let Some(url) = redis_url("the Redis state migration") else {
         return;
     };
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("switchyard-test:legacy:{}:{nanos}:", std::process::id());
+    let prefix = unique_prefix("legacy");
     let frame = json!({
         "type": "event", "seq": 1, "topic": "old/big", "data": "x".repeat(900),
         "retain": true, "ts": "2026-01-01T00:00:00.000Z"

@@ -8,31 +8,14 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{connect, get, json_body, next_json, publish, publish_one, Client, Gateway};
+use support::{
+    connect, get, json_body, next_json, publish, publish_one, redis_url, unique_prefix, Client,
+    Gateway,
+};
 use tokio::process::{Child, Command};
-
-fn redis_url() -> Option<String> {
-    match std::env::var("SWITCHYARD_TEST_REDIS") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!(
-                "SKIPPED: SWITCHYARD_TEST_REDIS is not set; Redis backplane tests did not run"
-            );
-            None
-        }
-    }
-}
-
-fn unique_prefix(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("switchyard-test:{name}:{}:{nanos}:", std::process::id())
-}
 
 async fn replica(url: &str, prefix: &str, extra: &[(&str, &str)]) -> Gateway {
     let mut env = vec![("REDIS_URL", url), ("REDIS_PREFIX", prefix)];
@@ -60,7 +43,9 @@ async fn hello(client: &mut Client) -> Value {
 
 #[tokio::test]
 async fn two_replicas_share_seqs_state_and_resume() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url("Redis backplane tests") else {
+        return;
+    };
     let prefix = unique_prefix("two");
     let a = replica(&url, &prefix, &[]).await;
     let b = replica(&url, &prefix, &[]).await;
@@ -107,7 +92,9 @@ async fn two_replicas_share_seqs_state_and_resume() {
 
 #[tokio::test]
 async fn four_publishers_across_two_replicas_give_one_order() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url("Redis backplane tests") else {
+        return;
+    };
     let prefix = unique_prefix("four");
     let settings = [("HISTORY_SIZE", "20000"), ("CLIENT_QUEUE", "20000")];
     let a = replica(&url, &prefix, &settings).await;
@@ -192,7 +179,9 @@ impl OwnRedis {
 
 #[tokio::test]
 async fn redis_lost_then_back_empty_means_503s_then_one_new_epoch_and_resets() {
-    let Some(_) = redis_url() else { return };
+    let Some(_) = redis_url("Redis backplane tests") else {
+        return;
+    };
     let port = support::dead_port();
     let redis = OwnRedis::start_on(port).await;
     let url = format!("redis://127.0.0.1:{port}");
@@ -266,7 +255,9 @@ async fn redis_lost_then_back_empty_means_503s_then_one_new_epoch_and_resets() {
 
 #[tokio::test]
 async fn a_replica_that_missed_messages_fills_the_gap_from_history() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url("Redis backplane tests") else {
+        return;
+    };
     let prefix = unique_prefix("gap");
     let a = replica(&url, &prefix, &[]).await;
     let b = replica(&url, &prefix, &[]).await;

@@ -318,3 +318,24 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = after.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+/// The Redis of `SWITCHYARD_TEST_REDIS`; without it the caller says what it
+/// skipped (`.ci/run` always sets it, so CI never skips).
+pub fn redis_url(skipped: &str) -> Option<String> {
+    match std::env::var("SWITCHYARD_TEST_REDIS") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("SKIPPED: SWITCHYARD_TEST_REDIS is not set; {skipped} did not run");
+            None
+        }
+    }
+}
+
+/// A key prefix no other test (or earlier run) uses.
+pub fn unique_prefix(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("switchyard-test:{name}:{}:{nanos}:", std::process::id())
+}
