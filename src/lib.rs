@@ -100,7 +100,7 @@ pub async fn run(
     let ping_clock = spawn_ping_clock(config.ping_interval, &shutdown);
     let broadcaster = Arc::new(Broadcaster::new(
         hub,
-        broadcast::Limits::from_config(&config),
+        broadcast::Limits::from(&config),
         metrics.connection_gauges(),
         ping_clock,
         shutdown.clone(),

@@ -45,8 +45,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
 }
 
-impl Limits {
-    pub fn from_config(config: &Config) -> Limits {
+impl From<&Config> for Limits {
+    fn from(config: &Config) -> Limits {
         Limits {
             max_connections: config.max_connections,
             client_queue: config.client_queue,
