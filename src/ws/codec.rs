@@ -14,7 +14,9 @@
 //! Does not own: what a frame means (`protocol`), when to write or close
 //! (the client loop in `ws`).
 
+use std::future::Future;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -278,12 +280,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             self.pending.extend(frames);
         }
         while self.done < self.pending.len() {
-            let mut parts = [IoSlice::new(&[]); MAX_SLICES];
-            let used = slices(&self.pending[self.done..], self.offset, &mut parts);
-            let parts = &parts[..used];
-            let written = match self.io.write_vectored(parts).now_or_never() {
+            let written = match self.write_some().now_or_never() {
                 Some(written) => written,
-                None => tokio::time::timeout(self.write_timeout, self.io.write_vectored(parts))
+                None => tokio::time::timeout(self.write_timeout, self.write_some())
                     .await
                     .map_err(|_| WriteError::Stalled)?,
             };
@@ -296,6 +295,24 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         self.done = 0;
         self.offset = 0;
         Ok(())
+    }
+
+    /// One vectored write of what is pending. The slices are built on the
+    /// stack at each poll, so they are never part of a suspended future:
+    /// every client task is as large as its largest await, idle or not.
+    fn write_some(&mut self) -> impl Future<Output = std::io::Result<usize>> + '_ {
+        let Writer {
+            io,
+            pending,
+            done,
+            offset,
+            ..
+        } = self;
+        std::future::poll_fn(move |cx| {
+            let mut parts = [IoSlice::new(&[]); MAX_SLICES];
+            let used = slices(&pending[*done..], *offset, &mut parts);
+            Pin::new(&mut *io).poll_write_vectored(cx, &parts[..used])
+        })
     }
 
     fn advance(&mut self, mut written: usize) {

@@ -19,6 +19,7 @@ pub mod codec;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -45,6 +46,10 @@ use codec::{Frame, Incoming, ReadError, WriteError};
 type Io = TokioIo<Upgraded>;
 type Writer = codec::Writer<WriteHalf<Io>>;
 type ClientFrames = Pin<Box<dyn Stream<Item = Result<Incoming, ReadError>> + Send>>;
+
+/// Every this many turns of a client's loop its socket is read before its
+/// queue (see `Client::serve`).
+const READ_EVERY: u32 = 4;
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -285,54 +290,80 @@ impl Client {
     ) -> Ending {
         let interval = self.broadcaster.limits.ping_interval;
         let mut last_heard = Instant::now();
+        let mut turn: u32 = 0;
         loop {
-            // Not biased: a client's frames are read even while events
-            // keep its queue busy.
-            let out = tokio::select! {
-                step = stream.next() => match encode_step(step) {
-                    Encoded::Frames(frames) => frames,
-                    Encoded::Keepalive => {
-                        if last_heard.elapsed() > interval * 3 {
-                            return Ending::Silent;
-                        }
-                        vec![Frame::new(codec::OP_PING, Bytes::new())]
-                    }
-                    Encoded::End(end) => return end.into(),
-                },
-                message = frames.next() => {
-                    last_heard = Instant::now();
-                    let reply = match message {
-                        Some(Ok(Incoming::Text(text))) => self
-                            .client_frame(&text, stream)
-                            .await
-                            .map(|reply| (codec::OP_TEXT, reply.into_bytes())),
-                        Some(Ok(Incoming::Binary)) => Some((
-                            codec::OP_TEXT,
-                            protocol::error_frame("binary frames are not supported; send JSON text")
-                                .into_bytes(),
-                        )),
-                        Some(Ok(Incoming::Ping(payload))) => Some((codec::OP_PONG, payload)),
-                        Some(Ok(Incoming::Pong)) => None,
-                        Some(Ok(Incoming::Close(code))) => {
-                            // Echo a valid code; 1000 when it sent none.
-                            let code = code.filter(|c| (1000..5000).contains(c)).unwrap_or(1000);
-                            return Ending::Gone { answer_close: Some(code) };
-                        }
-                        Some(Err(ReadError::TooLarge)) => return Ending::TooLarge,
-                        Some(Err(ReadError::InvalidText)) => return Ending::InvalidText,
-                        Some(Err(ReadError::Protocol)) => return Ending::Protocol,
-                        Some(Err(ReadError::Gone)) | None => {
-                            return Ending::Gone { answer_close: None }
-                        }
-                    };
-                    let Some((opcode, payload)) = reply else { continue };
-                    vec![Frame::new(opcode, payload)]
-                }
+            // The queue is looked at first, so a wake-up for events costs no
+            // read poll of the socket; but every READ_EVERY-th turn the
+            // socket goes first, so a client's frames (pong, unsubscribe,
+            // close) are read within READ_EVERY writes however busy its
+            // queue is (a queue-first select alone starved them).
+            turn = turn.wrapping_add(1);
+            // Polled with this task's own waker (not `now_or_never`'s no-op
+            // one), so a Pending read stays registered for the next frame.
+            let early = if turn % READ_EVERY == 0 {
+                std::future::poll_fn(|cx| {
+                    Poll::Ready(match frames.poll_next_unpin(cx) {
+                        Poll::Ready(message) => Some(message),
+                        Poll::Pending => None,
+                    })
+                })
+                .await
+            } else {
+                None
             };
-            match stream.guard(writer.send(out)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return error.into(),
-                Err(end) => return end.into(),
+            let message = match early {
+                Some(message) => message,
+                None => tokio::select! {
+                    biased;
+                    step = stream.next() => {
+                        let out = match encode_step(step) {
+                            Encoded::Frames(frames) => frames,
+                            Encoded::Keepalive => {
+                                if last_heard.elapsed() > interval * 3 {
+                                    return Ending::Silent;
+                                }
+                                vec![Frame::new(codec::OP_PING, Bytes::new())]
+                            }
+                            Encoded::End(end) => return end.into(),
+                        };
+                        if let Err(ending) = write(writer, stream, out).await {
+                            return ending;
+                        }
+                        continue;
+                    }
+                    message = frames.next() => message,
+                },
+            };
+            last_heard = Instant::now();
+            let reply = match message {
+                Some(Ok(Incoming::Text(text))) => self
+                    .client_frame(&text, stream)
+                    .await
+                    .map(|reply| (codec::OP_TEXT, reply.into_bytes())),
+                Some(Ok(Incoming::Binary)) => Some((
+                    codec::OP_TEXT,
+                    protocol::error_frame("binary frames are not supported; send JSON text")
+                        .into_bytes(),
+                )),
+                Some(Ok(Incoming::Ping(payload))) => Some((codec::OP_PONG, payload)),
+                Some(Ok(Incoming::Pong)) => None,
+                Some(Ok(Incoming::Close(code))) => {
+                    // Echo a valid code; 1000 when it sent none.
+                    let code = code.filter(|c| (1000..5000).contains(c)).unwrap_or(1000);
+                    return Ending::Gone {
+                        answer_close: Some(code),
+                    };
+                }
+                Some(Err(ReadError::TooLarge)) => return Ending::TooLarge,
+                Some(Err(ReadError::InvalidText)) => return Ending::InvalidText,
+                Some(Err(ReadError::Protocol)) => return Ending::Protocol,
+                Some(Err(ReadError::Gone)) | None => return Ending::Gone { answer_close: None },
+            };
+            if let Some((opcode, payload)) = reply {
+                if let Err(ending) = write(writer, stream, vec![Frame::new(opcode, payload)]).await
+                {
+                    return ending;
+                }
             }
         }
     }
@@ -366,6 +397,19 @@ impl Client {
                 Err(error) => Some(protocol::error_frame(&error.to_string())),
             },
         }
+    }
+}
+
+/// Writes `out` unless the client is cut off or the gateway drains first.
+async fn write(
+    writer: &mut Writer,
+    stream: &mut ClientStream,
+    out: Vec<Frame>,
+) -> Result<(), Ending> {
+    match stream.guard(writer.send(out)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(end) => Err(end.into()),
     }
 }
 
