@@ -1544,6 +1544,19 @@ async fn publish_once(sender: &mut Sender, p: Publish, report: &Mutex<PubReport>
     outcome.is_ok() && !sender.is_closed()
 }
 
+/// Runs the publisher on a thread of its own (so its timing never waits for
+/// the clients' runtime) and waits for its report.
+async fn publish_on_own_thread(config: PubConfig) -> PubReport {
+    let (report_tx, report_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || {
+            let _ = report_tx.send(run_publisher(config));
+        })
+        .expect("publisher thread");
+    report_rx.await.unwrap_or_default()
+}
+
 fn run_publisher(config: PubConfig) -> PubReport {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -2210,23 +2223,14 @@ async fn broadcast_run(
     };
     tokio::time::sleep_until(start).await;
     let cpu0 = CpuWindow::now(servers);
-    let (report_tx, report_rx) = oneshot::channel();
-    {
-        let config = PubConfig {
-            args: args.clone(),
-            servers: servers.iter().map(|s| s.addr).collect(),
-            start,
-            cutoff: None,
-            log: false,
-        };
-        std::thread::Builder::new()
-            .name("publisher".into())
-            .spawn(move || {
-                let _ = report_tx.send(run_publisher(config));
-            })
-            .expect("publisher thread");
-    }
-    let report = report_rx.await.unwrap_or_default();
+    let report = publish_on_own_thread(PubConfig {
+        args: args.clone(),
+        servers: servers.iter().map(|s| s.addr).collect(),
+        start,
+        cutoff: None,
+        log: false,
+    })
+    .await;
     let publish_end = Instant::now();
     let cpu_pub = CpuWindow::now(servers);
     let redis_pub = match redis.as_deref_mut() {
@@ -3153,21 +3157,14 @@ async fn hostile_phase(args: &Args, servers: &[Server], ctx: &Ctx, start: Instan
     let cutoff = start + Duration::from_secs_f64(args.duration + args.drain);
     tokio::time::sleep_until(start).await;
     let cpu0 = CpuWindow::now(servers);
-    let (report_tx, report_rx) = oneshot::channel();
-    let config = PubConfig {
+    let report = publish_on_own_thread(PubConfig {
         args: args.clone(),
         servers: servers.iter().map(|s| s.addr).collect(),
         start,
         cutoff: Some(cutoff),
         log: true,
-    };
-    std::thread::Builder::new()
-        .name("publisher".into())
-        .spawn(move || {
-            let _ = report_tx.send(run_publisher(config));
-        })
-        .expect("publisher thread");
-    let report = report_rx.await.unwrap_or_default();
+    })
+    .await;
     let last = report.accepted.iter().map(|a| a.0).max().unwrap_or(0);
     let behind = || {
         ctx.stats
