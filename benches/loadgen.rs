@@ -1454,23 +1454,30 @@ struct Publish {
     cutoff: Option<Instant>,
 }
 
+/// One `POST /_switchyard/publish` on a kept connection: its status and body.
+async fn post_publish(
+    sender: &mut Sender,
+    server: SocketAddr,
+    body: Bytes,
+) -> Result<(http::StatusCode, Bytes), hyper::Error> {
+    let request = http::Request::post("/_switchyard/publish")
+        .header(http::header::HOST, server.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .expect("a publish request from valid parts");
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
 /// Sends one publish and records the outcome; false when the connection
 /// cannot be used again.
 async fn publish_once(sender: &mut Sender, p: Publish, report: &Mutex<PubReport>) -> bool {
     let n = p.topics.len() as u64;
-    let request = http::Request::post("/_switchyard/publish")
-        .header(http::header::HOST, p.server.to_string())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(p.body))
-        .expect("request");
     let sent = Instant::now();
-    let exchange = async {
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
-    };
+    let exchange = post_publish(sender, p.server, p.body);
     let (outcome, cut_off) = match p.cutoff {
         None => (exchange.await, false),
         Some(cutoff) => match tokio::time::timeout_at(cutoff, exchange).await {
@@ -2973,18 +2980,7 @@ async fn publish_retained(args: &Args, server: SocketAddr) -> Result<(), String>
     for i in 0..args.retained {
         let topic = format!("bench/retained/{i}");
         let body = format!(r#"{{"topic":"{topic}","retain":true,"data":{{"p":"{pad}"}}}}"#);
-        let request = http::Request::post("/_switchyard/publish")
-            .header(http::header::HOST, server.to_string())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let exchange = async {
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
-        };
+        let exchange = post_publish(&mut sender, server, Bytes::from(body));
         let (status, body) = tokio::time::timeout(Duration::from_secs(10), exchange)
             .await
             .map_err(|_| format!("publish of {topic}: no answer within 10 s"))?
