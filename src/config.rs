@@ -28,6 +28,8 @@ pub const VARIABLES: &[&str] = &[
     "UPSTREAM_TIMEOUT_SECS",
     "TRUSTED_PROXIES",
     "PUBLISH_TOKEN",
+    "AUTH_SECRET",
+    "BASIC_AUTH",
     "CORS_ORIGINS",
     "HISTORY_SIZE",
     "MAX_CONNECTIONS",
@@ -76,6 +78,12 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Bearer token for publishing; without it only loopback peers publish.
     pub publish_token: Option<Secret>,
+    /// HS256 key for access tokens (at least 32 bytes); set, every read
+    /// path needs a token (see `auth`).
+    pub auth_secret: Option<Secret>,
+    /// `BASIC_AUTH` users and their bcrypt hashes: a password in front of
+    /// every route but `/health`.
+    pub basic_auth: Vec<BasicUser>,
     /// Origins allowed for CORS and the WebSocket Origin check.
     pub cors_origins: Vec<String>,
     /// Events kept for resume.
@@ -124,6 +132,19 @@ pub enum LogFormat {
     Pretty,
     Json,
 }
+
+/// One `user:bcrypt-hash` entry of BASIC_AUTH.
+#[derive(Clone, Debug)]
+pub struct BasicUser {
+    pub user: String,
+    /// The bcrypt hash (`$2y$…`, as `htpasswd -nbB` prints). Not secret in
+    /// the way a password is, but kept out of logs all the same.
+    pub hash: Secret,
+}
+
+/// Shortest AUTH_SECRET accepted: HS256 wants a key at least as long as
+/// its output (RFC 7518 §3.2).
+pub const MIN_AUTH_SECRET_BYTES: usize = 32;
 
 /// A value that must never reach a log line.
 #[derive(Clone, PartialEq, Eq)]
@@ -191,6 +212,8 @@ struct RawEnv {
     upstream_timeout_secs: Option<String>,
     trusted_proxies: Option<String>,
     publish_token: Option<String>,
+    auth_secret: Option<String>,
+    basic_auth: Option<String>,
     cors_origins: Option<String>,
     history_size: Option<String>,
     max_connections: Option<String>,
@@ -332,6 +355,23 @@ impl Checker {
             parse_networks,
         );
         let publish_token = non_empty(&raw.publish_token).map(|t| Secret(t.to_owned()));
+        let auth_secret = non_empty(&raw.auth_secret).and_then(|v| {
+            let expected =
+                format!("at least {MIN_AUTH_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)");
+            self.require_secret("AUTH_SECRET", v, &expected, |v| {
+                (v.len() >= MIN_AUTH_SECRET_BYTES).then(|| Secret(v.to_owned()))
+            })
+        });
+        let basic_auth = non_empty(&raw.basic_auth)
+            .and_then(|v| {
+                self.require_secret(
+                    "BASIC_AUTH",
+                    v,
+                    "user:bcrypt-hash[,user:bcrypt-hash...] as `htpasswd -nbB user password` or `switchyard hash-password` prints",
+                    parse_basic_auth,
+                )
+            })
+            .unwrap_or_default();
         let cors_origins = self.parse(
             "CORS_ORIGINS",
             &raw.cors_origins,
@@ -381,7 +421,7 @@ impl Checker {
         let max_tunnels = self.count("MAX_TUNNELS", &raw.max_tunnels, 10_000, 1);
         let tunnel_idle = self.seconds("TUNNEL_IDLE_SECS", &raw.tunnel_idle_secs, 600, 1);
         let redis_url = non_empty(&raw.redis_url).and_then(|v| {
-            self.require("REDIS_URL", v, "a redis:// or rediss:// URL", |v| {
+            self.require_secret("REDIS_URL", v, "a redis:// or rediss:// URL", |v| {
                 (v.starts_with("redis://") || v.starts_with("rediss://"))
                     .then(|| Secret(v.to_owned()))
             })
@@ -422,6 +462,8 @@ impl Checker {
             upstream_timeout,
             trusted_proxies,
             publish_token,
+            auth_secret,
+            basic_auth,
             cors_origins,
             history_size,
             max_connections,
@@ -458,6 +500,24 @@ impl Checker {
                 .unwrap_or(default),
             None => default,
         }
+    }
+
+    /// [`Checker::require`] for a value that may hold a secret: the problem
+    /// names the variable and the expected form, never the value.
+    fn require_secret<T>(
+        &mut self,
+        name: &str,
+        value: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let parsed = parse(value);
+        if parsed.is_none() {
+            self.problems.push(format!(
+                "{name} is not valid (value not shown: it may hold a secret): expected {expected}"
+            ));
+        }
+        parsed
     }
 
     /// Parses a present value, recording a problem when it does not fit.
@@ -497,6 +557,24 @@ impl Checker {
 
 fn non_empty(raw: &Option<String>) -> Option<&str> {
     raw.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// `user:hash[,user:hash…]`; each hash must be bcrypt (`$2a$`, `$2b$`,
+/// `$2x$` or `$2y$`), users distinct and free of `:`.
+fn parse_basic_auth(value: &str) -> Option<Vec<BasicUser>> {
+    let mut users: Vec<BasicUser> = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (user, hash) = entry.split_once(':')?;
+        let valid_hash = hash.parse::<bcrypt::HashParts>().is_ok();
+        if user.is_empty() || !valid_hash || users.iter().any(|u| u.user == user) {
+            return None;
+        }
+        users.push(BasicUser {
+            user: user.to_owned(),
+            hash: Secret(hash.to_owned()),
+        });
+    }
+    (!users.is_empty()).then_some(users)
 }
 
 fn parse_bool(value: &str) -> Option<bool> {

@@ -4,6 +4,7 @@
 //! waits for a signal. Tests call the binary, which calls this.
 
 pub mod assets;
+pub mod auth;
 pub mod beacon;
 pub mod broadcast;
 pub mod config;
@@ -107,6 +108,7 @@ pub async fn run(
         client_runtime,
     ));
     let gateway = Arc::new(Gateway {
+        access: Arc::new(auth::Access::new(&config)),
         broadcaster,
         proxy,
         upstream,

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use tracing::debug;
 
+use crate::auth::Access;
 use crate::config::Config;
 use crate::hub::{Epoch, Hub, Seq};
 use crate::linger;
@@ -26,6 +27,7 @@ use crate::shutdown::Shutdown;
 
 pub async fn handle(
     config: &Config,
+    _access: &Access,
     hub: &dyn Hub,
     shutdown: &Shutdown,
     peer: SocketAddr,

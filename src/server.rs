@@ -30,6 +30,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use crate::auth::{self, Access};
 use crate::broadcast::Broadcaster;
 use crate::config::{Config, RESERVED_PREFIX};
 use crate::metrics::Metrics;
@@ -56,6 +57,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Everything the router needs, built once at start.
 pub struct Gateway {
     pub config: Config,
+    /// Who may read and publish (AUTH_SECRET, PUBLISH_TOKEN, BASIC_AUTH).
+    pub access: Arc<Access>,
     /// The broadcaster's context: hub, limits, client slots, clocks.
     pub broadcaster: Arc<Broadcaster>,
     /// Present when a dashboard is configured.
@@ -160,6 +163,15 @@ async fn route(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path();
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let query = request.uri().query().map(auth::redacted_query);
+        debug!(%peer, method = %request.method(), path, query, "request");
+    }
+    if path != "/health" {
+        if let Err(refusal) = gateway.access.pass_site(peer, &request).await {
+            return Ok(refusal);
+        }
+    }
     let answer = if path == "/health" {
         let sources = health::Sources {
             connections: gateway.broadcaster.clients(),
@@ -170,7 +182,13 @@ async fn route(
         };
         health::respond(sources, request.method())
     } else if path == gateway.config.websocket_path {
-        ws::upgrade(&gateway.broadcaster, &gateway.config, peer, request)
+        ws::upgrade(
+            &gateway.broadcaster,
+            &gateway.access,
+            &gateway.config,
+            peer,
+            request,
+        )
     } else if path.starts_with(RESERVED_PREFIX) || path == "/_switchyard" {
         reserved(&gateway, peer, request).await
     } else if let Some(proxy) = &gateway.proxy {
@@ -181,7 +199,7 @@ async fn route(
             .record_proxied(answer.status(), started.elapsed());
         answer
     } else if path == "/" && matches!(*request.method(), Method::GET | Method::HEAD) {
-        assets::console_page()
+        console(&gateway.access, &request)
     } else {
         let wants_json = response::wants_json(request.headers());
         response::error_page(
@@ -208,6 +226,7 @@ async fn reserved(
         Some("publish") => {
             publish::handle(
                 config,
+                &gateway.access,
                 gateway.broadcaster.hub.as_ref(),
                 &gateway.shutdown,
                 peer,
@@ -215,17 +234,45 @@ async fn reserved(
             )
             .await
         }
-        Some("state") => state::handle(&gateway.broadcaster, request).await,
-        Some("events") => sse::handle(&gateway.broadcaster, request).await,
+        Some("state") => state::handle(&gateway.broadcaster, &gateway.access, request).await,
+        Some("events") => sse::handle(&gateway.broadcaster, &gateway.access, request).await,
         Some("config") => public_config::respond(config),
-        Some("metrics") => gateway.metrics.respond(),
+        Some("metrics") => match admin(&gateway.access, &request) {
+            Ok(()) => gateway.metrics.respond(),
+            Err(refusal) => refusal.response(),
+        },
         Some("client.js") => assets::client_js(request.uri().query()),
-        Some("") => assets::console_page(),
+        Some("") => console(&gateway.access, &request),
         None => redirect_to_console(),
         _ => response::json_error(StatusCode::NOT_FOUND, "no such switchyard route"),
     };
     cors::decorate(config, &request_headers, &mut answer);
     answer
+}
+
+/// Console and metrics: open without AUTH_SECRET, else an admin token.
+fn admin<B>(access: &Access, request: &Request<B>) -> Result<(), auth::Denied> {
+    let query_token = auth::query_token(request.uri().query());
+    let token = auth::presented(request.headers(), query_token.as_deref());
+    let reader = access.reader(token)?;
+    if reader.is_admin() {
+        Ok(())
+    } else {
+        Err(auth::Denied::Forbidden(
+            "the console and metrics (admin only)".into(),
+        ))
+    }
+}
+
+/// The console page. It holds no data itself, so without an admin token
+/// it is still sent, with the refusal's status: the page then asks for a
+/// token and uses it for everything it reads.
+fn console<B>(access: &Access, request: &Request<B>) -> Response<Body> {
+    let mut page = assets::console_page();
+    if let Err(refusal) = admin(access, request) {
+        *page.status_mut() = refusal.status();
+    }
+    page
 }
 
 /// `/_switchyard` → `/_switchyard/`, where the console is.

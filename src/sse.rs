@@ -24,13 +24,18 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tracing::debug;
 
+use crate::auth::Access;
 use crate::broadcast::{Broadcaster, ClientSlot, ClientStream, Step, Transport};
 use crate::hub::{Catchup, Delivery, Epoch, Event, Snapshot};
 use crate::protocol::{self, parse_event_id, SubscriptionQuery};
 use crate::response::{self, Body, BoxError};
 use crate::watchdog::ConnectionHandle;
 
-pub async fn handle(broadcaster: &Arc<Broadcaster>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    broadcaster: &Arc<Broadcaster>,
+    _access: &Access,
+    request: Request<Incoming>,
+) -> Response<Body> {
     if request.method() != Method::GET {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }

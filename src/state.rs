@@ -23,6 +23,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::Access;
 use crate::broadcast::{Broadcaster, Step, Transport};
 use crate::hub::{Catchup, Delivery, Epoch, HubError, Seq, Snapshot};
 use crate::protocol::{StateMap, SubscriptionQuery};
@@ -31,7 +32,11 @@ use crate::response::{self, Body};
 /// Longest long-poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
-pub async fn handle(broadcaster: &Arc<Broadcaster>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    broadcaster: &Arc<Broadcaster>,
+    _access: &Access,
+    request: Request<Incoming>,
+) -> Response<Body> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }

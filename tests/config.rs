@@ -44,6 +44,8 @@ fn each_bad_value_exits_2_naming_the_variable() {
         ("MAX_TUNNELS", "0"),
         ("TUNNEL_IDLE_SECS", "-1"),
         ("REDIS_URL", "localhost:6379"),
+        ("AUTH_SECRET", "too-short"),
+        ("BASIC_AUTH", "alice:plaintext"),
         ("RAILWAY_DEPLOYMENT_DRAINING_SECONDS", "ten"),
         ("LOG_FORMAT", "xml"),
     ];
@@ -52,6 +54,23 @@ fn each_bad_value_exits_2_naming_the_variable() {
         assert_eq!(code, Some(2), "{name}={value}: {stderr}");
         assert!(stderr.contains(name), "{name}={value}: {stderr}");
         assert!(stderr.contains("expected"), "{name}={value}: {stderr}");
+    }
+}
+
+#[test]
+fn secrets_in_bad_values_are_not_echoed() {
+    for (name, value) in [
+        ("REDIS_URL", "http://user:hunter2-redis@redis.internal:6379"),
+        ("AUTH_SECRET", "hunter2-short"),
+        ("BASIC_AUTH", "alice:hunter2-not-bcrypt"),
+    ] {
+        let (code, stderr) = run_with(&[(name, value)]);
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name}: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "{name} echoed its value: {stderr}"
+        );
     }
 }
 

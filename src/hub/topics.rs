@@ -158,6 +158,71 @@ pub fn any_matches(patterns: &[Pattern], topic: &Topic) -> bool {
     patterns.iter().any(|p| p.matches(topic))
 }
 
+/// True when every topic `requested` can match is matched by one of
+/// `scope` (an access token's patterns): `positions/+` is covered by
+/// `positions/#`, `#` only by `#`, and `a/#` by `a` together with `a/+/#`.
+///
+/// Exact, not a heuristic. A level of `requested` that is `+` or comes
+/// from its `#` can hold any value; a value that no `scope` pattern names
+/// ("fresh") is matched only by `+` and `#` there, and whatever matches
+/// the fresh value matches every other value too. So it is enough to check
+/// one representative topic per length — `requested` with each wildcard
+/// level fresh — and, for a trailing `#`, each length up to one level past
+/// the longest `scope` pattern (past that, only `#` patterns can match, the
+/// same way at every length).
+pub fn covers(scope: &[Pattern], requested: &Pattern) -> bool {
+    let levels = requested.levels();
+    let (prefix, open_ended) = match levels.split_last() {
+        Some((Level::Rest, prefix)) => (prefix, true),
+        _ => (levels, false),
+    };
+    let mut topic: Vec<Option<&str>> = prefix
+        .iter()
+        .map(|level| match level {
+            Level::Exact(exact) => Some(&**exact),
+            Level::Any | Level::Rest => None,
+        })
+        .collect();
+    let covered = |topic: &[Option<&str>]| scope.iter().any(|p| matches_abstract(p, topic));
+    if !open_ended {
+        return covered(&topic);
+    }
+    let longest = scope.iter().map(|p| p.levels().len()).max().unwrap_or(0);
+    // A topic has at least one level: `#` alone starts at one fresh level.
+    if topic.is_empty() {
+        topic.push(None);
+    }
+    while topic.len() <= longest + 1 {
+        if !covered(&topic) {
+            return false;
+        }
+        topic.push(None);
+    }
+    covered(&topic)
+}
+
+/// [`Pattern::matches`] for a topic whose `None` levels hold a value no
+/// pattern names.
+fn matches_abstract(pattern: &Pattern, topic: &[Option<&str>]) -> bool {
+    let mut topic_levels = topic.iter();
+    for level in pattern.levels() {
+        match level {
+            Level::Rest => return true,
+            Level::Any => {
+                if topic_levels.next().is_none() {
+                    return false;
+                }
+            }
+            Level::Exact(exact) => {
+                if topic_levels.next() != Some(&Some(&**exact)) {
+                    return false;
+                }
+            }
+        }
+    }
+    topic_levels.next().is_none()
+}
+
 /// Maps patterns to the keys (subscribers) that hold them.
 #[derive(Debug)]
 pub struct PatternIndex<K> {
@@ -460,5 +525,26 @@ mod tests {
         index.remove(&pattern("a/#"), 2);
         index.remove(&pattern("a/b/c"), 3);
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn containment() {
+        let scope = |list: &[&str]| list.iter().map(|p| pattern(p)).collect::<Vec<_>>();
+        let covers =
+            |list: &[&str], requested: &str| super::covers(&scope(list), &pattern(requested));
+        assert!(covers(&["positions/#"], "positions/+"));
+        assert!(covers(&["positions/#"], "positions"));
+        assert!(covers(&["positions/#"], "positions/#"));
+        assert!(covers(&["positions/#"], "positions/a/b"));
+        assert!(!covers(&["positions/#"], "#"));
+        assert!(!covers(&["positions/+"], "positions/#"));
+        assert!(covers(&["positions", "positions/+/#"], "positions/#"));
+        assert!(covers(&["#"], "#"));
+        assert!(covers(&["+/#"], "#"));
+        assert!(!covers(&["+"], "#"));
+        assert!(!covers(&["a/+"], "a/b/c"));
+        assert!(covers(&["a/+", "a/b"], "a/b"));
+        assert!(!covers(&[], "a"));
+        assert!(!covers(&["a/b"], "a/+"));
     }
 }

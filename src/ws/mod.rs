@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, warn};
 
+use crate::auth::Access;
 use crate::broadcast::{Broadcaster, ClientSlot, ClientStream, End, Step, Transport};
 use crate::config::Config;
 use crate::hub::{Catchup, HubError};
@@ -57,6 +58,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Answers the upgrade request and spawns the client's task.
 pub fn upgrade(
     broadcaster: &Arc<Broadcaster>,
+    _access: &Arc<Access>,
     config: &Config,
     peer: SocketAddr,
     mut request: Request<IncomingBody>,
