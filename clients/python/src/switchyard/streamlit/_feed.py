@@ -1,0 +1,180 @@
+"""What one ``live()`` key remembers between runs of a Streamlit session.
+
+The page side (live.js) numbers every event it receives and sends Python the
+events not acknowledged yet, with the whole current state. :class:`Feed`
+takes such a payload: it hands out each event once (those numbered past the
+last acknowledgement), remembers the new acknowledgement for the page, and
+keeps the session's access token fresh. No Streamlit here: the component
+itself is in ``__init__``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._subscribe import Event
+from .._token import mint_token
+
+__all__ = ["TOKEN_REFRESH_SECS", "TOKEN_TTL_SECS", "Feed", "LiveState"]
+
+#: Lifetime of the token minted for a session (AUTH_SECRET set).
+TOKEN_TTL_SECS = 600
+#: A run mints a fresh token when the current one has less than this left.
+TOKEN_REFRESH_SECS = 180
+
+
+class LiveState(dict[str, Any]):
+    """The retained state of the subscribed topics, ``topic -> data``.
+
+    Attributes beyond the mapping:
+
+    - ``events``: the events received since the previous run, oldest first
+      (each a :class:`switchyard.Event`; retained and plain ones alike).
+    - ``reset``: the gateway replaced the state since the previous run (it
+      restarted or lost its history): the mapping is the new state, and
+      ``events`` may hold events from before the reset.
+    - ``missed``: events that never reached this run because more than the
+      page's buffer (1000) arrived unacknowledged; the state is still exact.
+    - ``status``: client.js's status (``connecting``, ``open``,
+      ``fallback-sse``, ``fallback-poll``, ``unauthorized``, ``forbidden``…).
+    - ``error``: the code of the last ``error`` frame or load failure, or None.
+    - ``epoch`` / ``seq``: the page's position in the gateway's history.
+    """
+
+    def __init__(
+        self,
+        state: Mapping[str, Any] | None = None,
+        *,
+        events: Sequence[Event] = (),
+        reset: bool = False,
+        missed: int = 0,
+        status: str = "connecting",
+        error: str | None = None,
+        epoch: str | None = None,
+        seq: int = 0,
+    ) -> None:
+        super().__init__(state or {})
+        self.events: list[Event] = list(events)
+        self.reset = reset
+        self.missed = missed
+        self.status = status
+        self.error = error
+        self.epoch = epoch
+        self.seq = seq
+
+    def __repr__(self) -> str:
+        return (
+            f"LiveState({dict.__repr__(self)}, events={len(self.events)}, "
+            f"reset={self.reset}, status={self.status!r})"
+        )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _event(raw: Mapping[str, Any]) -> Event:
+    ts = raw.get("ts")
+    epoch = raw.get("epoch")
+    return Event(
+        topic=str(raw.get("topic", "")),
+        data=raw.get("data"),
+        seq=_int(raw.get("seq")),
+        epoch=epoch if isinstance(epoch, str) else "",
+        retain=bool(raw.get("retain", False)),
+        ts=ts if isinstance(ts, str) else None,
+    )
+
+
+@dataclass
+class Feed:
+    """Bookkeeping for one ``live()`` key in one Streamlit session."""
+
+    #: The page subscription the acknowledgement refers to (live.js makes a
+    #: new one when the page reloads or the topics change).
+    instance: str | None = None
+    #: Number of the last event handed out.
+    ack: int = 0
+    #: The page's count of events it dropped, as last seen.
+    lost_seen: int = 0
+    #: The last state handed out (kept for runs with no new payload).
+    last: LiveState = field(default_factory=LiveState)
+    token: str | None = None
+    token_expires: float = 0.0
+
+    def take(self, payload: Any) -> LiveState:
+        """The state for this run from the page's latest payload (or None)."""
+        if not isinstance(payload, Mapping):
+            return LiveState(
+                self.last,
+                status=self.last.status,
+                error=self.last.error,
+                epoch=self.last.epoch,
+                seq=self.last.seq,
+            )
+        instance = payload.get("instance")
+        if not isinstance(instance, str):
+            return self.take(None)
+        if instance != self.instance:
+            self.instance, self.ack, self.lost_seen = instance, 0, 0
+        raw_events = payload.get("events")
+        fresh = [
+            _event(raw)
+            for raw in (raw_events if isinstance(raw_events, list) else [])
+            if isinstance(raw, Mapping) and _int(raw.get("n")) > self.ack
+        ]
+        reset = _int(payload.get("reset_at")) > self.ack
+        lost = _int(payload.get("lost"))
+        missed = max(0, lost - self.lost_seen)
+        self.lost_seen = max(self.lost_seen, lost)
+        self.ack = max(self.ack, _int(payload.get("upto")))
+        state = payload.get("state")
+        epoch = payload.get("epoch")
+        error = payload.get("error")
+        self.last = LiveState(
+            state if isinstance(state, Mapping) else {},
+            events=fresh,
+            reset=reset,
+            missed=missed,
+            status=str(payload.get("status") or "connecting"),
+            error=error if isinstance(error, str) else None,
+            epoch=epoch if isinstance(epoch, str) else None,
+            seq=_int(payload.get("seq")),
+        )
+        return self.last
+
+    def acknowledgement(self) -> dict[str, Any]:
+        """What the page needs to drop the events handed out."""
+        return {"instance": self.instance, "n": self.ack}
+
+    def session_token(
+        self,
+        topics: Iterable[str],
+        *,
+        sub: str,
+        spent: Any = None,
+        now: float | None = None,
+    ) -> str | None:
+        """A token scoped to ``topics`` when AUTH_SECRET is set, else None.
+
+        Minted once per session and again when less than TOKEN_REFRESH_SECS is
+        left or the page reports this token as nearly spent (``spent``).
+        """
+        secret = os.environ.get("AUTH_SECRET")
+        if not secret:
+            return None
+        now = time.time() if now is None else now
+        if (
+            self.token is None
+            or self.token_expires - now < TOKEN_REFRESH_SECS
+            or (spent is not None and spent == self.token)
+        ):
+            self.token = mint_token(
+                subscribe=list(topics), ttl=TOKEN_TTL_SECS, secret=secret, sub=sub
+            )
+            self.token_expires = now + TOKEN_TTL_SECS
+        return self.token
