@@ -78,6 +78,8 @@ function createEntry(data) {
     setStateValue: null,
     client: null,
     closed: false,
+    calls: 0, // calls of the component function (diagnostics)
+    sends: 0,
   };
 
   entry.tokenFn = () => {
@@ -167,8 +169,14 @@ function nextSendAt(entry) {
   return at;
 }
 
+/** Sends now or sets the timer for when it may (an acknowledgement moves
+ *  that time earlier, so the timer is always set again). */
 function schedule(entry) {
-  if (entry.closed || !entry.dirty || entry.sendTimer !== null || !entry.setStateValue) return;
+  if (entry.sendTimer !== null) {
+    clearTimeout(entry.sendTimer);
+    entry.sendTimer = null;
+  }
+  if (entry.closed || !entry.dirty || !entry.setStateValue) return;
   const wait = nextSendAt(entry) - performance.now();
   if (wait <= 0) return send(entry);
   entry.sendTimer = setTimeout(() => {
@@ -195,6 +203,7 @@ function send(entry) {
   entry.dirty = false;
   entry.inflight = entry.n;
   entry.lastSend = performance.now();
+  entry.sends += 1;
   entry.setStateValue("feed", {
     instance: entry.id,
     upto: entry.n,
@@ -213,6 +222,7 @@ function send(entry) {
 /** This call's `data`: acknowledgement, token, component callbacks. */
 function attach(entry, component) {
   const data = component.data;
+  entry.calls += 1;
   if (entry.detachTimer !== null) {
     clearTimeout(entry.detachTimer);
     entry.detachTimer = null;
