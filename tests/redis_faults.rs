@@ -216,6 +216,28 @@ fn assert_one_history(accepted: &[Accepted], clients: &[&Watcher]) {
     }
 }
 
+/// Two gateways on `url`, each with a watching client.
+async fn two_watched_gateways(url: &str) -> (Gateway, Gateway, Watcher, Watcher) {
+    let a = gateway(url).await;
+    let b = gateway(url).await;
+    let on_a = Watcher::start(&a, "").await;
+    let on_b = Watcher::start(&b, "").await;
+    (a, b, on_a, on_b)
+}
+
+/// Publishes `"p<i>"` for each i, alternately through `b` (odd) and `a`.
+async fn publish_numbered(
+    a: &Gateway,
+    b: &Gateway,
+    numbers: std::ops::RangeInclusive<u32>,
+    accepted: &mut Vec<Accepted>,
+) {
+    for i in numbers {
+        let on = if i % 2 == 0 { a } else { b };
+        accepted.push(publish_data(on, json!(format!("p{i}"))).await.unwrap());
+    }
+}
+
 fn last_epoch(accepted: &[Accepted]) -> String {
     accepted.last().unwrap().epoch.clone()
 }
@@ -241,20 +263,11 @@ async fn a_restore_from_an_older_snapshot_starts_one_new_epoch() {
         return;
     }
     let mut redis = PrivateRedis::start(&[]).await;
-    let a = gateway(&redis.url()).await;
-    let b = gateway(&redis.url()).await;
-    let on_a = Watcher::start(&a, "").await;
-    let on_b = Watcher::start(&b, "").await;
+    let (a, b, on_a, on_b) = two_watched_gateways(&redis.url()).await;
     let mut accepted = Vec::new();
-    for i in 1..=5 {
-        let on = if i % 2 == 0 { &a } else { &b };
-        accepted.push(publish_data(on, json!(format!("p{i}"))).await.unwrap());
-    }
+    publish_numbered(&a, &b, 1..=5, &mut accepted).await;
     let _: String = command(&redis, &["SAVE"]).await;
-    for i in 6..=10 {
-        let on = if i % 2 == 0 { &a } else { &b };
-        accepted.push(publish_data(on, json!(format!("p{i}"))).await.unwrap());
-    }
+    publish_numbered(&a, &b, 6..=10, &mut accepted).await;
     let old = last_epoch(&accepted);
     assert_eq!(accepted.last().unwrap().seq, 10);
     on_a.wait_until_at(&old, 10).await;
@@ -272,10 +285,7 @@ async fn a_restore_from_an_older_snapshot_starts_one_new_epoch() {
     wait_for_redis(&a, "up").await;
     wait_for_redis(&b, "up").await;
 
-    for i in 11..=17 {
-        let on = if i % 2 == 0 { &a } else { &b };
-        accepted.push(publish_data(on, json!(format!("p{i}"))).await.unwrap());
-    }
+    publish_numbered(&a, &b, 11..=17, &mut accepted).await;
     let new = last_epoch(&accepted);
     assert_ne!(new, old, "the epoch went on over a history that went back");
     let new_seqs: Vec<u64> = accepted[10..].iter().map(|a| a.seq).collect();
@@ -385,15 +395,9 @@ async fn a_failover_to_a_lagging_replica_starts_one_new_epoch() {
     let primary_port = primary.port.to_string();
     let replica = PrivateRedis::start(&["--replicaof", "127.0.0.1", &primary_port]).await;
     let follow = Forwarder::start(primary.port).await;
-    let a = gateway(&follow.url()).await;
-    let b = gateway(&follow.url()).await;
-    let on_a = Watcher::start(&a, "").await;
-    let on_b = Watcher::start(&b, "").await;
+    let (a, b, on_a, on_b) = two_watched_gateways(&follow.url()).await;
     let mut accepted = Vec::new();
-    for i in 1..=5 {
-        let on = if i % 2 == 0 { &a } else { &b };
-        accepted.push(publish_data(on, json!(format!("p{i}"))).await.unwrap());
-    }
+    publish_numbered(&a, &b, 1..=5, &mut accepted).await;
     let seq_key = format!("{PREFIX}seq");
     for _ in 0..200 {
         let copied: Option<String> = command(&replica, &["GET", &seq_key]).await;
@@ -405,10 +409,7 @@ async fn a_failover_to_a_lagging_replica_starts_one_new_epoch() {
     // Replication stops: the replica follows a primary that is not there.
     let nowhere = support::dead_port().to_string();
     let _: String = command(&replica, &["REPLICAOF", "127.0.0.1", &nowhere]).await;
-    for i in 6..=10 {
-        let on = if i % 2 == 0 { &a } else { &b };
-        accepted.push(publish_data(on, json!(format!("p{i}"))).await.unwrap());
-    }
+    publish_numbered(&a, &b, 6..=10, &mut accepted).await;
     let old = last_epoch(&accepted);
     on_a.wait_until_at(&old, 10).await;
     on_b.wait_until_at(&old, 10).await;
@@ -455,10 +456,7 @@ async fn a_flush_without_publishing_is_noticed_within_three_seconds() {
         return;
     }
     let redis = PrivateRedis::start(&[]).await;
-    let a = gateway(&redis.url()).await;
-    let b = gateway(&redis.url()).await;
-    let on_a = Watcher::start(&a, "").await;
-    let on_b = Watcher::start(&b, "").await;
+    let (a, b, on_a, on_b) = two_watched_gateways(&redis.url()).await;
     let mut accepted = Vec::new();
     for i in 1..=3 {
         accepted.push(publish_data(&a, json!(i)).await.unwrap());
@@ -583,10 +581,7 @@ async fn two_replicas_noticing_one_loss_together_create_one_epoch() {
         return;
     }
     let redis = PrivateRedis::start(&[]).await;
-    let a = gateway(&redis.url()).await;
-    let b = gateway(&redis.url()).await;
-    let on_a = Watcher::start(&a, "").await;
-    let on_b = Watcher::start(&b, "").await;
+    let (a, b, on_a, on_b) = two_watched_gateways(&redis.url()).await;
     let mut accepted = vec![publish_data(&a, json!("start")).await.unwrap()];
     let mut epochs = vec![last_epoch(&accepted)];
     for round in 0..20 {
