@@ -91,9 +91,11 @@
 //! on any failure (including a reply slower than [`REDIS_TIMEOUT`]) and
 //! opened again, with a connect timeout, by the next call. The redis crate's
 //! `ConnectionManager` is not used: it needs the `connection-manager`
-//! feature (one more dependency, `arc-swap`), it keeps a connection whose
-//! replies time out, and the reconnect policy it would replace is these
-//! dozen lines; the listener's pub/sub connection needs its own loop anyway.
+//! feature and one more dependency (`arc-swap`, not in the lockfile), it
+//! would replace only these dozen lines, and with the slot any failure (a
+//! reply slower than REDIS_TIMEOUT included) drops the connection at once,
+//! which is the behaviour the lost-reply test relies on; the listener's
+//! pub/sub connection needs its own loop anyway.
 //!
 //! # Bounds
 //!
