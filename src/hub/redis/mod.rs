@@ -93,9 +93,8 @@
 //! `ConnectionManager` is not used: it needs the `connection-manager`
 //! feature and one more dependency (`arc-swap`, not in the lockfile), it
 //! would replace only these dozen lines, and with the slot any failure (a
-//! reply slower than REDIS_TIMEOUT included) drops the connection at once,
-//! which is the behaviour the lost-reply test relies on; the listener's
-//! pub/sub connection needs its own loop anyway.
+//! reply slower than REDIS_TIMEOUT included) drops the connection at once;
+//! the listener's pub/sub connection needs its own loop anyway.
 //!
 //! # Bounds
 //!
