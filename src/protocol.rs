@@ -134,15 +134,38 @@ struct PublishFields {
     data: Box<RawValue>,
     #[serde(default)]
     retain: bool,
+    /// Idempotency id: a repeat within the dedup window is not published.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Longest publish id, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// A publish id (the `id` field or the `Idempotency-Key` header): 1 to
+/// MAX_ID_CHARS characters.
+pub fn validate_publish_id(id: &str, field: &str) -> Result<(), BadInput> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS {
+        return Err(bad(
+            field,
+            format!("must be 1 to {MAX_ID_CHARS} characters, got {chars}"),
+        ));
+    }
+    Ok(())
 }
 
 impl PublishFields {
     fn validate(self, prefix: &str) -> Result<Publication, BadInput> {
         let topic = Topic::parse(&self.topic).map_err(|e| bad(&format!("{prefix}topic"), e))?;
+        if let Some(id) = &self.id {
+            validate_publish_id(id, &format!("{prefix}id"))?;
+        }
         Ok(Publication {
             topic,
             data: self.data,
             retain: self.retain,
+            id: self.id.map(String::into_boxed_str),
         })
     }
 }
@@ -160,11 +183,18 @@ pub fn parse_publish_body(body: &[u8]) -> Result<(Vec<Publication>, bool), BadIn
     if items.is_empty() {
         return Err(BadInput("body: an empty array publishes nothing".into()));
     }
-    let mut batch = Vec::with_capacity(items.len());
+    let mut batch: Vec<Publication> = Vec::with_capacity(items.len());
+    let mut ids = HashSet::new();
     for (i, item) in items.iter().enumerate() {
         let prefix = format!("[{i}].");
         let fields: PublishFields = from_json(item.get(), &format!("[{i}]"))?;
-        batch.push(fields.validate(&prefix)?);
+        let publication = fields.validate(&prefix)?;
+        if let Some(id) = publication.id.as_deref() {
+            if !ids.insert(id.to_owned()) {
+                return Err(bad(&format!("[{i}].id"), "repeats an id of this batch"));
+            }
+        }
+        batch.push(publication);
     }
     Ok((batch, true))
 }
@@ -210,6 +240,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, BadInput> {
                 topic: raw.topic.ok_or_else(|| bad("topic", "required"))?,
                 data: raw.data.ok_or_else(|| bad("data", "required"))?,
                 retain: raw.retain.unwrap_or(false),
+                id: None,
             };
             Ok(ClientFrame::Publish(fields.validate("")?))
         }
@@ -391,6 +422,22 @@ mod tests {
                 .starts_with("[1].retain")
         );
         assert!(err("[]").contains("empty"));
+        assert!(err(r#"{"topic":"a","data":1,"id":""}"#).starts_with("id: must be 1 to 128"));
+        let long = format!(r#"{{"topic":"a","data":1,"id":"{}"}}"#, "é".repeat(129));
+        assert!(err(&long).starts_with("id: must be 1 to 128 characters, got 129"));
+        assert!(err(r#"{"topic":"a","data":1,"id":7}"#).starts_with("id"));
+        assert!(
+            err(r#"[{"topic":"a","data":1,"id":"x"},{"topic":"b","data":2,"id":"x"}]"#)
+                .starts_with("[1].id: repeats")
+        );
+        let (batch, _) = parse_publish_body(
+            format!(r#"{{"topic":"a","data":1,"id":"{}"}}"#, "é".repeat(128)).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            batch[0].id.as_deref().map(|id| id.chars().count()),
+            Some(128)
+        );
         let (batch, is_array) =
             parse_publish_body(br#"{"topic":"a/b","data":{"x":[1,2]},"retain":true}"#).unwrap();
         assert!(!is_array);

@@ -4,6 +4,11 @@
 //! without PUBLISH_TOKEN, loopback peers only — the real TCP peer, never a
 //! header), the body size limit, and the 202/400/401/413/503/507 answers
 //! (507: the batch would take retained state past MAX_RETAINED_BYTES). An
+//! event may carry an idempotency `"id"` (or, for a single-event body, an
+//! `Idempotency-Key` header): a request whose every event repeats an id
+//! within the hub's dedup window answers 200 with the original
+//! `{"epoch","seq"}` (`"seqs"`) and publishes nothing; one mixing repeats and
+//! new events answers 409 and publishes nothing (see [`idempotency_key`]). An
 //! answer given before the body is read (405, 401, 413) lingers on the rest
 //! of the body (`linger`), so the client reads it instead of a reset.
 
@@ -58,6 +63,17 @@ pub async fn handle(
         return early(request, too_large(limit));
     }
     let lingers = !linger::expects_continue(request.headers());
+    let headers_key = match request.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(key)) => Some(key.to_owned()),
+        Some(Err(_)) => {
+            let answer = response::json_error(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key: must be visible ASCII",
+            );
+            return early(request, answer);
+        }
+    };
     let body = match read_limited(request.into_body(), limit, declared).await {
         Ok(body) => body,
         Err(ReadError::TooLarge(rest)) => {
@@ -70,14 +86,22 @@ pub async fn handle(
             return response::json_error(StatusCode::BAD_REQUEST, "body: could not be read")
         }
     };
-    let (batch, is_array) = match protocol::parse_publish_body(&body) {
+    let (mut batch, is_array) = match protocol::parse_publish_body(&body) {
         Ok(parsed) => parsed,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };
+    if let Err(error) = idempotency_key(headers_key.as_deref(), is_array, &mut batch) {
+        return response::json_error(StatusCode::BAD_REQUEST, &error.0);
+    }
     match hub.publish(batch).await {
         Ok(receipt) => {
-            debug!(%peer, count = receipt.seqs.len(), "published");
-            accepted(&receipt.epoch, receipt.seqs, is_array)
+            debug!(%peer, count = receipt.seqs.len(), repeated = receipt.repeated, "published");
+            let status = if receipt.repeated {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            accepted(status, &receipt.epoch, receipt.seqs, is_array)
         }
         Err(error) => response::hub_error(&error),
     }
@@ -127,7 +151,31 @@ async fn read_limited(
     Ok(first.unwrap_or_else(|| Bytes::from(collected)))
 }
 
-fn accepted(epoch: &Epoch, seqs: Vec<Seq>, is_array: bool) -> Response<Body> {
+/// Applies an `Idempotency-Key` header: the id of a single-event body
+/// (which must not carry a different `"id"`); refused for an array, whose
+/// events each carry their own `"id"`.
+fn idempotency_key(
+    key: Option<&str>,
+    is_array: bool,
+    batch: &mut [crate::hub::Publication],
+) -> Result<(), protocol::BadInput> {
+    let Some(key) = key else { return Ok(()) };
+    let field = "Idempotency-Key";
+    protocol::validate_publish_id(key, field)?;
+    let refuse = |problem: &str| Err(protocol::BadInput(format!("{field}: {problem}")));
+    match batch {
+        [event] if !is_array => match event.id.as_deref() {
+            Some(id) if id != key => refuse("differs from the event's \"id\""),
+            _ => {
+                event.id = Some(key.into());
+                Ok(())
+            }
+        },
+        _ => refuse("only for a single-event body; give each event of an array its own \"id\""),
+    }
+}
+
+fn accepted(status: StatusCode, epoch: &Epoch, seqs: Vec<Seq>, is_array: bool) -> Response<Body> {
     #[derive(Serialize)]
     struct One<'a> {
         epoch: &'a Epoch,
@@ -139,8 +187,8 @@ fn accepted(epoch: &Epoch, seqs: Vec<Seq>, is_array: bool) -> Response<Body> {
         seqs: Vec<Seq>,
     }
     match (is_array, seqs.first()) {
-        (false, Some(&seq)) => response::json(StatusCode::ACCEPTED, &One { epoch, seq }),
-        _ => response::json(StatusCode::ACCEPTED, &Many { epoch, seqs }),
+        (false, Some(&seq)) => response::json(status, &One { epoch, seq }),
+        _ => response::json(status, &Many { epoch, seqs }),
     }
 }
 

@@ -382,6 +382,7 @@ fn retained_event(seq: u64, topic_text: &str, data: &str) -> Arc<Event> {
             topic: topic(topic_text),
             data: RawValue::from_string(data.to_owned()).unwrap(),
             retain: true,
+            id: None,
         },
     ))
 }

@@ -339,3 +339,128 @@ pub fn unique_prefix(name: &str) -> String {
         .unwrap_or_default();
     format!("switchyard-test:{name}:{}:{nanos}:", std::process::id())
 }
+
+/// Whether `redis-server` can be run here; a fault test that needs its own
+/// Redis says it skipped when not (CI installs it, so CI never skips).
+pub fn redis_server_installed(skipped: &str) -> bool {
+    let installed = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !installed {
+        eprintln!("SKIPPED: redis-server is not installed; {skipped} did not run");
+    }
+    installed
+}
+
+/// A private `redis-server` on a free port with its own directory (removed
+/// on drop), `--save ''` and no AOF unless `extra` says otherwise. It can be
+/// stopped and started again on the same port and directory.
+pub struct PrivateRedis {
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start(extra: &[&str]) -> PrivateRedis {
+        let port = dead_port();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-redis-{}-{port}-{nanos}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create redis dir");
+        let mut redis = PrivateRedis {
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// Starts the server (again), on the same port and directory.
+    pub async fn restart(&mut self) {
+        let port = self.port.to_string();
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut admin) = self.try_admin().await {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut admin).await;
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn try_admin(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// A fresh connection for the test's own commands.
+    pub async fn admin(&self) -> redis::aio::MultiplexedConnection {
+        self.try_admin().await.expect("connect to private redis")
+    }
+
+    /// SIGKILL, and waits for the exit.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Waits for the server to exit on its own (after SHUTDOWN).
+    pub async fn wait_exit(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .expect("redis-server exits")
+                .expect("wait for redis-server");
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
