@@ -197,6 +197,9 @@ def mint(subscribe, ttl=60):
 
 
 def main():
+    # run.sh's timeout sends SIGTERM: leave through the finally below, which
+    # stops the gateways (and their Streamlit children).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     OUT.mkdir(parents=True, exist_ok=True)
     if not GATEWAY_BIN.exists():
         print(f"missing {GATEWAY_BIN}: run tests/e2e/run.sh", file=sys.stderr)

@@ -25,6 +25,9 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
     echo "$want" > "$stamp"
 fi
+# The switchyard package (app.py and live_app.py import switchyard.streamlit); editable.
+"$VENV/bin/python" -c 'import switchyard' 2>/dev/null ||
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT/clients/python"
 
 # 2. Debian's Chromium (browsers cannot be downloaded by Playwright here).
 if [[ ! -x /usr/bin/chromium ]]; then
@@ -82,6 +85,7 @@ run_script() {
 
 run_script e2e.py 0 "$@"
 run_script client_e2e.py 300
+run_script live_e2e.py 300
 
 echo "$total_passed passed, $total_failed failed"
 [[ $total_failed -eq 0 ]]
