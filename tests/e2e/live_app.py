@@ -53,7 +53,7 @@ def prices() -> None:
         f"resets: **{ss.resets}** · gaps: **{ss.get('gaps', 0)}** · "
         f"repeats: **{ss.get('repeats', 0)}** · missed: **{state.missed}** · "
         f"status: **{state.status}** · error: **{state.error}** · "
-        f"topics: **{','.join(sorted(state))}**"
+        f"topics: **{','.join(sorted(state)) or 'none'}**"
     )
     st.code(json.dumps(ss.run_times), language=None)
 

@@ -157,7 +157,6 @@ class Feed:
         *,
         sub: str,
         spent: Any = None,
-        now: float | None = None,
     ) -> str | None:
         """A token scoped to ``topics`` when AUTH_SECRET is set, else None.
 
@@ -167,7 +166,7 @@ class Feed:
         secret = os.environ.get("AUTH_SECRET")
         if not secret:
             return None
-        now = time.time() if now is None else now
+        now = time.time()
         if (
             self.token is None
             or self.token_expires - now < TOKEN_REFRESH_SECS
