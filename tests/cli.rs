@@ -105,9 +105,12 @@ fn token_prints_a_token_the_gateway_accepts() {
     assert!(grant.admin);
 }
 
+/// Arguments, environment, and what stderr must name.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn token_names_what_is_wrong_and_exits_2() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 7] = [
+    let cases: [Case; 7] = [
         (
             &["token", "--subscribe", "a/#", "--ttl", "1h"],
             &[],

@@ -21,6 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse battery";
 const PUBLISH_TOKEN: &str = "engine-token-1234567890";
+const LIMIT_LOGGED: &str =
+    "too many failed site-password attempts; this address gets 429 until its window ends";
 const AUTH_SECRET: &str = "site-password-secret-0123456789abcdef";
 
 /// A cost-4 hash (fast in a debug build) and the BASIC_AUTH value.
@@ -218,18 +220,55 @@ async fn ten_failures_a_minute_then_429_for_that_address_only() {
     );
     // /health stays open.
     assert_eq!(gateway.health().await.0, 200);
-    assert_eq!(
-        gateway.wait_for_log("too many failed site-password attempts; this address gets 429 until its window ends", 1).await.len(),
-        1
-    );
+    assert_eq!(gateway.wait_for_log(LIMIT_LOGGED, 1).await.len(), 1);
     assert_no_secret_logged(&gateway, &hash);
 }
 
 #[tokio::test]
 async fn bearer_tokens_and_the_engine_pass_without_the_password() {
     let (basic_var, hash) = basic_auth_var();
-    let with_token =
-        Gateway::start(&[("BASIC_AUTH", &basic_var), ("PUBLISH_TOKEN", PUBLISH_TOKEN)]).await;
+    let with_token = Gateway::start(&[
+        ("BASIC_AUTH", &basic_var),
+        ("PUBLISH_TOKEN", PUBLISH_TOKEN),
+        ("AUTH_SECRET", AUTH_SECRET),
+    ])
+    .await;
+    // An access token passes too, in the header or as `?token=` (EventSource).
+    let reader = mint(
+        AUTH_SECRET,
+        &Claims {
+            exp: now_secs() + 300,
+            subscribe: vec!["a/#".into()],
+            ..Claims::default()
+        },
+    )
+    .unwrap();
+    let header = format!("Bearer {reader}");
+    let path = "/_switchyard/state?topics=a/%23";
+    let state = status_of(
+        &with_token,
+        Method::GET,
+        path,
+        &[("authorization", &header)],
+    )
+    .await;
+    assert_eq!(state, 200);
+    let query = format!("{path}&token={reader}");
+    assert_eq!(status_of(&with_token, Method::GET, &query, &[]).await, 200);
+    let forged = Claims {
+        exp: now_secs() + 300,
+        admin: true,
+        ..Claims::default()
+    };
+    let forged = format!("Bearer {}", mint(&"f".repeat(40), &forged).unwrap());
+    let state = status_of(
+        &with_token,
+        Method::GET,
+        path,
+        &[("authorization", &forged)],
+    )
+    .await;
+    assert_eq!(state, 401);
     let engine = format!("Bearer {PUBLISH_TOKEN}");
     let (status, body) = publish_with(
         &with_token,
