@@ -54,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
     let (config, access, verifier) = fixtures();
 
     // Tokens.
-    assert!(verifier.verify(&token_part).is_err(), "unsigned text verified");
+    assert!(
+        verifier.verify(&token_part).is_err(),
+        "unsigned text verified"
+    );
     let patterns: Vec<String> = token_part.split(',').map(str::to_owned).collect();
     let claims = Claims {
         exp: token::now_secs() + 60,
