@@ -30,6 +30,7 @@ def prices() -> None:
     ss.run_times = (ss.get("run_times", []) + [round(time.time(), 3)])[-400:]
     ss.events_seen = ss.get("events_seen", 0) + len(state.events)
     ss.resets = ss.get("resets", 0) + int(state.reset)
+    ss.missed = ss.get("missed", 0) + state.missed
     for event in state.events:
         if event.topic != "live/price" or not isinstance(event.data, dict):
             continue
@@ -51,7 +52,7 @@ def prices() -> None:
     st.markdown(
         f"fragment runs: **{ss.frag_runs}** · events: **{ss.events_seen}** · "
         f"resets: **{ss.resets}** · gaps: **{ss.get('gaps', 0)}** · "
-        f"repeats: **{ss.get('repeats', 0)}** · missed: **{state.missed}** · "
+        f"repeats: **{ss.get('repeats', 0)}** · missed: **{ss.missed}** · "
         f"status: **{state.status}** · error: **{state.error}** · "
         f"topics: **{','.join(sorted(state)) or 'none'}**"
     )

@@ -291,6 +291,35 @@ def main():
 
             run_test("burst_200_at_50_per_s", burst_200_at_50_per_s)
 
+            def overflow_past_1000_is_counted():
+                # 1500 events in three back-to-back batches: they arrive
+                # before Python can acknowledge, the page keeps the newest
+                # 1000 and counts the rest as missed; the state stays exact.
+                before = stats(page)
+                events_before, missed_before = int(before["events"]), int(before["missed"])
+                gaps_before = int(before["gaps"])
+                for start in (1001, 1501, 2001):
+                    batch = [
+                        {"topic": "live/price", "data": {"value": f"p{i}", "i": i}, "retain": True}
+                        for i in range(start, start + 500)
+                    ]
+                    status, answer = http_json(gw.base + "/_switchyard/publish", batch)
+                    assert status == 202, f"batch publish answered {status}: {answer}"
+                wait_metric(page, "p2500", 5)
+                time.sleep(1.0)
+                after = stats(page)
+                events = int(after["events"]) - events_before
+                missed = int(after["missed"]) - missed_before
+                gaps = int(after["gaps"]) - gaps_before
+                assert events + missed == 1500, f"{events} events + {missed} missed != 1500"
+                assert missed > 0 and events >= 1000, f"events {events}, missed {missed}"
+                # i jumps from 200 to 1001 (800 never published), then the dropped ones.
+                assert gaps == 800 + missed, f"gaps {gaps} vs missed {missed}"
+                assert after["repeats"] == "0", after
+                return f"{events} events handed to Python, {missed} counted as missed, metric p2500"
+
+            run_test("overflow_past_1000_is_counted", overflow_past_1000_is_counted)
+
             def live_table_without_reruns():
                 runs_before = page_runs(page)
                 frag_before = stats(page)["fragment runs"]

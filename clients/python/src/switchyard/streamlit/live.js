@@ -121,8 +121,9 @@ function createEntry(data) {
         changed(entry);
       });
       client.onStatus((status) => {
+        const first = entry.status === "connecting" && status === "connecting";
         entry.status = status;
-        changed(entry);
+        if (!first) changed(entry); // Python starts out "connecting": no rerun for it
       });
       if (client.onError) {
         client.onError((error) => {
