@@ -24,7 +24,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -213,29 +213,6 @@ fn accepted(status: StatusCode, epoch: &Epoch, seqs: Vec<Seq>, is_array: bool) -
     match (is_array, seqs.first()) {
         (false, Some(&seq)) => response::json(status, &One { epoch, seq }),
         _ => response::json(status, &Many { epoch, seqs }),
-    }
-}
-
-/// Transitional: the WebSocket upgrade still asks this until it moves to
-/// [`Access::publisher`] (another change). It already applies the same
-/// rule as the HTTP route for PUBLISH_TOKEN and the loopback exemption:
-/// the effective client address (after trusted X-Forwarded-For), not the
-/// TCP peer, so a local reverse proxy's clients are not "loopback".
-pub fn may_publish(
-    config: &Config,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> bool {
-    match &config.publish_token {
-        Some(expected) => auth::presented(headers, query_token).is_some_and(|given| {
-            auth::constant_time_eq(given.as_bytes(), expected.expose().as_bytes())
-        }),
-        None => auth::is_loopback(auth::client_address(
-            peer.ip(),
-            headers,
-            &config.trusted_proxies,
-        )),
     }
 }
 

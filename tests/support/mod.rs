@@ -522,3 +522,84 @@ pub async fn ws_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Clie
         Err(other) => panic!("websocket handshake to {url} failed: {other}"),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Access control (AUTH_SECRET) helpers
+// ---------------------------------------------------------------------------
+
+/// An AUTH_SECRET for tests (32+ bytes).
+pub const AUTH_SECRET: &str = "switchyard-test-auth-secret-0123456789";
+
+/// An access token signed with [`AUTH_SECRET`]: `subscribe` and `publish`
+/// patterns, `admin`, expiring `ttl_secs` from now (negative: already
+/// expired).
+pub fn access_token(subscribe: &[&str], publish: &[&str], admin: bool, ttl_secs: i64) -> String {
+    use switchyard::auth::token::{mint, now_secs, Claims};
+    let claims = Claims {
+        exp: (now_secs() as i64 + ttl_secs) as u64,
+        sub: Some("test-user".into()),
+        subscribe: subscribe.iter().map(|p| p.to_string()).collect(),
+        publish: publish.iter().map(|p| p.to_string()).collect(),
+        admin,
+    };
+    mint(AUTH_SECRET, &claims).expect("mint a token")
+}
+
+/// GET with `Authorization: Bearer <token>` when a token is given.
+pub async fn get_bearer(url: &str, token: Option<&str>) -> Response<Incoming> {
+    let mut request = Request::get(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    send(request.body(Empty::<Bytes>::new()).unwrap()).await
+}
+
+/// Connects to `/ws` + `query`, with `Authorization: Bearer <token>` when
+/// one is given; a refused upgrade answers its status and JSON body.
+pub async fn connect_bearer(
+    gateway: &Gateway,
+    query: &str,
+    token: Option<&str>,
+) -> Result<Client, (u16, serde_json::Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = gateway
+        .ws_url(&format!("/ws{query}"))
+        .into_client_request()
+        .expect("websocket request");
+    if let Some(token) = token {
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((client, _)) => Ok(client),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response.body().clone().unwrap_or_default();
+            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            Err((status, json))
+        }
+        Err(error) => panic!("websocket connect failed: {error}"),
+    }
+}
+
+/// The next message of any kind (pings and pongs skipped), or `None` when
+/// none comes within `limit`.
+pub async fn next_message(
+    client: &mut Client,
+    limit: Duration,
+) -> Option<tokio_tungstenite::tungstenite::Message> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(message))) => return Some(message),
+            Ok(Some(Err(error))) => panic!("websocket error: {error}"),
+            Ok(None) => panic!("connection ended without a close frame"),
+        }
+    }
+}
