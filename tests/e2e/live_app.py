@@ -61,5 +61,22 @@ def prices() -> None:
 
 prices()
 
+
+@st.fragment
+def bulk() -> None:
+    # A slow one (a batch every 2 s) for the check of the page's 1000 bound.
+    state = live(["bulk/#"], key="bulk", max_reruns_per_sec=0.5)
+    ss.bulk_events = ss.get("bulk_events", 0) + len(state.events)
+    ss.bulk_missed = ss.get("bulk_missed", 0) + state.missed
+    ss.bulk_resets = ss.get("bulk_resets", 0) + int(state.reset)
+    last = state.get("bulk/x")
+    st.markdown(
+        f"bulk events: **{ss.bulk_events}** · bulk missed: **{ss.bulk_missed}** · "
+        f"bulk resets: **{ss.bulk_resets}** · bulk last: **{last['i'] if last else '-'}**"
+    )
+
+
+bulk()
+
 st.subheader("tape (drawn in the browser, no rerun)")
 live_table(["tape/#"], key="tape", columns=["i", "px"], max_rows=50, height=240)

@@ -36,8 +36,8 @@ def payload(instance: str = "page-1", events: range = range(0), **extra: Any) ->
         "instance": instance,
         "upto": max(events, default=0),
         "events": listed,
-        "lost": 0,
-        "reset_at": 0,
+        "base": 0,
+        "resets": 0,
         "state": {"px/a": listed[-1]["data"]} if listed else {},
         "epoch": "E",
         "seq": 100 + max(events, default=0),
@@ -73,16 +73,28 @@ def test_live_state_is_a_dict_of_the_data_with_the_new_events() -> None:
 def test_each_event_is_handed_out_once_across_overlapping_payloads() -> None:
     feed = Feed()
     assert [e.data["i"] for e in feed.take(payload(events=range(1, 4))).events] == [1, 2, 3]
-    assert feed.acknowledgement() == {"instance": "page-1", "n": 3}
+    assert feed.acknowledgement() == {"instance": "page-1", "n": 3, "sent": 0}
     # A rerun for another reason sees the same payload: nothing new.
     again = feed.take(payload(events=range(1, 4)))
     assert again.events == [] and again == {"px/a": {"i": 3}}
     # The page sent again before our acknowledgement reached it: 2..5.
     assert [e.data["i"] for e in feed.take(payload(events=range(2, 6))).events] == [4, 5]
-    assert feed.acknowledgement() == {"instance": "page-1", "n": 5}
+    assert feed.acknowledgement() == {"instance": "page-1", "n": 5, "sent": 0}
     # A run with no payload at all keeps the last state, with no events.
     quiet = feed.take(None)
     assert quiet == {"px/a": {"i": 5}} and quiet.events == [] and quiet.status == "open"
+
+
+def test_every_send_is_acknowledged_even_with_no_new_event() -> None:
+    # The page sends again what no run acknowledged (Streamlit reruns one
+    # fragment per batch of widget updates): the number of each send taken
+    # goes back, events or not.
+    feed = Feed()
+    feed.take(payload(events=range(1, 3), sent=1))
+    assert feed.acknowledgement() == {"instance": "page-1", "n": 2, "sent": 1}
+    status_only = feed.take(payload(events=range(1, 3), sent=2, status="fallback-sse"))
+    assert status_only.events == [] and status_only.status == "fallback-sse"
+    assert feed.acknowledgement() == {"instance": "page-1", "n": 2, "sent": 2}
 
 
 def test_a_new_page_subscription_starts_its_numbering_over() -> None:
@@ -90,19 +102,32 @@ def test_a_new_page_subscription_starts_its_numbering_over() -> None:
     feed.take(payload("page-1", range(1, 8)))
     fresh = feed.take(payload("page-2", range(1, 3)))
     assert [e.data["i"] for e in fresh.events] == [1, 2]
-    assert feed.acknowledgement() == {"instance": "page-2", "n": 2}
+    assert feed.acknowledgement() == {"instance": "page-2", "n": 2, "sent": 0}
 
 
 def test_reset_and_overflow_are_reported_once() -> None:
     feed = Feed()
     feed.take(payload(events=range(1, 3)))
-    # The gateway restarted: reset numbered 3, one event after it.
-    after = feed.take(payload(events=range(4, 5), reset_at=3, lost=0))
-    assert after.reset and [e.data["i"] for e in after.events] == [4]
-    # 1000 waiting: the page dropped the oldest 250 and counts them.
-    flood = feed.take(payload(events=range(255, 1255), reset_at=3, lost=250))
+    # The gateway restarted (the page's first reset), one event after it.
+    after = feed.take(payload(events=range(3, 4), resets=1))
+    assert after.reset and [e.data["i"] for e in after.events] == [3]
+    assert not feed.take(payload(events=range(3, 4), resets=1)).reset
+    # 1250 arrived before an acknowledgement: the page kept the newest 1000
+    # (254..1253); the 250 numbers in between are missed, counted once.
+    flood = feed.take(payload(events=range(254, 1254), resets=1))
     assert not flood.reset and flood.missed == 250 and len(flood.events) == 1000
-    assert feed.take(payload(events=range(255, 1255), reset_at=3, lost=250)).missed == 0
+    assert feed.take(payload(events=range(254, 1254), resets=1)).missed == 0
+    # Dropped ones this session had already taken are not missed.
+    overlap = feed.take(payload(events=range(1100, 2100), resets=1))
+    assert overlap.missed == 0 and overlap.events[0].data["i"] == 1254
+
+
+def test_a_new_session_starts_after_what_an_earlier_one_took() -> None:
+    # Streamlit restarted: the page's subscription lives on, its events up
+    # to 40 went to the old session; the new one gets the rest, none missed.
+    fresh = Feed().take(payload(events=range(41, 44), base=40, resets=1))
+    assert [e.data["i"] for e in fresh.events] == [41, 42, 43]
+    assert fresh.missed == 0 and fresh.reset
 
 
 def test_garbage_from_the_page_changes_nothing() -> None:
@@ -111,7 +136,7 @@ def test_garbage_from_the_page_changes_nothing() -> None:
     for junk in ("x", 5, {"instance": 7}, {"upto": 9}):
         state = feed.take(junk)
         assert state.events == [] and state == {"px/a": {"i": 2}}
-    assert feed.acknowledgement() == {"instance": "page-1", "n": 2}
+    assert feed.acknowledgement() == {"instance": "page-1", "n": 2, "sent": 0}
     odd = feed.take(payload(events=range(3, 4), events_extra=1, state="nope", status=None))
     assert odd == {} and odd.status == "connecting" and len(odd.events) == 1
 
@@ -184,7 +209,7 @@ def test_live_in_a_fragment_acknowledges_with_the_same_run(
     assert first["topics"] == ["px/#"] and first["key"] == "prices"
     assert first["client_js"] == "/_switchyard/client.js?esm"
     assert first["max_reruns_per_sec"] == 2 and first["token"] is None
-    assert first["ack"] == {"instance": None, "n": 0}
+    assert first["ack"] == {"instance": None, "n": 0, "sent": 0}
     assert at.metric[0].value == "-" and at.text[0].value == "status=connecting reset=False"
 
     from_page(at, payload(events=range(1, 4)))
@@ -192,18 +217,45 @@ def test_live_in_a_fragment_acknowledges_with_the_same_run(
     assert at.metric[0].value == "3"
     assert at.session_state.seen == [1, 2, 3]
     # The acknowledgement goes out with the run that took the events.
-    assert sent_to_page(at)["ack"] == {"instance": "page-1", "n": 3}
+    assert sent_to_page(at)["ack"] == {"instance": "page-1", "n": 3, "sent": 0}
 
     at.run()  # a rerun for some other reason: the same payload, no event twice
     assert at.session_state.seen == [1, 2, 3]
-    # Events 4 and 5, then a reset numbered 6 (the gateway restarted).
-    from_page(at, payload(events=range(3, 6), reset_at=6, upto=6))
+    # Events 4 and 5 and a reset (the gateway restarted).
+    from_page(at, payload(events=range(3, 6), resets=1))
     at.run()
     assert at.session_state.seen == [1, 2, 3, 4, 5]
     assert at.text[0].value == "status=open reset=True"
-    assert sent_to_page(at)["ack"]["n"] == 6
+    assert sent_to_page(at)["ack"]["n"] == 5
     at.run()
     assert at.text[0].value == "status=open reset=False"
+
+
+def test_a_run_stopped_at_the_element_hands_the_events_out_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Streamlit stops a run that a newer rerun request overtakes at its next
+    # element, before sending it (RerunException): stand-in, an exception
+    # from the mount. Nothing of that run may count.
+    import switchyard.streamlit as module
+
+    monkeypatch.delenv("AUTH_SECRET", raising=False)
+    mount = module._live_component
+    stops = [True]
+
+    def stopped_once(**kwargs: Any) -> Any:
+        if stops and stops.pop():
+            raise RuntimeError("stopped for a rerun")
+        return mount(**kwargs)
+
+    at = AppTest.from_function(fragment_app).run()
+    monkeypatch.setattr(module, "_live_component", stopped_once)
+    from_page(at, payload(events=range(1, 4)))
+    at.run()
+    assert at.exception and at.session_state.seen == []
+    at.run()
+    assert at.session_state.seen == [1, 2, 3]
+    assert sent_to_page(at)["ack"] == {"instance": "page-1", "n": 3, "sent": 0}
 
 
 def test_live_mints_a_scoped_token_per_session(monkeypatch: pytest.MonkeyPatch) -> None:

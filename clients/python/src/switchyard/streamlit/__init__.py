@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from importlib import resources
 
 import streamlit as st
@@ -104,7 +105,11 @@ def live(
     returned :class:`LiveState`'s ``.events`` lists what arrived since the
     previous run (no event is handed out twice, none is skipped while fewer
     than 1000 wait; past that ``.missed`` counts the dropped ones). Outside a
-    fragment it reruns the whole page.
+    fragment it reruns the whole page. Fragment reruns wait for the run in
+    progress; a full-page rerun (a widget outside fragments) stops it: stopped
+    at ``live()``'s element, the next run gets the same events again, stopped
+    later in the fragment, that run's events are not handed out again (the
+    state always is).
 
     ``key`` names the subscription: it stays open across reruns. ``url`` is
     the full URL of the gateway's ``client.js`` when the page is not served
@@ -117,7 +122,12 @@ def live(
     if not max_reruns_per_sec > 0:
         raise ValueError("max_reruns_per_sec must be positive")
     element_key = f"switchyard-live-{key}"
-    feed = _feed(f"_switchyard_live_feed_{key}")
+    slot = f"_switchyard_live_feed_{key}"
+    # Taken on a copy, kept only once the element is out: Streamlit stops a
+    # run that a newer rerun request overtakes at its next element, before
+    # sending it; then neither this copy nor its acknowledgement counts, and
+    # the next run gets the same events again.
+    feed = replace(_feed(slot))
     # What the page sent last, read before mounting so this run's
     # acknowledgement goes out with this run's element.
     sent = st.session_state.get(element_key)
@@ -147,6 +157,7 @@ def live(
         # Not visible before mounting (first run of a key): take it now; the
         # page gets this acknowledgement with the next run.
         state = feed.take(mounted)
+    st.session_state[slot] = feed
     return state
 
 

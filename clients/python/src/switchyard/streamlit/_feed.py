@@ -97,10 +97,13 @@ class Feed:
     #: The page subscription the acknowledgement refers to (live.js makes a
     #: new one when the page reloads or the topics change).
     instance: str | None = None
-    #: Number of the last event handed out.
+    #: Number of the last event handed out (the page numbers them 1, 2, 3…).
     ack: int = 0
-    #: The page's count of events it dropped, as last seen.
-    lost_seen: int = 0
+    #: The page's count of resets, as last seen.
+    resets_seen: int = 0
+    #: Number of the last payload taken (the page sends it again when no
+    #: run acknowledges it: Streamlit reruns one fragment per update batch).
+    sent: int = 0
     #: The last state handed out (kept for runs with no new payload).
     last: LiveState = field(default_factory=LiveState)
     token: str | None = None
@@ -120,18 +123,28 @@ class Feed:
         if not isinstance(instance, str):
             return self.take(None)
         if instance != self.instance:
-            self.instance, self.ack, self.lost_seen = instance, 0, 0
+            # A subscription this session has not seen: what an earlier
+            # session took (after Streamlit restarted) is not missed here.
+            self.instance, self.ack, self.resets_seen = instance, _int(payload.get("base")), 0
+            self.sent = 0
         raw_events = payload.get("events")
-        fresh = [
-            _event(raw)
+        numbered = [
+            (_int(raw.get("n")), raw)
             for raw in (raw_events if isinstance(raw_events, list) else [])
-            if isinstance(raw, Mapping) and _int(raw.get("n")) > self.ack
+            if isinstance(raw, Mapping)
         ]
-        reset = _int(payload.get("reset_at")) > self.ack
-        lost = _int(payload.get("lost"))
-        missed = max(0, lost - self.lost_seen)
-        self.lost_seen = max(self.lost_seen, lost)
-        self.ack = max(self.ack, _int(payload.get("upto")))
+        numbered = [(n, raw) for n, raw in numbered if n > self.ack]
+        fresh = [_event(raw) for _, raw in numbered]
+        # Numbers are gap-free: the ones between the last taken and the
+        # first sent were dropped by the page (more than 1000 waited).
+        upto = _int(payload.get("upto"))
+        first = min((n for n, _ in numbered), default=upto + 1)
+        missed = max(0, first - self.ack - 1)
+        resets = _int(payload.get("resets"))
+        reset = resets > self.resets_seen
+        self.resets_seen = max(self.resets_seen, resets)
+        self.ack = max(self.ack, upto)
+        self.sent = max(self.sent, _int(payload.get("sent")))
         state = payload.get("state")
         epoch = payload.get("epoch")
         error = payload.get("error")
@@ -149,7 +162,7 @@ class Feed:
 
     def acknowledgement(self) -> dict[str, Any]:
         """What the page needs to drop the events handed out."""
-        return {"instance": self.instance, "n": self.ack}
+        return {"instance": self.instance, "n": self.ack, "sent": self.sent}
 
     def session_token(
         self,

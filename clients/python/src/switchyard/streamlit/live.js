@@ -3,15 +3,19 @@
 // One client.js subscription per `key`, kept in window.__switchyard_live
 // (Streamlit 1.67 calls this function again on every rerun without the
 // previous cleanup, so anything kept in the closure would be opened again).
-// Each event gets a number n; the events Python has not acknowledged yet
-// (at most MAX_PENDING: past it the oldest are dropped and counted in
-// `lost`) go to Python with the whole current state through
+// Each event gets a number n (1, 2, 3…); the events Python has not
+// acknowledged yet (at most MAX_PENDING: past it the oldest are dropped, and
+// Python counts the numbers it never got) go to Python with the whole
+// current state through
 // setStateValue("feed", ...), which reruns the enclosing fragment. Python
 // acknowledges the last number it took through `data.ack` on the next call.
-// Sends are throttled: the next one waits max_reruns_per_sec's interval
-// after the previous send and after the acknowledgement of it (so two
-// fragment runs never start closer than that interval), or ACK_TIMEOUT_MS
-// when no acknowledgement comes (a run that was lost).
+// Python acknowledges each send too (`sent`). Sends are throttled: the next
+// one waits max_reruns_per_sec's interval after the previous send and after
+// its acknowledgement (so two fragment runs never start closer than that
+// interval); a send not acknowledged within ACK_TIMEOUT_MS is made again (a
+// rerun that was lost). The sends of all live() elements on the page go one
+// per browser task (Streamlit batches the widget updates of one task and
+// reruns only one fragment for the batch).
 
 const REGISTRY = "__switchyard_live";
 const MAX_PENDING = 1000;
@@ -59,18 +63,18 @@ function createEntry(data) {
     key: data.key,
     signature: JSON.stringify([data.topics, data.client_js]),
     maxRate: data.max_reruns_per_sec || 4,
-    n: 0, // last number given to an event or a reset
+    n: 0, // last number given to an event
     pending: [], // events Python has not acknowledged, oldest first
     acked: 0,
-    lost: 0, // events dropped from `pending` when it was full (total)
-    lastReset: 0, // number of the last reset (0: none)
+    resets: 0, // times the gateway replaced the state
     status: "connecting",
     error: null,
     token: data.token || null,
     tokenWaiters: [],
     wantToken: null,
     dirty: false,
-    inflight: 0, // `upto` of the last send until it is acknowledged
+    ackedSent: 0, // the last send Python acknowledged
+    queued: false, // waiting in the page's send lane
     lastSend: -Infinity,
     lastAck: -Infinity,
     sendTimer: null,
@@ -79,7 +83,7 @@ function createEntry(data) {
     client: null,
     closed: false,
     calls: 0, // calls of the component function (diagnostics)
-    sends: 0,
+    sends: 0, // numbers the sends; Python acknowledges the last it took
   };
 
   entry.tokenFn = () => {
@@ -92,7 +96,7 @@ function createEntry(data) {
       entry.tokenWaiters.push(resolve);
       entry.wantToken = entry.token;
       entry.dirty = true;
-      send(entry);
+      enqueue(entry);
       setTimeout(() => resolve(entry.token), TOKEN_WAIT_MS);
     });
   };
@@ -117,7 +121,7 @@ function createEntry(data) {
         });
       });
       client.onReset(() => {
-        entry.lastReset = ++entry.n;
+        entry.resets += 1;
         changed(entry);
       });
       client.onStatus((status) => {
@@ -144,11 +148,7 @@ function createEntry(data) {
 function push(entry, event) {
   event.n = ++entry.n;
   entry.pending.push(event);
-  if (entry.pending.length > MAX_PENDING) {
-    const drop = entry.pending.length - MAX_PENDING;
-    entry.pending.splice(0, drop);
-    entry.lost += drop;
-  }
+  if (entry.pending.length > MAX_PENDING) entry.pending.splice(0, entry.pending.length - MAX_PENDING);
   changed(entry);
 }
 
@@ -157,17 +157,16 @@ function changed(entry) {
   schedule(entry);
 }
 
+function unacknowledged(entry) {
+  return entry.sends > entry.ackedSent;
+}
+
 /** When the next send may go: an interval after the previous send and
  *  after its acknowledgement; ACK_TIMEOUT_MS after it when none came. */
 function nextSendAt(entry) {
   const interval = 1000 / entry.maxRate;
-  let at = entry.lastSend + interval;
-  if (entry.inflight > entry.acked) {
-    at = Math.max(at, entry.lastSend + ACK_TIMEOUT_MS);
-  } else {
-    at = Math.max(at, entry.lastAck + interval);
-  }
-  return at;
+  if (unacknowledged(entry)) return entry.lastSend + Math.max(interval, ACK_TIMEOUT_MS);
+  return Math.max(entry.lastSend, entry.lastAck) + interval;
 }
 
 /** Sends now or sets the timer for when it may (an acknowledgement moves
@@ -177,9 +176,10 @@ function schedule(entry) {
     clearTimeout(entry.sendTimer);
     entry.sendTimer = null;
   }
-  if (entry.closed || !entry.dirty || !entry.setStateValue) return;
+  if (entry.closed || entry.queued || !entry.setStateValue) return;
+  if (!entry.dirty && !unacknowledged(entry)) return;
   const wait = nextSendAt(entry) - performance.now();
-  if (wait <= 0) return send(entry);
+  if (wait <= 0) return enqueue(entry);
   entry.sendTimer = setTimeout(() => {
     entry.sendTimer = null;
     schedule(entry);
@@ -194,6 +194,29 @@ function snapshot(entry) {
   return { state, epoch: position.epoch, seq: position.seq };
 }
 
+/** The page's send lane: one setStateValue per browser task, so each
+ *  lands in a widget-update batch of its own. */
+function enqueue(entry) {
+  if (entry.queued) return;
+  const lane = (window.__switchyard_live_lane = window.__switchyard_live_lane || { queue: [], busy: false });
+  entry.queued = true;
+  lane.queue.push(entry);
+  if (!lane.busy) drain(lane);
+}
+
+function drain(lane) {
+  const entry = lane.queue.shift();
+  if (!entry) {
+    lane.busy = false;
+    return;
+  }
+  lane.busy = true;
+  entry.queued = false;
+  send(entry);
+  // After Streamlit's own flush of this update (a 0 ms timer set first).
+  setTimeout(() => drain(lane), 5);
+}
+
 function send(entry) {
   if (entry.closed || !entry.setStateValue) return;
   if (entry.sendTimer !== null) {
@@ -202,15 +225,15 @@ function send(entry) {
   }
   const at = snapshot(entry);
   entry.dirty = false;
-  entry.inflight = entry.n;
   entry.lastSend = performance.now();
   entry.sends += 1;
   entry.setStateValue("feed", {
     instance: entry.id,
+    sent: entry.sends,
     upto: entry.n,
+    base: entry.acked, // taken by an earlier Python session, if any
     events: entry.pending,
-    lost: entry.lost,
-    reset_at: entry.lastReset,
+    resets: entry.resets,
     state: at.state,
     epoch: at.epoch,
     seq: at.seq,
@@ -231,10 +254,13 @@ function attach(entry, component) {
   entry.setStateValue = component.setStateValue;
   entry.maxRate = data.max_reruns_per_sec || entry.maxRate;
   const ack = data.ack || {};
+  if (ack.instance === entry.id && ack.sent > entry.ackedSent) {
+    entry.ackedSent = ack.sent;
+    entry.lastAck = performance.now();
+  }
   if (ack.instance === entry.id && ack.n > entry.acked) {
     entry.acked = ack.n;
     entry.pending = entry.pending.filter((event) => event.n > ack.n);
-    entry.lastAck = performance.now();
   }
   if (data.token && data.token !== entry.token) {
     entry.token = data.token;
