@@ -32,6 +32,8 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from switchyard import Publisher
+
 from common import CHROMIUM, CHROMIUM_ARGS, GATEWAY_BIN, HERE, OUT, ROOT, free_port, http_json, record, results
 
 VENV = HERE / ".venv"
@@ -73,6 +75,7 @@ class Gateway:
         self.extra_env = env
         self.log_path = OUT / f"{name}-gateway.log"
         self.proc = None
+        self.publisher = None
         self.log_file = open(self.log_path, "wb")
 
     def start(self):
@@ -122,12 +125,11 @@ class Gateway:
         self.stop()
         self.log_file.close()
 
-    def publish(self, topic, data, retain=True, token=None):
-        body = {"topic": topic, "data": data, "retain": retain}
-        status, answer = http_json(self.base + "/_switchyard/publish", body)
-        if status != 202:
-            raise AssertionError(f"publish {topic} answered {status}: {answer}")
-        return answer
+    def publish(self, topic, data, retain=True):
+        """As the engine does: switchyard.Publisher (loopback, no token)."""
+        if self.publisher is None:
+            self.publisher = Publisher(self.base + "/_switchyard/publish")
+        return self.publisher.publish(topic, data, retain=retain)
 
     def log_text(self):
         self.log_file.flush()
