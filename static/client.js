@@ -98,8 +98,9 @@
 
   /** The `token` option: a string, or a function returning a string or a
    *  Promise of one. `usable()` gives the current token, calling the
-   *  function when there is none yet or it expires within 10 s; `fresh()`
-   *  always calls it (one call at a time). */
+   *  function when there is none yet or it expires within 2 s (the refresh
+   *  timer normally got there first); `fresh()` always calls it (one call
+   *  at a time). */
   function tokenSource(option) {
     var fn = typeof option === "function" ? option : null;
     var source = {
@@ -137,7 +138,7 @@
       },
       usable: function () {
         var exp = source.expiresAt(source.current);
-        if (fn && (!source.current || (exp !== null && exp - Date.now() < 10000))) return source.fresh();
+        if (fn && (!source.current || (exp !== null && exp - Date.now() < 2000))) return source.fresh();
         return Promise.resolve(source.current);
       },
     };
