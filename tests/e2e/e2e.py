@@ -434,12 +434,17 @@ def basic_auth_phase():
                     break
             assert 429 in codes, f"11 wrong passwords: {codes}"
             assert all(c == 401 for c in codes[:-1]), f"before the 429: {codes}"
+            # Wrong passwords so far: one in basic_auth_http, one from Chromium's
+            # wrong-password context, then these. The 11th gets the 429.
+            failures = 2 + len(codes) - 1
+            assert failures == 10, f"429 after {failures} failed attempts (expected 10): {codes}"
             assert retry_after.isdigit() and int(retry_after) >= 1, f"Retry-After {retry_after!r}"
             locked = http.get(gw.base + "/", auth=good, timeout=10).status_code
             assert locked == 429, f"the right password while limited: {locked}"
             health = http.get(gw.base + "/health", timeout=10).status_code
             assert health == 200, f"/health while limited: {health}"
-            return f"codes {codes}, Retry-After {retry_after}; right password while limited {locked}; /health {health}"
+            return (f"{failures} failures then 429 (codes here {codes}), Retry-After {retry_after}; "
+                    f"right password while limited {locked}; /health {health}")
 
         run_test("basic_auth_brute_force_429", basic_auth_brute_force_429)
     finally:
