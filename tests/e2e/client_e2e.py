@@ -12,7 +12,9 @@ Each check starts its own gateway(s) (no dashboard, HOST=127.0.0.1,
 LOG_FORMAT=json) and, where the page is not served by the gateway itself, a
 small test page from a local http.server on another port; the gateway then
 gets CORS_ORIGINS=<the page's origin>. Check 2 puts an asyncio TCP relay
-between the browser and the gateway to cut connections. Everything stays on
+between the browser and the gateway to cut connections. The token checks give the gateway
+AUTH_SECRET and mint HS256 tokens here (common.mint_token); a function token
+fetches them from the page server's /token-NAME route. Everything stays on
 127.0.0.1; every process started here is stopped at the end of its check.
 """
 

@@ -6,6 +6,11 @@ Run through tests/e2e/run.sh, which installs the venv, Chromium and builds
 the gateway. Prints `PASS name` / `FAIL name: reason` per check, then one
 line `N passed, M failed`; exits 1 if any check failed.
 
+Then a second gateway with BASIC_AUTH (a bcrypt hash made here) in front of
+the same app: 401 / 200 / 429 with `requests`, Chromium without and with
+credentials (the page, Streamlit's /_stcore/stream and the component's /ws
+after login).
+
 Everything stays on 127.0.0.1.
 """
 
