@@ -73,6 +73,7 @@ pub async fn run(
             &config.redis_prefix,
             hub::Limits::from(&config),
             &shutdown,
+            &client_runtime,
         )
         .map_err(std::io::Error::other)?,
         None => MemoryHub::start(hub::Limits::from(&config), &shutdown, &client_runtime),

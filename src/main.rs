@@ -1,11 +1,15 @@
-//! The `switchyard` binary: config, logs, signals, exit codes.
+//! The `switchyard` binary: config, logs, signals, exit codes; the
+//! `token` and `hash-password` subcommands live in `cli`.
 //!
 //! Exit codes: 0 after a clean drain, 1 when the gateway cannot start (port
-//! taken, no signal handlers), 2 for a bad configuration.
+//! taken, no signal handlers), 2 for a bad configuration (or bad usage of a
+//! subcommand).
 //!
 //! Logs are written by a thread of their own (see `logging`); every exit
 //! after logging starts returns through `main`, which flushes them (bounded:
 //! a stdout that does not drain never holds up the exit).
+
+mod cli;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,6 +19,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
+    if let cli::Command::Ran(code) = cli::run(std::env::args_os().skip(1)) {
+        return code;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(error) => {

@@ -14,7 +14,9 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::hub::{Catchup, Epoch, Event, Pattern, Publication, ResumePoint, Seq, Snapshot, Topic};
+use crate::hub::{
+    Catchup, Epoch, Event, HubError, Pattern, Publication, ResumePoint, Seq, Snapshot, Topic,
+};
 
 /// A bad field in client input; the message names it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,14 +49,20 @@ fn from_json<'a, T: Deserialize<'a>>(text: &'a str, context: &str) -> Result<T, 
 /// What a client asks for when it connects (`?topics=&epoch=&since=&token=`).
 #[derive(Debug, Default)]
 pub struct SubscriptionQuery {
+    /// The patterns asked for; `[#]` when the query names none.
     pub patterns: Vec<Pattern>,
+    /// False when the query names no topics: `patterns` is then the
+    /// default `[#]`, which a scoped access token replaces with its own
+    /// patterns (an explicit `topics=#` must be covered instead).
+    pub topics_named: bool,
     pub resume: Option<ResumePoint>,
     pub token: Option<String>,
 }
 
 impl SubscriptionQuery {
     /// Parses a raw query string. Values are percent-decoded (`%23` is `#`);
-    /// a literal `+` stays `+`. No `topics` means everything.
+    /// a literal `+` stays `+`. No `topics` means everything (see
+    /// `topics_named`).
     pub fn parse(query: Option<&str>) -> Result<SubscriptionQuery, BadInput> {
         SubscriptionQuery::parse_limited(query, usize::MAX)
     }
@@ -105,12 +113,14 @@ impl SubscriptionQuery {
                 _ => {}
             }
         }
-        if patterns.is_empty() {
+        let topics_named = !patterns.is_empty();
+        if !topics_named {
             patterns.push(Pattern::everything());
         }
         let resume = since.map(|seq| ResumePoint { epoch, seq });
         Ok(SubscriptionQuery {
             patterns,
+            topics_named,
             resume,
             token,
         })
@@ -134,15 +144,38 @@ struct PublishFields {
     data: Box<RawValue>,
     #[serde(default)]
     retain: bool,
+    /// Idempotency id: a repeat within the dedup window is not published.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Longest publish id, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// A publish id (the `id` field or the `Idempotency-Key` header): 1 to
+/// MAX_ID_CHARS characters.
+pub fn validate_publish_id(id: &str, field: &str) -> Result<(), BadInput> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS {
+        return Err(bad(
+            field,
+            format!("must be 1 to {MAX_ID_CHARS} characters, got {chars}"),
+        ));
+    }
+    Ok(())
 }
 
 impl PublishFields {
     fn validate(self, prefix: &str) -> Result<Publication, BadInput> {
         let topic = Topic::parse(&self.topic).map_err(|e| bad(&format!("{prefix}topic"), e))?;
+        if let Some(id) = &self.id {
+            validate_publish_id(id, &format!("{prefix}id"))?;
+        }
         Ok(Publication {
             topic,
             data: self.data,
             retain: self.retain,
+            id: self.id.map(String::into_boxed_str),
         })
     }
 }
@@ -160,11 +193,18 @@ pub fn parse_publish_body(body: &[u8]) -> Result<(Vec<Publication>, bool), BadIn
     if items.is_empty() {
         return Err(BadInput("body: an empty array publishes nothing".into()));
     }
-    let mut batch = Vec::with_capacity(items.len());
+    let mut batch: Vec<Publication> = Vec::with_capacity(items.len());
+    let mut ids = HashSet::new();
     for (i, item) in items.iter().enumerate() {
         let prefix = format!("[{i}].");
         let fields: PublishFields = from_json(item.get(), &format!("[{i}]"))?;
-        batch.push(fields.validate(&prefix)?);
+        let publication = fields.validate(&prefix)?;
+        if let Some(id) = publication.id.as_deref() {
+            if !ids.insert(id.to_owned()) {
+                return Err(bad(&format!("[{i}].id"), "repeats an id of this batch"));
+            }
+        }
+        batch.push(publication);
     }
     Ok((batch, true))
 }
@@ -175,6 +215,9 @@ pub enum ClientFrame {
     Subscribe(Vec<Pattern>),
     Unsubscribe(Vec<Pattern>),
     Publish(Publication),
+    /// `{"type":"auth","token":"..."}`: the access token (first frame, or
+    /// a fresh one before the current one expires). Never logged.
+    Auth(String),
 }
 
 /// All fields any client frame may carry; `type` picks which are required.
@@ -188,6 +231,7 @@ struct RawClientFrame {
     topic: Option<String>,
     data: Option<Box<RawValue>>,
     retain: Option<bool>,
+    token: Option<String>,
 }
 
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, BadInput> {
@@ -210,12 +254,17 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, BadInput> {
                 topic: raw.topic.ok_or_else(|| bad("topic", "required"))?,
                 data: raw.data.ok_or_else(|| bad("data", "required"))?,
                 retain: raw.retain.unwrap_or(false),
+                id: None,
             };
             Ok(ClientFrame::Publish(fields.validate("")?))
         }
+        "auth" => match raw.token {
+            Some(token) if !token.is_empty() => Ok(ClientFrame::Auth(token)),
+            _ => Err(bad("token", "required")),
+        },
         other => Err(bad(
             "type",
-            format!("{other:?} is not subscribe, unsubscribe or publish"),
+            format!("{other:?} is not subscribe, unsubscribe, publish or auth"),
         )),
     }
 }
@@ -305,25 +354,68 @@ pub fn reset_frame(epoch: &Epoch, seq: Seq, state: &[Arc<Event>]) -> String {
     })
 }
 
-/// `{"type":"error","message":...}`.
-pub fn error_frame(message: &str) -> String {
+/// `error` frame codes (the `code` field) that are not an access refusal
+/// (those are `auth::Denied::code`: `token_missing`, `token_invalid`,
+/// `token_expired`, `not_publisher`, `forbidden`).
+pub mod code {
+    /// A frame that does not parse, or a binary frame.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// MAX_PATTERNS_PER_CLIENT would be passed.
+    pub const TOO_MANY_PATTERNS: &str = "too_many_patterns";
+    /// MAX_RETAINED_BYTES would be passed.
+    pub const RETAINED_FULL: &str = "retained_full";
+    /// The backplane (Redis) does not answer.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// A fault of ours.
+    pub const INTERNAL: &str = "internal";
+    /// The connection's token expired: a fresh `auth` frame is due.
+    pub const TOKEN_EXPIRED: &str = "token_expired";
+    /// A publish id already used, in a batch that is not only repeats.
+    pub const REPEATED_ID: &str = "repeated_id";
+}
+
+/// The `code` of an `error` frame answering a hub error.
+pub fn hub_error_code(error: &HubError) -> &'static str {
+    match error {
+        HubError::Unavailable => code::UNAVAILABLE,
+        HubError::TooManyPatterns { .. } => code::TOO_MANY_PATTERNS,
+        HubError::RetainedFull { .. } => code::RETAINED_FULL,
+        HubError::UnknownSubscriber => code::INTERNAL,
+        HubError::RepeatedId { .. } => code::REPEATED_ID,
+    }
+}
+
+/// `{"type":"error","code":...,"message":...}`.
+pub fn error_frame(code: &str, message: &str) -> String {
     #[derive(Serialize)]
     struct Error<'a> {
         #[serde(rename = "type")]
         kind: &'static str,
+        code: &'a str,
         message: &'a str,
     }
     // `type` first, like every other frame (a `json!` map would sort it last).
     encode(&Error {
         kind: "error",
+        code,
         message,
     })
 }
 
+/// The `error` frame a live connection gets when its token's `exp`
+/// passes; it is closed LEEWAY later unless a fresh `auth` frame arrives.
+pub fn token_expired_frame() -> String {
+    error_frame(
+        code::TOKEN_EXPIRED,
+        "token expired: send a fresh auth frame",
+    )
+}
+
 /// Our frames hold only strings, numbers and already-valid raw JSON.
 fn encode(value: &impl Serialize) -> String {
-    serde_json::to_string(value)
-        .unwrap_or_else(|_| r#"{"type":"error","message":"encoding failed"}"#.to_owned())
+    serde_json::to_string(value).unwrap_or_else(|_| {
+        r#"{"type":"error","code":"internal","message":"encoding failed"}"#.to_owned()
+    })
 }
 
 #[cfg(test)]
@@ -333,8 +425,12 @@ mod tests {
     #[test]
     fn error_frames_name_their_type_first() {
         assert_eq!(
-            error_frame("too many patterns"),
-            r#"{"type":"error","message":"too many patterns"}"#
+            error_frame("too_many_patterns", "too many patterns"),
+            r#"{"type":"error","code":"too_many_patterns","message":"too many patterns"}"#
+        );
+        assert_eq!(
+            token_expired_frame(),
+            r#"{"type":"error","code":"token_expired","message":"token expired: send a fresh auth frame"}"#
         );
     }
 
@@ -372,10 +468,14 @@ mod tests {
             .unwrap_err()
             .0
             .starts_with("topics"));
-        assert_eq!(
-            SubscriptionQuery::parse(None).unwrap().patterns,
-            [Pattern::everything()]
-        );
+        let none = SubscriptionQuery::parse(None).unwrap();
+        assert_eq!(none.patterns, [Pattern::everything()]);
+        assert!(!none.topics_named);
+        let empty = SubscriptionQuery::parse(Some("topics=&token=x")).unwrap();
+        assert!(!empty.topics_named);
+        let all = SubscriptionQuery::parse(Some("topics=%23")).unwrap();
+        assert_eq!(all.patterns, [Pattern::everything()]);
+        assert!(all.topics_named);
     }
 
     #[test]
@@ -391,6 +491,22 @@ mod tests {
                 .starts_with("[1].retain")
         );
         assert!(err("[]").contains("empty"));
+        assert!(err(r#"{"topic":"a","data":1,"id":""}"#).starts_with("id: must be 1 to 128"));
+        let long = format!(r#"{{"topic":"a","data":1,"id":"{}"}}"#, "é".repeat(129));
+        assert!(err(&long).starts_with("id: must be 1 to 128 characters, got 129"));
+        assert!(err(r#"{"topic":"a","data":1,"id":7}"#).starts_with("id"));
+        assert!(
+            err(r#"[{"topic":"a","data":1,"id":"x"},{"topic":"b","data":2,"id":"x"}]"#)
+                .starts_with("[1].id: repeats")
+        );
+        let (batch, _) = parse_publish_body(
+            format!(r#"{{"topic":"a","data":1,"id":"{}"}}"#, "é".repeat(128)).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            batch[0].id.as_deref().map(|id| id.chars().count()),
+            Some(128)
+        );
         let (batch, is_array) =
             parse_publish_body(br#"{"topic":"a/b","data":{"x":[1,2]},"retain":true}"#).unwrap();
         assert!(!is_array);
@@ -415,6 +531,14 @@ mod tests {
             .unwrap_err()
             .0
             .starts_with("frame"));
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"auth","token":"a.b.c"}"#),
+            Ok(ClientFrame::Auth(t)) if t == "a.b.c"
+        ));
+        assert!(parse_client_frame(r#"{"type":"auth"}"#)
+            .unwrap_err()
+            .0
+            .starts_with("token"));
     }
 
     #[test]

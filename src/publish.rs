@@ -1,33 +1,47 @@
 //! `POST /_switchyard/publish`: one event or an array, all-or-nothing.
 //!
-//! Owns: who may publish (the bearer token, compared in constant time; or,
-//! without PUBLISH_TOKEN, loopback peers only — the real TCP peer, never a
-//! header), the body size limit, and the 202/400/401/413/503/507 answers
-//! (507: the batch would take retained state past MAX_RETAINED_BYTES). An
-//! answer given before the body is read (405, 401, 413) lingers on the rest
-//! of the body (`linger`), so the client reads it instead of a reset.
+//! Owns: applying the publish policy to an HTTP request — a browser's
+//! cross-origin publish refused (403 `origin_not_allowed`: no cross-site
+//! publishing into a local gateway), the publisher asked of
+//! [`Access::publisher`] before the body is read (401), every event's topic
+//! checked against it after parsing (403 naming the first uncovered topic;
+//! the whole batch refused) — the body size limit, and the
+//! 202/400/401/403/413/503/507 answers (507: the batch would take retained
+//! state past MAX_RETAINED_BYTES). An answer given before the body is read
+//! (405, 403 origin, 401, 413) lingers on the rest of the body (`linger`),
+//! so the client reads it instead of a reset.
+//!
+//! An event may carry an idempotency `"id"` (or, for a single-event body, an
+//! `Idempotency-Key` header): a request whose every event repeats an id
+//! within the hub's dedup window answers 200 with the original
+//! `{"epoch","seq"}` (`"seqs"`) and publishes nothing; one mixing repeats and
+//! new events answers 409 and publishes nothing (see [`idempotency_key`]).
+//!
+//! Does not own: who is a publisher (PUBLISH_TOKEN, token `publish`
+//! patterns, the loopback exemption on the effective client address: all
+//! in [`crate::auth`]) or the Origin rules ([`crate::cors`]).
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 use tracing::debug;
 
-use crate::auth::Access;
+use crate::auth::{self, Access, Denied, Publisher};
 use crate::config::Config;
 use crate::hub::{Epoch, Hub, Seq};
-use crate::linger;
 use crate::protocol;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
+use crate::{cors, linger};
 
 pub async fn handle(
     config: &Config,
-    _access: &Access,
+    access: &Access,
     hub: &dyn Hub,
     shutdown: &Shutdown,
     peer: SocketAddr,
@@ -45,8 +59,18 @@ pub async fn handle(
         let answer = response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST to publish");
         return early(request, answer);
     }
-    if !may_publish(config, peer, request.headers(), None) {
-        return early(request, unauthorized(config));
+    if !cors::origin_allowed(config, request.headers()) {
+        debug!(%peer, origin = ?request.headers().get(header::ORIGIN), "cross-origin publish refused");
+        return early(request, origin_not_allowed());
+    }
+    let publisher = {
+        let headers = request.headers();
+        let query_token = auth::query_token(request.uri().query());
+        let client = access.client_address(peer, headers);
+        access.publisher(client, auth::presented(headers, query_token.as_deref()))
+    };
+    if let Publisher::Refused(denied) = &publisher {
+        return early(request, denied.response());
     }
     let limit = config.max_message_bytes;
     let declared = request
@@ -58,6 +82,17 @@ pub async fn handle(
         return early(request, too_large(limit));
     }
     let lingers = !linger::expects_continue(request.headers());
+    let headers_key = match request.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(key)) => Some(key.to_owned()),
+        Some(Err(_)) => {
+            let answer = response::json_error(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key: must be visible ASCII",
+            );
+            return early(request, answer);
+        }
+    };
     let body = match read_limited(request.into_body(), limit, declared).await {
         Ok(body) => body,
         Err(ReadError::TooLarge(rest)) => {
@@ -70,14 +105,27 @@ pub async fn handle(
             return response::json_error(StatusCode::BAD_REQUEST, "body: could not be read")
         }
     };
-    let (batch, is_array) = match protocol::parse_publish_body(&body) {
+    let (mut batch, is_array) = match protocol::parse_publish_body(&body) {
         Ok(parsed) => parsed,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };
+    if let Err(error) = idempotency_key(headers_key.as_deref(), is_array, &mut batch) {
+        return response::json_error(StatusCode::BAD_REQUEST, &error.0);
+    }
+    if let Some(event) = batch.iter().find(|e| !publisher.may_publish(&e.topic)) {
+        let topic = event.topic.as_str();
+        debug!(%peer, topic, "publish outside the token's publish patterns refused");
+        return Denied::Forbidden(format!("publishing to topic {topic}")).response();
+    }
     match hub.publish(batch).await {
         Ok(receipt) => {
-            debug!(%peer, count = receipt.seqs.len(), "published");
-            accepted(&receipt.epoch, receipt.seqs, is_array)
+            debug!(%peer, count = receipt.seqs.len(), repeated = receipt.repeated, "published");
+            let status = if receipt.repeated {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            accepted(status, &receipt.epoch, receipt.seqs, is_array)
         }
         Err(error) => response::hub_error(&error),
     }
@@ -127,7 +175,31 @@ async fn read_limited(
     Ok(first.unwrap_or_else(|| Bytes::from(collected)))
 }
 
-fn accepted(epoch: &Epoch, seqs: Vec<Seq>, is_array: bool) -> Response<Body> {
+/// Applies an `Idempotency-Key` header: the id of a single-event body
+/// (which must not carry a different `"id"`); refused for an array, whose
+/// events each carry their own `"id"`.
+fn idempotency_key(
+    key: Option<&str>,
+    is_array: bool,
+    batch: &mut [crate::hub::Publication],
+) -> Result<(), protocol::BadInput> {
+    let Some(key) = key else { return Ok(()) };
+    let field = "Idempotency-Key";
+    protocol::validate_publish_id(key, field)?;
+    let refuse = |problem: &str| Err(protocol::BadInput(format!("{field}: {problem}")));
+    match batch {
+        [event] if !is_array => match event.id.as_deref() {
+            Some(id) if id != key => refuse("differs from the event's \"id\""),
+            _ => {
+                event.id = Some(key.into());
+                Ok(())
+            }
+        },
+        _ => refuse("only for a single-event body; give each event of an array its own \"id\""),
+    }
+}
+
+fn accepted(status: StatusCode, epoch: &Epoch, seqs: Vec<Seq>, is_array: bool) -> Response<Body> {
     #[derive(Serialize)]
     struct One<'a> {
         epoch: &'a Epoch,
@@ -139,54 +211,29 @@ fn accepted(epoch: &Epoch, seqs: Vec<Seq>, is_array: bool) -> Response<Body> {
         seqs: Vec<Seq>,
     }
     match (is_array, seqs.first()) {
-        (false, Some(&seq)) => response::json(StatusCode::ACCEPTED, &One { epoch, seq }),
-        _ => response::json(StatusCode::ACCEPTED, &Many { epoch, seqs }),
+        (false, Some(&seq)) => response::json(status, &One { epoch, seq }),
+        _ => response::json(status, &Many { epoch, seqs }),
     }
 }
 
-/// With PUBLISH_TOKEN: `Authorization: Bearer <token>` (or `?token=` on a
-/// WebSocket). Without: loopback peers only, so the engine beside the
-/// gateway can publish and the internet cannot.
-pub fn may_publish(
-    config: &Config,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> bool {
-    match &config.publish_token {
-        Some(expected) => {
-            let bearer = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim);
-            bearer.or(query_token).is_some_and(|given| {
-                constant_time_eq(given.as_bytes(), expected.expose().as_bytes())
-            })
-        }
-        None => peer.ip().to_canonical().is_loopback(),
+/// 403 for a browser publish from an origin that is neither this one nor
+/// in CORS_ORIGINS.
+fn origin_not_allowed() -> Response<Body> {
+    #[derive(Serialize)]
+    struct Refusal {
+        error: &'static str,
+        code: &'static str,
     }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a
-/// guess was right (the length is not secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn unauthorized(config: &Config) -> Response<Body> {
-    let message = if config.publish_token.is_some() {
-        "publish token missing or wrong (Authorization: Bearer <PUBLISH_TOKEN>)"
-    } else {
-        "publishing is only allowed from loopback when PUBLISH_TOKEN is unset"
-    };
-    let mut answer = response::json_error(StatusCode::UNAUTHORIZED, message);
+    let mut answer = response::json(
+        StatusCode::FORBIDDEN,
+        &Refusal {
+            error: "origin not allowed: a browser may publish only from this origin or one in CORS_ORIGINS",
+            code: "origin_not_allowed",
+        },
+    );
     answer
         .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     answer
 }
 
@@ -195,16 +242,4 @@ fn too_large(limit: usize) -> Response<Body> {
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("body: larger than MAX_MESSAGE_BYTES ({limit} bytes)"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn constant_time_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
 }

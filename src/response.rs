@@ -66,6 +66,7 @@ pub fn hub_error(error: &HubError) -> Response<Body> {
         HubError::TooManyPatterns { .. } => StatusCode::BAD_REQUEST,
         HubError::RetainedFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
         HubError::UnknownSubscriber => StatusCode::INTERNAL_SERVER_ERROR,
+        HubError::RepeatedId { .. } => StatusCode::CONFLICT,
     };
     json_error(status, &error.to_string())
 }

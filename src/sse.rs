@@ -12,8 +12,17 @@
 //! by the connection's watchdog (`watchdog`), since hyper stops polling a
 //! body whose socket is full.
 //!
-//! Does not own: what to send when ([`ClientStream`]).
+//! With AUTH_SECRET the request needs a token (`Authorization: Bearer`
+//! or `?token=`, which EventSource can send): 401/403 JSON before anything
+//! streams; no `topics` with a scoped token reads the token's own
+//! patterns. At the token's `exp` + LEEWAY the stream sends
+//! `event: error` with the `token_expired` JSON and ends (EventSource then
+//! reconnects, and the page supplies a fresh token).
+//!
+//! Does not own: what to send when ([`ClientStream`]), what a token allows
+//! (`auth`, `broadcast::admit`).
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -22,10 +31,11 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
+use tokio::time::Sleep;
 use tracing::debug;
 
-use crate::auth::Access;
-use crate::broadcast::{Broadcaster, ClientSlot, ClientStream, Step, Transport};
+use crate::auth::{token::LEEWAY, Access};
+use crate::broadcast::{self, Broadcaster, ClientSlot, ClientStream, Step, Transport};
 use crate::hub::{Catchup, Delivery, Epoch, Event, Snapshot};
 use crate::protocol::{self, parse_event_id, SubscriptionQuery};
 use crate::response::{self, Body, BoxError};
@@ -33,7 +43,7 @@ use crate::watchdog::ConnectionHandle;
 
 pub async fn handle(
     broadcaster: &Arc<Broadcaster>,
-    _access: &Access,
+    access: &Access,
     request: Request<Incoming>,
 ) -> Response<Body> {
     if request.method() != Method::GET {
@@ -63,6 +73,10 @@ pub async fn handle(
             }
         }
     }
+    let reader = match broadcast::admit(access, request.headers(), &mut query) {
+        Ok(reader) => reader,
+        Err(refusal) => return refusal.response(),
+    };
     let Some(slot) = broadcaster.reserve_client(Transport::Sse) else {
         return response::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
@@ -70,10 +84,17 @@ pub async fn handle(
         Ok(stream) => stream,
         Err(error) => return response::hub_error(&error),
     };
+    let grant = reader.grant();
     debug!(
         resumed = matches!(stream.subscription().snapshot.catchup, Catchup::Resumed(_)),
+        subject = ?grant.and_then(|g| g.subject.as_deref()),
         "sse client connected"
     );
+    let expiry = grant.map(|grant| {
+        Box::pin(tokio::time::sleep_until(broadcast::instant_at(
+            grant.expires_at + LEEWAY,
+        )))
+    });
     // A cut-off client's socket is closed at once, even when it is full
     // and hyper no longer polls this body (see `watchdog`).
     if let Some(connection) = request.extensions().get::<ConnectionHandle>() {
@@ -84,9 +105,16 @@ pub async fn handle(
     let state = Sse {
         stream,
         epoch,
+        expiry,
         _slot: slot,
     };
-    let frames = stream::unfold(state, Sse::next_chunk);
+    // `None` once the token expired: the body ends.
+    let frames = stream::unfold(Some(state), |state| async move {
+        match state {
+            Some(sse) => sse.next_chunk().await,
+            None => None,
+        }
+    });
 
     let mut answer = Response::new(BodyExt::boxed(StreamBody::new(frames)));
     let out = answer.headers_mut();
@@ -105,6 +133,9 @@ struct Sse {
     stream: ClientStream,
     /// The epoch of the ids we write (a reset changes it).
     epoch: Epoch,
+    /// When its token's grant runs out (exp + LEEWAY); `None` without
+    /// AUTH_SECRET.
+    expiry: Option<Pin<Box<Sleep>>>,
     /// Counts this client until the body is dropped.
     _slot: ClientSlot,
 }
@@ -112,8 +143,20 @@ struct Sse {
 type Chunk = Result<Frame<Bytes>, BoxError>;
 
 impl Sse {
-    async fn next_chunk(mut self) -> Option<(Chunk, Sse)> {
-        let chunk = match self.stream.next().await {
+    async fn next_chunk(mut self) -> Option<(Chunk, Option<Sse>)> {
+        let step = match &mut self.expiry {
+            None => self.stream.next().await,
+            Some(expiry) => tokio::select! {
+                biased;
+                _ = expiry.as_mut() => {
+                    // The last chunk: the client (and its place) goes now.
+                    debug!("sse client's token expired");
+                    return Some((Ok(Frame::data(expired_chunk())), None));
+                }
+                step = self.stream.next() => step,
+            },
+        };
+        let chunk = match step {
             Step::Hello(snapshot) => opening_chunk(snapshot),
             Step::Deliveries(batch) => {
                 let mut out = BytesMut::new();
@@ -139,7 +182,7 @@ impl Sse {
             // watchdog closes the socket).
             Step::End(_) => return None,
         };
-        Some((Ok(Frame::data(chunk)), self))
+        Some((Ok(Frame::data(chunk)), Some(self)))
     }
 }
 
@@ -157,6 +200,22 @@ fn opening_chunk(snapshot: &Snapshot) -> Bytes {
             write_event(&mut out, &snapshot.epoch, event);
         }
     }
+    out.freeze()
+}
+
+/// `event: error` with the `token_expired` JSON, and no id (the resume
+/// point stays the last event's).
+fn expired_chunk() -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_slice(b"event: error\ndata: ");
+    out.put_slice(
+        protocol::error_frame(
+            protocol::code::TOKEN_EXPIRED,
+            "token expired: reconnect with a fresh token",
+        )
+        .as_bytes(),
+    );
+    out.put_slice(b"\n\n");
     out.freeze()
 }
 

@@ -12,7 +12,13 @@
 //! no bytes of the answer for WRITE_TIMEOUT_SECS is closed by the
 //! connection's watchdog.
 //!
-//! Does not own: the subscription stream ([`crate::broadcast::ClientStream`]).
+//! With AUTH_SECRET the request needs a token (`Authorization: Bearer` or
+//! `?token=`): 401/403 JSON otherwise; no `topics` with a scoped token
+//! reads the token's own patterns, and a long-poll never waits past the
+//! token's `exp` + LEEWAY.
+//!
+//! Does not own: the subscription stream ([`crate::broadcast::ClientStream`]),
+//! what a token allows (`auth`, `broadcast::admit`).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::HeaderValue;
@@ -24,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Access;
-use crate::broadcast::{Broadcaster, Step, Transport};
+use crate::broadcast::{self, Broadcaster, Step, Transport};
 use crate::hub::{Catchup, Delivery, Epoch, HubError, Seq, Snapshot};
 use crate::protocol::{StateMap, SubscriptionQuery};
 use crate::response::{self, Body};
@@ -34,13 +40,13 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn handle(
     broadcaster: &Arc<Broadcaster>,
-    _access: &Access,
+    access: &Access,
     request: Request<Incoming>,
 ) -> Response<Body> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return response::json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
-    let query = match SubscriptionQuery::parse_limited(
+    let mut query = match SubscriptionQuery::parse_limited(
         request.uri().query(),
         broadcaster.limits.max_patterns,
     ) {
@@ -50,6 +56,15 @@ pub async fn handle(
     let wait = match parse_wait(request.uri().query()) {
         Ok(wait) => wait,
         Err(message) => return response::json_error(StatusCode::BAD_REQUEST, message),
+    };
+    let reader = match broadcast::admit(access, request.headers(), &mut query) {
+        Ok(reader) => reader,
+        Err(refusal) => return refusal.response(),
+    };
+    // Never wait past the grant (exp + LEEWAY).
+    let wait = match (wait, reader.grant()) {
+        (Some(wait), Some(grant)) => Some(wait.min(grant.remaining())),
+        (wait, _) => wait,
     };
     let snapshot = match wait {
         Some(wait) if query.resume.is_some() => {

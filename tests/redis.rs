@@ -291,3 +291,60 @@ async fn a_replica_that_missed_messages_fills_the_gap_from_history() {
     publish_one(&a, "t", json!(7)).await;
     assert_eq!(next_json(&mut on_a).await["seq"], 7);
 }
+
+#[tokio::test]
+async fn an_unreadable_history_entry_means_a_reset_never_a_hole_or_a_stall() {
+    let Some(url) = redis_url("Redis backplane tests") else {
+        return;
+    };
+    let prefix = unique_prefix("unreadable");
+    let a = replica(&url, &prefix, &[]).await;
+    let mut on_a = connect(&a, "").await;
+    let epoch = hello(&mut on_a).await["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=3 {
+        publish_one(&a, "t", json!(i)).await;
+        assert_eq!(next_json(&mut on_a).await["seq"], i);
+    }
+    // Seq 4 exists but its history entry cannot be read, and no message
+    // announces it: only the periodic check can see that A is behind.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::pipe()
+        .cmd("RPUSH")
+        .arg(format!("{prefix}history"))
+        .arg("{not an event")
+        .ignore()
+        .cmd("INCR")
+        .arg(format!("{prefix}seq"))
+        .ignore()
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let reset = next_json(&mut on_a).await;
+    assert_eq!(
+        (
+            reset["type"].as_str(),
+            reset["epoch"].as_str(),
+            reset["seq"].as_u64()
+        ),
+        (Some("reset"), Some(epoch.as_str()), Some(4)),
+        "{reset}"
+    );
+    // Not stalled: the next event follows.
+    assert_eq!(publish_one(&a, "t", json!(5)).await, 5);
+    assert_eq!(next_json(&mut on_a).await["seq"], 5);
+    // A resume across the entry is not served with a hole.
+    let mut resuming = connect(&a, &format!("?epoch={epoch}&since=2")).await;
+    let hello_r = hello(&mut resuming).await;
+    assert_eq!(
+        (hello_r["resumed"].as_bool(), hello_r["seq"].as_u64()),
+        (Some(false), Some(5))
+    );
+    let polled =
+        json_body(get(&a.url(&format!("/_switchyard/state?epoch={epoch}&since=2"))).await).await;
+    assert_eq!(polled["resumed"], false, "{polled}");
+    // From after it, resuming works.
+    let mut after = connect(&a, &format!("?epoch={epoch}&since=4")).await;
+    assert_eq!(hello(&mut after).await["resumed"], true);
+    assert_eq!(next_json(&mut after).await["seq"], 5);
+}

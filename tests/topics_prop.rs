@@ -1,8 +1,9 @@
 //! Property tests for `switchyard::hub::topics`: topic and pattern
 //! validation, `Pattern::matches` and `PatternIndex` (inserts and removals
-//! in any order), and `hub::retained::RetainedState` (the retained-state
-//! trie: pattern matching and byte accounting), each checked against a
-//! plain reference implementation written here.
+//! in any order), `hub::retained::RetainedState` (the retained-state
+//! trie: pattern matching and byte accounting) and `topics::covers` (the
+//! pattern containment access tokens are checked with), each checked
+//! against a plain reference implementation written here.
 //!
 //! Topics and patterns are built from a tiny alphabet of levels (including
 //! the empty level, which `Topic::parse` accepts) so that matches are common.
@@ -12,9 +13,11 @@ use std::sync::Arc;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
 use serde_json::value::RawValue;
 use switchyard::hub::retained::RetainedState;
-use switchyard::hub::topics::{Pattern, PatternIndex, Topic, MAX_TOPIC_LEN};
+use switchyard::hub::topics::{self, Pattern, PatternIndex, Topic, MAX_TOPIC_LEN};
 use switchyard::hub::{Event, Publication};
 
 // ---------------------------------------------------------------------------
@@ -47,17 +50,58 @@ fn ref_pattern_valid(text: &str) -> bool {
 /// as the last level matches zero or more remaining levels, anything else
 /// must be equal.
 fn ref_matches(pattern: &str, topic: &str) -> bool {
-    fn go(pattern: &[&str], topic: &[&str]) -> bool {
-        match pattern.split_first() {
-            None => topic.is_empty(),
-            Some((&"#", [])) => true,
-            Some((&"+", rest)) => !topic.is_empty() && go(rest, &topic[1..]),
-            Some((level, rest)) => topic.first() == Some(level) && go(rest, &topic[1..]),
-        }
-    }
     let pattern: Vec<&str> = pattern.split('/').collect();
     let topic: Vec<&str> = topic.split('/').collect();
-    go(&pattern, &topic)
+    ref_matches_levels(&pattern, &topic)
+}
+
+/// `ref_matches` on levels already split.
+fn ref_matches_levels(pattern: &[&str], topic: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => topic.is_empty(),
+        Some((&"#", [])) => true,
+        Some((&"+", rest)) => !topic.is_empty() && ref_matches_levels(rest, &topic[1..]),
+        Some((level, rest)) => {
+            topic.first() == Some(level) && ref_matches_levels(rest, &topic[1..])
+        }
+    }
+}
+
+/// Every topic over the levels `a`, `b`, `c` with 1–6 levels. Patterns in
+/// the containment tests name only `a` and `b` and have at most 4 levels,
+/// so `c` stands for every value no pattern names, and past 5 levels only
+/// `#` patterns match, the same way at every length.
+fn containment_universe() -> &'static [Vec<&'static str>] {
+    static UNIVERSE: std::sync::OnceLock<Vec<Vec<&'static str>>> = std::sync::OnceLock::new();
+    UNIVERSE.get_or_init(|| {
+        let mut all: Vec<Vec<&'static str>> = Vec::new();
+        let mut layer: Vec<Vec<&'static str>> = vec![Vec::new()];
+        for _ in 1..=6 {
+            layer = layer
+                .iter()
+                .flat_map(|topic| {
+                    ["a", "b", "c"].into_iter().map(move |level| {
+                        let mut longer = topic.clone();
+                        longer.push(level);
+                        longer
+                    })
+                })
+                .collect();
+            all.extend(layer.iter().cloned());
+        }
+        all
+    })
+}
+
+/// Containment by brute force: every topic of the universe that
+/// `requested` matches is matched by some pattern of `scope`.
+fn ref_covers(scope: &[String], requested: &str) -> bool {
+    let requested: Vec<&str> = requested.split('/').collect();
+    let scope: Vec<Vec<&str>> = scope.iter().map(|p| p.split('/').collect()).collect();
+    containment_universe()
+        .iter()
+        .filter(|topic| ref_matches_levels(&requested, topic))
+        .all(|topic| scope.iter().any(|p| ref_matches_levels(p, topic)))
 }
 
 /// Keys (with multiplicity) of `entries` whose pattern matches `topic`, sorted.
@@ -109,6 +153,94 @@ fn pattern_text() -> impl Strategy<Value = String> {
             levels.join("/")
         })
         .prop_filter("a pattern is not empty", |p| !p.is_empty())
+}
+
+/// A pattern over the levels `a`, `b`, `+` with 1–4 levels, the last of
+/// which may be `#` (the containment tests' patterns).
+fn scope_pattern() -> impl Strategy<Value = String> {
+    let level = prop_oneof![
+        3 => Just("a"),
+        2 => Just("b"),
+        2 => Just("+"),
+        2 => Just("#"),
+    ];
+    vec(level, 1..=4).prop_map(|levels| {
+        // `#` ends a pattern: cut after the first one.
+        let end = levels
+            .iter()
+            .position(|level| *level == "#")
+            .map_or(levels.len(), |i| i + 1);
+        levels[..end].join("/")
+    })
+}
+
+/// `requested` with some levels widened (a value to `+`, a tail to `#`):
+/// patterns that often cover it.
+fn widened(requested: &str) -> impl Strategy<Value = String> {
+    let levels: Vec<String> = requested.split('/').map(str::to_owned).collect();
+    let n = levels.len();
+    (vec(any::<bool>(), n), 0..=n + 1).prop_map(move |(widen, cut)| {
+        let mut out: Vec<String> = levels
+            .iter()
+            .zip(&widen)
+            .map(|(level, w)| {
+                if *w && level != "#" {
+                    "+".into()
+                } else {
+                    level.clone()
+                }
+            })
+            .collect();
+        if cut < out.len() {
+            out.truncate(cut);
+            out.push("#".into());
+        }
+        out.join("/")
+    })
+}
+
+/// `requested` with some levels narrowed (`+` to a value, `#` to a level,
+/// or dropped): patterns that cover part of it, so that a scope of several
+/// of them sometimes covers it together (`a` with `a/+/#` covers `a/#`).
+fn narrowed(requested: &str) -> impl Strategy<Value = String> {
+    let levels: Vec<String> = requested.split('/').map(str::to_owned).collect();
+    let n = levels.len();
+    (vec(0u8..4, n)).prop_map(move |choices| {
+        let mut out: Vec<String> = Vec::new();
+        for (level, choice) in levels.iter().zip(&choices) {
+            match (level.as_str(), choice) {
+                ("+", 0) => out.push("a".into()),
+                ("+", 1) => out.push("b".into()),
+                ("#", 0) => {}
+                ("#", 1) => out.push("a".into()),
+                ("#", 2) => out.extend(["+".to_owned(), "#".to_owned()]),
+                _ => out.push(level.clone()),
+            }
+        }
+        if out.is_empty() {
+            out.push("a".into());
+        }
+        out.join("/")
+    })
+}
+
+/// A scope (0–6 patterns: random ones, widenings and narrowings of the
+/// request) and a requested pattern.
+fn containment_case() -> impl Strategy<Value = (Vec<String>, String)> {
+    scope_pattern().prop_flat_map(|requested| {
+        let wide_from = requested.clone();
+        (
+            vec(scope_pattern(), 0..=2),
+            prop_oneof![2 => Just(0usize), 1 => Just(1usize)]
+                .prop_flat_map(move |n| vec(widened(&wide_from), n)),
+            vec(narrowed(&requested), 0..=3),
+        )
+            .prop_map(move |(mut scope, wide, narrow)| {
+                scope.extend(wide);
+                scope.extend(narrow);
+                (scope, requested.clone())
+            })
+    })
 }
 
 /// `(key, pattern)` registrations with few distinct keys and patterns, so
@@ -382,6 +514,7 @@ fn retained_event(seq: u64, topic_text: &str, data: &str) -> Arc<Event> {
             topic: topic(topic_text),
             data: RawValue::from_string(data.to_owned()).unwrap(),
             retain: true,
+            id: None,
         },
     ))
 }
@@ -435,4 +568,70 @@ proptest! {
             prop_assert_eq!(got, expected, "patterns {:?}", patterns);
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// (5) `topics::covers` agrees with the brute-force containment over
+    /// every topic of up to 6 levels.
+    #[test]
+    fn covers_agrees_with_brute_force((scope, requested) in containment_case()) {
+        let parsed: Vec<Pattern> = scope.iter().map(|p| pattern(p)).collect();
+        let expected = ref_covers(&scope, &requested);
+        prop_assert_eq!(
+            topics::covers(&parsed, &pattern(&requested)),
+            expected,
+            "scope {:?} requested {:?}",
+            scope,
+            requested
+        );
+    }
+}
+
+/// The containment cases are not one-sided: a fair share of them is
+/// covered and a fair share is not (else (5) would check little).
+#[test]
+fn containment_cases_are_balanced() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = containment_case();
+    let (mut covered, mut not) = (0, 0);
+    for _ in 0..600 {
+        let (scope, requested) = strategy.new_tree(&mut runner).unwrap().current();
+        if ref_covers(&scope, &requested) {
+            covered += 1;
+        } else {
+            not += 1;
+        }
+    }
+    eprintln!("containment cases: {covered} covered, {not} not");
+    assert!(covered >= 100 && not >= 100, "covered {covered}, not {not}");
+}
+
+/// The brute-force reference itself, on the cases the doc names.
+#[test]
+fn containment_reference_examples() {
+    let covers = |scope: &[&str], requested: &str| {
+        let scope: Vec<String> = scope.iter().map(|p| p.to_string()).collect();
+        let parsed: Vec<Pattern> = scope.iter().map(|p| pattern(p)).collect();
+        let expected = ref_covers(&scope, requested);
+        assert_eq!(
+            topics::covers(&parsed, &pattern(requested)),
+            expected,
+            "{scope:?} {requested}"
+        );
+        expected
+    };
+    assert!(covers(&["a/#"], "a/+"));
+    assert!(covers(&["#"], "#"));
+    // `+/#` matches every topic (a one-level topic through an empty `#`).
+    assert!(covers(&["+/#"], "#"));
+    assert!(!covers(&["+/+/#"], "#"));
+    assert!(!covers(&["a/#", "b/#"], "#"));
+    assert!(!covers(&["a/+"], "a/#"));
+    assert!(covers(&["a", "a/+/#"], "a/#"));
+    assert!(!covers(&["a/+/#"], "a/#"));
+    assert!(covers(&["a/a", "a/b", "a/+"], "a/+"));
+    assert!(!covers(&["a/a", "a/b"], "a/+"));
+    assert!(!covers(&[], "a"));
 }

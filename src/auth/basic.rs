@@ -1,22 +1,143 @@
 //! BASIC_AUTH: one password in front of every route but `/health`.
 //!
-//! Owns: checking `Authorization: Basic` against the configured bcrypt
-//! hashes, the per-client limit on failed attempts (429 with Retry-After),
+//! Owns: reading `Authorization: Basic` ([`credentials`]), checking it
+//! against the configured bcrypt hashes (on the blocking pool, at most
+//! [`BCRYPT_CONCURRENCY`] at a time, with a bounded wait), a short-lived
+//! cache of successful checks (a browser sends the same credentials with
+//! every request and every WebSocket handshake; each would otherwise cost a
+//! bcrypt), the per-client limit on failed attempts (429 with Retry-After),
 //! and the 401 challenge a browser answers with its login prompt.
 //!
 //! Does not own: which requests skip it (the router asks
-//! [`crate::auth::Access`] about bearer tokens and loopback publishes first).
+//! [`crate::auth::Access::pass_site`], which lets bearer tokens and loopback
+//! publishes through first) or what the client address is
+//! ([`crate::auth::Access::client_address`]).
+//!
+//! Never logs a user name, a password or a hash: a user name field is where
+//! a password lands when someone types into the wrong box.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use http::{HeaderMap, Response};
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
+use crate::auth::constant_time_eq;
 use crate::config::BasicUser;
-use crate::response::Body;
+use crate::response::{self, Body};
+
+/// Failed attempts one client address may make per [`FAILURE_WINDOW`];
+/// past them every request from it answers 429 until the window ends.
+pub const MAX_FAILURES: u32 = 10;
+
+/// The window [`MAX_FAILURES`] counts in, from an address's first failure.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Client addresses whose failures are tracked; past it the oldest window
+/// is forgotten.
+pub const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+/// How long a successful check is remembered.
+pub const VERIFIED_FOR: Duration = Duration::from_secs(300);
+
+/// Successful checks remembered at once; past it the oldest is forgotten.
+pub const MAX_VERIFIED: usize = 1024;
+
+/// bcrypt checks running at once (each takes a blocking thread and, at
+/// cost 10, ~50-100 ms of CPU).
+pub const BCRYPT_CONCURRENCY: usize = 2;
+
+/// Requests that may wait for a bcrypt slot; past it: 503 with Retry-After.
+pub const BCRYPT_QUEUE: usize = 64;
+
+/// Longest `Authorization: Basic` payload looked at (base64 text).
+const MAX_CREDENTIALS_BYTES: usize = 4096;
+
+const CHALLENGE: HeaderValue =
+    HeaderValue::from_static(r#"Basic realm="switchyard", charset="UTF-8""#);
 
 /// The site password of one gateway.
 pub struct SitePassword {
     users: Vec<BasicUser>,
+    /// Digests of recently verified (user, password) pairs and when.
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Failed attempts per client address.
+    failures: Mutex<HashMap<IpAddr, FailureWindow>>,
+    /// Slots for bcrypt checks running on the blocking pool.
+    bcrypt_running: Arc<Semaphore>,
+    /// Slots for requests waiting for a bcrypt slot.
+    bcrypt_waiting: Semaphore,
+}
+
+/// One client address's failed attempts.
+#[derive(Debug, Clone, Copy)]
+struct FailureWindow {
+    /// The first failure of the window; it ends [`FAILURE_WINDOW`] later.
+    started: Instant,
+    /// Failed (or still running) attempts in it.
+    failures: u32,
+}
+
+/// A user name and password from `Authorization: Basic`, as bytes (RFC
+/// 7617 allows any charset; bcrypt checks bytes). Its `Debug` hides the
+/// password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: Vec<u8>,
+    pub password: Vec<u8>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &String::from_utf8_lossy(&self.user))
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// The credentials in an `Authorization` header value: `Basic
+/// base64(user:password)` (scheme case-insensitive, padding optional). `None`
+/// for another scheme, bad base64, a missing `:` or an oversized value.
+pub fn credentials(value: &[u8]) -> Option<Credentials> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, payload) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let payload = payload.trim();
+    if payload.len() > MAX_CREDENTIALS_BYTES {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT
+        .decode(payload)
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(Credentials {
+        user: decoded[..colon].to_vec(),
+        password: decoded[colon + 1..].to_vec(),
+    })
+}
+
+/// True when the header uses the Basic scheme (well formed or not).
+fn is_basic(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    bytes.len() >= 6 && bytes[..6].eq_ignore_ascii_case(b"basic ")
+}
+
+enum Checked {
+    Right,
+    Wrong,
+    /// No bcrypt slot in time (or the check could not run).
+    Busy,
 }
 
 impl SitePassword {
@@ -24,13 +145,331 @@ impl SitePassword {
     pub fn new(users: &[BasicUser]) -> Option<SitePassword> {
         (!users.is_empty()).then(|| SitePassword {
             users: users.to_vec(),
+            verified: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            bcrypt_running: Arc::new(Semaphore::new(BCRYPT_CONCURRENCY)),
+            bcrypt_waiting: Semaphore::new(BCRYPT_QUEUE),
         })
     }
 
     /// `Ok` when the request carries a valid user and password; else the
-    /// answer to send (401 challenge, or 429 after too many failures).
+    /// answer to send: 401 with the Basic challenge, 429 with Retry-After
+    /// while `client` is over [`MAX_FAILURES`] (whatever it sends), or 503
+    /// when too many checks are already waiting.
     pub async fn check(&self, client: IpAddr, headers: &HeaderMap) -> Result<(), Response<Body>> {
-        let _ = (client, headers, &self.users);
+        let wants_json = response::wants_json(headers);
+        if let Some(wait) = self.locked_out(client, Instant::now()) {
+            return Err(too_many_attempts(wait, wants_json));
+        }
+        let Some(value) = headers.get(header::AUTHORIZATION).filter(|v| is_basic(v)) else {
+            return Err(challenge(wants_json));
+        };
+        let Some(credentials) = credentials(value.as_bytes()) else {
+            return Err(match self.reserve_attempt(client, Instant::now()) {
+                Ok(()) => challenge(wants_json),
+                Err(wait) => too_many_attempts(wait, wants_json),
+            });
+        };
+        let digest = digest(&credentials);
+        if self.recently_verified(&digest, Instant::now()) {
+            return Ok(());
+        }
+        // Counted before the check, so that many attempts sent at once are
+        // held to the limit too; given back when it succeeds.
+        if let Err(wait) = self.reserve_attempt(client, Instant::now()) {
+            return Err(too_many_attempts(wait, wants_json));
+        }
+        match self.verify(credentials).await {
+            Checked::Right => {
+                self.give_back_attempt(client);
+                self.remember(digest, Instant::now());
+                Ok(())
+            }
+            Checked::Wrong => {
+                debug!(%client, "site password refused");
+                Err(challenge(wants_json))
+            }
+            Checked::Busy => {
+                self.give_back_attempt(client);
+                Err(busy(wants_json))
+            }
+        }
+    }
+
+    /// Checks `credentials` with bcrypt off the async threads. An unknown
+    /// user is checked against a configured hash all the same, so the
+    /// answer takes as long as for a known one.
+    async fn verify(&self, credentials: Credentials) -> Checked {
+        let Ok(_waiting) = self.bcrypt_waiting.try_acquire() else {
+            return Checked::Busy;
+        };
+        let Ok(running) = self.bcrypt_running.clone().acquire_owned().await else {
+            return Checked::Busy;
+        };
+        let mut matched: Option<&BasicUser> = None;
+        for user in &self.users {
+            if constant_time_eq(user.user.as_bytes(), &credentials.user) {
+                matched = Some(user);
+            }
+        }
+        let Some(hash_of) = matched.or(self.users.first()) else {
+            return Checked::Wrong;
+        };
+        let known = matched.is_some();
+        let hash = hash_of.hash.expose().to_owned();
+        let password = credentials.password;
+        let checked = tokio::task::spawn_blocking(move || {
+            let _running = running;
+            bcrypt::verify(&password, &hash)
+        })
+        .await;
+        match checked {
+            Ok(Ok(true)) if known => Checked::Right,
+            Ok(_) => Checked::Wrong,
+            Err(_) => Checked::Busy,
+        }
+    }
+
+    /// How long `client` must still wait, when it is over the limit.
+    fn locked_out(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let failures = lock(&self.failures);
+        let window = failures.get(&client)?;
+        let ends = window.started + FAILURE_WINDOW;
+        (window.failures >= MAX_FAILURES && now < ends).then(|| ends - now)
+    }
+
+    /// Counts one attempt against `client`; refused (with the wait) when it
+    /// is already at the limit.
+    fn reserve_attempt(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        let reached = {
+            let mut failures = lock(&self.failures);
+            if !failures.contains_key(&client) && failures.len() >= MAX_TRACKED_CLIENTS {
+                forget_oldest_windows(&mut failures, now);
+            }
+            let window = failures.entry(client).or_insert(FailureWindow {
+                started: now,
+                failures: 0,
+            });
+            if now >= window.started + FAILURE_WINDOW {
+                *window = FailureWindow {
+                    started: now,
+                    failures: 0,
+                };
+            }
+            if window.failures >= MAX_FAILURES {
+                return Err(window.started + FAILURE_WINDOW - now);
+            }
+            window.failures += 1;
+            window.failures == MAX_FAILURES
+        };
+        if reached {
+            warn!(
+                %client,
+                max = MAX_FAILURES,
+                window_secs = FAILURE_WINDOW.as_secs(),
+                "too many failed site-password attempts; this address gets 429 until its window ends"
+            );
+        }
         Ok(())
+    }
+
+    fn give_back_attempt(&self, client: IpAddr) {
+        if let Some(window) = lock(&self.failures).get_mut(&client) {
+            window.failures = window.failures.saturating_sub(1);
+        }
+    }
+
+    fn recently_verified(&self, digest: &[u8; 32], now: Instant) -> bool {
+        lock(&self.verified)
+            .get(digest)
+            .is_some_and(|&at| now.duration_since(at) < VERIFIED_FOR)
+    }
+
+    fn remember(&self, digest: [u8; 32], now: Instant) {
+        let mut verified = lock(&self.verified);
+        if !verified.contains_key(&digest) && verified.len() >= MAX_VERIFIED {
+            verified.retain(|_, at| now.duration_since(*at) < VERIFIED_FOR);
+            if verified.len() >= MAX_VERIFIED {
+                let oldest = verified.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k);
+                if let Some(oldest) = oldest {
+                    verified.remove(&oldest);
+                }
+            }
+        }
+        verified.insert(digest, now);
+    }
+}
+
+/// Makes room in a full failure map: drops ended windows, else the oldest.
+fn forget_oldest_windows(failures: &mut HashMap<IpAddr, FailureWindow>, now: Instant) {
+    failures.retain(|_, window| now < window.started + FAILURE_WINDOW);
+    if failures.len() >= MAX_TRACKED_CLIENTS {
+        let oldest = failures
+            .iter()
+            .min_by_key(|(_, window)| window.started)
+            .map(|(client, _)| *client);
+        if let Some(oldest) = oldest {
+            failures.remove(&oldest);
+        }
+    }
+}
+
+/// The cache key of a (user, password) pair: SHA-256 over the user's
+/// length, the user and the password, so that no two pairs share an input.
+/// (Unsalted: it lives only in this process's memory, where the password
+/// itself passes through on every request anyway.)
+fn digest(credentials: &Credentials) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"switchyard basic auth\0");
+    hasher.update((credentials.user.len() as u64).to_be_bytes());
+    hasher.update(&credentials.user);
+    hasher.update(&credentials.password);
+    hasher.finalize().into()
+}
+
+/// A poisoned lock only means another request panicked mid-update; the
+/// maps stay usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// 401 with the Basic challenge: a browser shows its login prompt.
+fn challenge(wants_json: bool) -> Response<Body> {
+    let mut answer = response::error_page(
+        StatusCode::UNAUTHORIZED,
+        "This site needs a user name and password.",
+        wants_json,
+    );
+    answer
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, CHALLENGE);
+    answer
+}
+
+fn too_many_attempts(wait: Duration, wants_json: bool) -> Response<Body> {
+    // Whole seconds, rounded up, at least 1.
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let mut answer = response::error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("Too many failed sign-ins from this address: try again in {seconds} s."),
+        wants_json,
+    );
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    answer
+}
+
+fn busy(wants_json: bool) -> Response<Body> {
+    let mut answer = response::error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Too many sign-ins at once: try again in a moment.",
+        wants_json,
+    );
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn encoded(text: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(text)
+        )
+    }
+
+    #[test]
+    fn credentials_are_parsed() {
+        let parsed = credentials(encoded("alice:pa:ss word").as_bytes()).unwrap();
+        assert_eq!(parsed.user, b"alice");
+        assert_eq!(parsed.password, b"pa:ss word");
+        assert!(!format!("{parsed:?}").contains("pa:ss"));
+        // Scheme case, extra spaces, missing padding.
+        let unpadded = encoded("a:b")
+            .trim_end_matches('=')
+            .replace("Basic", "bAsIc  ");
+        assert_eq!(credentials(unpadded.as_bytes()).unwrap().password, b"b");
+        assert!(credentials(encoded("no colon").as_bytes()).is_none());
+        assert!(credentials(b"Bearer abc").is_none());
+        assert!(credentials(b"Basic !!!").is_none());
+        assert!(credentials(b"Basic").is_none());
+        assert!(credentials(&[0xff, 0xfe]).is_none());
+        let empty = credentials(encoded(":").as_bytes()).unwrap();
+        assert!(empty.user.is_empty() && empty.password.is_empty());
+    }
+
+    fn site(password: &str) -> SitePassword {
+        let hash = bcrypt::hash(password, 4).unwrap();
+        let config = Config::from_vars([("BASIC_AUTH", format!("alice:{hash}").as_str())]).unwrap();
+        SitePassword::new(&config.basic_auth).unwrap()
+    }
+
+    fn with_basic(text: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, encoded(text).parse().unwrap());
+        headers
+    }
+
+    #[tokio::test]
+    async fn right_wrong_and_rate_limited() {
+        let site = site("s3cret");
+        let me: IpAddr = "203.0.113.9".parse().unwrap();
+        let other: IpAddr = "203.0.113.10".parse().unwrap();
+        assert!(site.check(me, &with_basic("alice:s3cret")).await.is_ok());
+        let refused = site.check(me, &HeaderMap::new()).await.unwrap_err();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.headers()[header::WWW_AUTHENTICATE], CHALLENGE);
+        // An unknown user fails like a wrong password.
+        let unknown = site.check(me, &with_basic("bob:s3cret")).await.unwrap_err();
+        assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+        for _ in 1..MAX_FAILURES {
+            let wrong = site
+                .check(me, &with_basic("alice:guess"))
+                .await
+                .unwrap_err();
+            assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+        }
+        let limited = site
+            .check(me, &with_basic("alice:s3cret"))
+            .await
+            .unwrap_err();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = limited.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert!(site.check(other, &with_basic("alice:s3cret")).await.is_ok());
+        // The window ends.
+        let later = Instant::now() + FAILURE_WINDOW;
+        assert!(site.locked_out(me, later).is_none());
+        assert!(site.reserve_attempt(me, later).is_ok());
+    }
+
+    #[test]
+    fn the_maps_stay_bounded() {
+        let site = site("x");
+        let now = Instant::now();
+        for i in 0..(MAX_TRACKED_CLIENTS as u32 + 10) {
+            let client = IpAddr::from(i.to_be_bytes());
+            site.reserve_attempt(client, now).unwrap();
+        }
+        assert_eq!(lock(&site.failures).len(), MAX_TRACKED_CLIENTS);
+        for i in 0..(MAX_VERIFIED as u64 + 10) {
+            let mut digest = [0u8; 32];
+            digest[..8].copy_from_slice(&i.to_be_bytes());
+            site.remember(digest, now);
+        }
+        assert_eq!(lock(&site.verified).len(), MAX_VERIFIED);
     }
 }

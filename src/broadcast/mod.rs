@@ -9,20 +9,29 @@
 //! transport reads: hello, then live deliveries, keepalive ticks and the
 //! reasons to end. A transport only encodes what it yields and writes it.
 //!
+//! Also owns the read gate the three transports share ([`admit`]): the
+//! token a request presents is checked, and the patterns it subscribes to
+//! are the query's (each covered by the token) or the token's own; and
+//! [`instant_at`], which turns a token's `exp` into a timer deadline.
+//!
 //! Does not own: HTTP routing (`server`), wire encodings (`protocol`, and
-//! each transport's framing), fan-out and resume (`hub`).
+//! each transport's framing), fan-out and resume (`hub`), what a token
+//! allows (`auth`).
 
 pub mod stream;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use http::HeaderMap;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::auth::{self, Access, Denied, Reader};
 use crate::beacon::Beacon;
 use crate::config::Config;
 use crate::hub::{Hub, HubError, Pattern, ResumePoint};
+use crate::protocol::SubscriptionQuery;
 use crate::shutdown::Shutdown;
 
 pub use stream::{ClientStream, End, Step};
@@ -169,4 +178,46 @@ impl Drop for ClientSlot {
         self.broadcaster.clients.fetch_sub(1, Ordering::AcqRel);
         self.gauge.dec();
     }
+}
+
+/// The read gate of SSE and polling (and of `/ws` when the upgrade
+/// carries a token): who reads, from the token the request presents
+/// (`Authorization: Bearer` or `?token=`), with `query.patterns` replaced
+/// by what it may subscribe to (see [`admit_patterns`]). Without
+/// AUTH_SECRET anyone reads whatever it asks for.
+pub fn admit(
+    access: &Access,
+    headers: &HeaderMap,
+    query: &mut SubscriptionQuery,
+) -> Result<Reader, Denied> {
+    let reader = access.reader(auth::presented(headers, query.token.as_deref()))?;
+    let asked = std::mem::take(&mut query.patterns);
+    query.patterns = admit_patterns(&reader, query.topics_named, asked)?;
+    Ok(reader)
+}
+
+/// What `reader` subscribes to: the patterns it named, each of which must
+/// be covered (`Denied::Forbidden` names the first that is not), or, when
+/// it named none, everything it may read (a scoped token's own patterns).
+pub fn admit_patterns(
+    reader: &Reader,
+    named: bool,
+    patterns: Vec<Pattern>,
+) -> Result<Vec<Pattern>, Denied> {
+    if !named {
+        return Ok(reader.default_patterns());
+    }
+    match reader.first_forbidden(&patterns) {
+        Some(pattern) => Err(Denied::Forbidden(format!("{:?}", pattern.as_str()))),
+        None => Ok(patterns),
+    }
+}
+
+/// The timer instant of a wall-clock time (a token's `exp`); now when it
+/// has passed.
+pub fn instant_at(time: SystemTime) -> tokio::time::Instant {
+    let left = time
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
 }

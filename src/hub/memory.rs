@@ -28,6 +28,10 @@
 //! whole before it takes a seq. History drops its oldest events past
 //! HISTORY_SIZE events or HISTORY_MAX_BYTES bytes (of encoded frames).
 //!
+//! Idempotent publish: the last 10,000 ids published are remembered
+//! ([`RecentIds`], under `state`), so a repeat within that window is
+//! answered with its original seq and published again never.
+//!
 //! The fan-out task runs on the clients' runtime; without one (`new`, as in
 //! unit tests) or with `PENDING_LIMIT` events waiting, the publisher fans
 //! out itself, which is also what bounds `pending`.
@@ -37,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use super::dedup::{Check, RecentIds};
 use super::retained::RetainedState;
 use super::subscribers::{distinct_patterns, log_cut_offs, Subscribers};
 use super::topics::{Pattern, PatternIndex};
@@ -73,6 +78,8 @@ struct State {
     retained: RetainedState,
     /// Accepted, not yet in the subscribers' queues; oldest first.
     pending: VecDeque<Arc<Event>>,
+    /// Publish ids seen lately, with their seqs.
+    ids: RecentIds,
 }
 
 impl State {
@@ -270,6 +277,17 @@ impl Hub for MemoryHub {
 
     fn publish(&self, batch: Vec<Publication>) -> HubFuture<'_, Receipt> {
         let mut state = lock(&self.state);
+        match state.ids.check(&batch) {
+            Ok(Check::New) => {}
+            Ok(Check::Repeated(seqs)) => {
+                return ready(Ok(Receipt {
+                    epoch: self.epoch.clone(),
+                    seqs,
+                    repeated: true,
+                }))
+            }
+            Err(error) => return ready(Err(error)),
+        }
         let limit = self.limits.max_retained_bytes;
         if batch.iter().any(|p| p.retain) {
             let after = state
@@ -282,9 +300,12 @@ impl Hub for MemoryHub {
             }
         }
         let mut seqs = Vec::with_capacity(batch.len());
-        for publication in batch {
+        for mut publication in batch {
             let seq = state.seq + 1;
             state.seq = seq;
+            if let Some(id) = publication.id.take() {
+                state.ids.remember(&id, seq);
+            }
             let event = Arc::new(Event::new(seq, publication));
             if event.retain {
                 if event.deletes_state() {
@@ -306,6 +327,7 @@ impl Hub for MemoryHub {
         ready(Ok(Receipt {
             epoch: self.epoch.clone(),
             seqs,
+            repeated: false,
         }))
     }
 
@@ -400,6 +422,7 @@ mod tests {
             topic: Topic::parse(topic).unwrap(),
             data: RawValue::from_string(data.to_owned()).unwrap(),
             retain,
+            id: None,
         }
     }
 
@@ -731,6 +754,35 @@ mod tests {
         ];
         assert_eq!(hub.publish(swap).await.unwrap().seqs, [6, 7]);
         assert_eq!(hub.retained_bytes(), 18);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_id_answers_the_original_seq_and_publishes_nothing() {
+        let hub = Arc::new(MemoryHub::new(10));
+        let subscription = hub
+            .clone()
+            .subscribe(vec![Pattern::everything()], None, 10)
+            .await
+            .unwrap();
+        let with_id = |id: &str, data: &str| Publication {
+            id: Some(id.into()),
+            ..publication("t", data, false)
+        };
+        let first = hub.publish(vec![with_id("x", "1")]).await.unwrap();
+        assert_eq!((first.seqs.clone(), first.repeated), (vec![1], false));
+        publish(&hub, "t", "2", false).await;
+        let again = hub.publish(vec![with_id("x", "99")]).await.unwrap();
+        assert_eq!((again.seqs, again.repeated), (vec![1], true));
+        assert_eq!(again.epoch, first.epoch);
+        let mixed = hub
+            .publish(vec![with_id("y", "3"), with_id("x", "1")])
+            .await;
+        assert!(matches!(mixed, Err(HubError::RepeatedId { .. })));
+        assert_eq!(publish(&hub, "t", "3", false).await, 3, "nothing applied");
+        let seqs: Vec<Seq> = std::iter::from_fn(|| subscription.queue.try_pop())
+            .map(|d| d.seq())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@
 //! transport asks it for a [`Subscription`] and writes what arrives on its
 //! queue.
 
+pub mod dedup;
 pub mod memory;
 pub mod queue;
 pub mod redis;
@@ -85,6 +86,9 @@ pub struct Publication {
     pub data: Box<RawValue>,
     /// Keep as the topic's current state; with `data: null`, delete it.
     pub retain: bool,
+    /// The publisher's idempotency id (1–128 chars): a repeat within the
+    /// dedup window is answered with the original seq, not published again.
+    pub id: Option<Box<str>>,
 }
 
 /// An accepted event, shared by history, retained state and every queue.
@@ -217,6 +221,10 @@ pub struct HubStats {
 pub struct Receipt {
     pub epoch: Epoch,
     pub seqs: Vec<Seq>,
+    /// Every event carried an id already published: nothing was published
+    /// now, `epoch` and `seqs` are the originals (HTTP answers 200).
+    #[serde(skip)]
+    pub repeated: bool,
 }
 
 /// Identifies one subscriber; the serial makes a reused slot distinct.
@@ -262,6 +270,12 @@ pub enum HubError {
     /// of the batch was applied.
     #[error("retained state is full: MAX_RETAINED_BYTES={limit}")]
     RetainedFull { limit: usize },
+    /// Some, not all, events of a batch carry an id already published (or
+    /// the repeats name different epochs); nothing of it was applied.
+    #[error(
+        "id: {id:?} was already published, but this batch is not made only of repeats (of one epoch); nothing was published"
+    )]
+    RepeatedId { id: String },
 }
 
 /// What a hub bounds, from the configuration.
@@ -310,6 +324,10 @@ pub trait Hub: Send + Sync + 'static {
     fn epoch(&self) -> Epoch;
 
     /// Accepts a batch all-or-nothing, assigning consecutive seqs.
+    /// Events with an `id` seen within the dedup window are not published
+    /// again: a batch made only of repeats answers the original receipt
+    /// (`repeated`), a batch mixing repeats and new events fails whole with
+    /// [`HubError::RepeatedId`].
     fn publish(&self, batch: Vec<Publication>) -> HubFuture<'_, Receipt>;
 
     /// Registers a subscriber with a bounded queue and answers its hello.

@@ -154,6 +154,7 @@ mod tests {
                 topic: Topic::parse("t").unwrap(),
                 data: RawValue::from_string("1".into()).unwrap(),
                 retain: false,
+                id: None,
             },
         )))
     }

@@ -210,6 +210,7 @@ mod tests {
                 topic: Topic::parse(topic).unwrap(),
                 data: RawValue::from_string(data.to_owned()).unwrap(),
                 retain: true,
+                id: None,
             },
         ))
     }

@@ -289,9 +289,20 @@ impl Subscribers {
 
     /// Tells every subscriber its stream restarts at (`epoch`, `seq`) with
     /// `retained` as the state (each gets the part its patterns match).
+    /// Every pattern counts as added at `seq`: the seqs of the old stream
+    /// mean nothing in the new one, so events after `seq` (a replay of the
+    /// new epoch from its start included) are all delivered.
     pub fn reset(&mut self, epoch: &Epoch, seq: Seq, retained: &RetainedState) {
         let mut too_slow = Vec::new();
+        let index = &mut self.index;
         for (slot, subscriber) in self.slots.iter_mut() {
+            for (pattern, added_at) in subscriber.patterns.iter_mut() {
+                if *added_at != seq {
+                    index.remove(pattern, (slot, *added_at));
+                    index.insert(pattern, (slot, seq));
+                    *added_at = seq;
+                }
+            }
             let patterns: Vec<Pattern> = subscriber.patterns.keys().cloned().collect();
             let state = retained.matching(&patterns);
             let reset = Reset {
@@ -362,6 +373,7 @@ mod tests {
                 topic: Topic::parse(topic).unwrap(),
                 data: RawValue::from_string(seq.to_string()).unwrap(),
                 retain: true,
+                id: None,
             },
         ))
     }
@@ -398,6 +410,30 @@ mod tests {
         assert_eq!(subscribers.deliver(&event(6, "a/y")), 0);
         assert_eq!(subscribers.deliver(&event(8, "a/y")), 1);
         assert_eq!(a.queue.try_pop().map(|d| d.seq()), Some(8));
+    }
+
+    #[test]
+    fn a_reset_to_a_new_epochs_start_delivers_its_replay_whatever_the_old_seqs() {
+        let mut subscribers = Subscribers::default();
+        // Patterns added at seq 10 of the old epoch.
+        let client = subscribers.add(&patterns(["a".to_owned()]), 10, 8).unwrap();
+        subscribers
+            .add_patterns(client.id, &patterns(["b".to_owned()]), 12)
+            .unwrap();
+        subscribers.reset(&Epoch::from_string("new"), 0, &RetainedState::default());
+        for seq in 1..=3 {
+            assert_eq!(subscribers.deliver(&event(seq, "a")), 1);
+        }
+        assert_eq!(subscribers.deliver(&event(4, "b")), 1);
+        let seqs: Vec<Seq> = std::iter::from_fn(|| client.queue.try_pop())
+            .map(|d| d.seq())
+            .collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4]);
+        // The index holds each pattern once: removing it stops delivery.
+        subscribers
+            .remove_patterns(client.id, &patterns(["a".to_owned()]))
+            .unwrap();
+        assert_eq!(subscribers.deliver(&event(5, "a")), 0);
     }
 
     fn patterns(texts: impl IntoIterator<Item = String>) -> Vec<Pattern> {

@@ -1,22 +1,33 @@
 //! The broadcaster's WebSocket transport on `$WEBSOCKET_PATH`.
 //!
-//! Owns: the handshake checks (enabled, Origin, MAX_CONNECTIONS, query),
-//! one task per client that encodes what its [`ClientStream`] yields (the
-//! hello and catch-up, then each batch of deliveries as one vectored write
-//! sequence from the shared event bytes) and reads
-//! the client's frames (subscribe / unsubscribe / publish, pings, close) —
-//! fairly: a steady flow of events never starves reading them; keepalive
-//! pings; WRITE_TIMEOUT_SECS on every write; and the close codes: 1008 too
-//! slow, 1009 frame too large, 1007 bad UTF-8, 1002 protocol error, 1001
-//! shutdown or silence.
+//! Owns: the handshake checks (enabled, Origin, the access token,
+//! MAX_CONNECTIONS, query), one task per client that encodes what its
+//! [`ClientStream`] yields (the hello and catch-up, then each batch of
+//! deliveries as one vectored write sequence from the shared event bytes)
+//! and reads the client's frames (auth / subscribe / unsubscribe /
+//! publish, pings, close) — fairly: a steady flow of events never starves
+//! reading them; keepalive pings; WRITE_TIMEOUT_SECS on every write; and
+//! the close codes: 1008 too slow, 1009 frame too large, 1007 bad UTF-8,
+//! 1002 protocol error, 1001 shutdown or silence, 4001 no valid token (none
+//! in time, a bad one, or one that expired), 4003 topics the token does not
+//! cover.
+//!
+//! Access (with AUTH_SECRET): a token in the upgrade request is checked
+//! before the 101; without one the task waits at most [`AUTH_WAIT`] for a
+//! first `auth` frame before it subscribes. A live grant carries a timer:
+//! at `exp` the client gets a `token_expired` error frame, at `exp` +
+//! LEEWAY it is closed with 4001 unless a fresh `auth` frame (covering the
+//! connection's patterns) replaced the grant. Without AUTH_SECRET nothing
+//! waits and a connection holds no timer.
 //!
 //! Does not own: ordering, resume or fan-out (the hub), the stream of what
-//! to send (`broadcast`), what a frame means (`protocol`), framing
-//! ([`codec`]).
+//! to send (`broadcast`), what a frame means (`protocol`), what a token
+//! allows (`auth`), framing ([`codec`]).
 
 pub mod codec;
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -29,18 +40,18 @@ use hyper::body::Incoming as IncomingBody;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, warn};
 
-use crate::auth::Access;
-use crate::broadcast::{Broadcaster, ClientSlot, ClientStream, End, Step, Transport};
+use crate::auth::{self, token::LEEWAY, Access, Denied, Publisher, Reader};
+use crate::broadcast::{self, Broadcaster, ClientSlot, ClientStream, End, Step, Transport};
 use crate::config::Config;
-use crate::hub::{Catchup, HubError};
-use crate::protocol::{self, ClientFrame, SubscriptionQuery};
+use crate::cors;
+use crate::hub::{Catchup, HubError, Pattern, ResumePoint, Topic};
+use crate::protocol::{self, code, ClientFrame, SubscriptionQuery};
 use crate::response::{self, Body};
 use crate::watchdog::DRAIN_STALL;
-use crate::{cors, publish};
 use bytes::Bytes;
 use codec::{Frame, Incoming, ReadError, WriteError};
 
@@ -55,10 +66,14 @@ const READ_EVERY: u32 = 4;
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a client that presented no token at the upgrade (AUTH_SECRET
+/// set) has to send its `auth` frame.
+pub const AUTH_WAIT: Duration = Duration::from_secs(5);
+
 /// Answers the upgrade request and spawns the client's task.
 pub fn upgrade(
     broadcaster: &Arc<Broadcaster>,
-    _access: &Arc<Access>,
+    access: &Arc<Access>,
     config: &Config,
     peer: SocketAddr,
     mut request: Request<IncomingBody>,
@@ -101,7 +116,26 @@ pub fn upgrade(
         Ok(query) => query,
         Err(error) => return response::json_error(StatusCode::BAD_REQUEST, &error.0),
     };
-    let can_publish = publish::may_publish(config, peer, headers, query.token.as_deref());
+    let token = auth::presented(headers, query.token.as_deref());
+    let client_address = access.client_address(peer, headers);
+    // With AUTH_SECRET a token presented here is checked before the 101;
+    // without one, the task waits for an `auth` frame.
+    let opening = if access.reads_need_token() && token.is_none() {
+        Opening::AwaitAuth {
+            named: query.topics_named,
+            patterns: query.patterns,
+        }
+    } else {
+        let reader = match access.reader(token) {
+            Ok(reader) => reader,
+            Err(refusal) => return refusal.response(),
+        };
+        match broadcast::admit_patterns(&reader, query.topics_named, query.patterns) {
+            Ok(patterns) => Opening::Ready(reader, patterns),
+            Err(refusal) => return refusal.response(),
+        }
+    };
+    let publishing = PublishRight::from(access.publisher(client_address, token));
     let Some(slot) = broadcaster.reserve_client(Transport::WebSocket) else {
         warn!(%peer, max = config.max_connections, "MAX_CONNECTIONS reached; refusing a websocket");
         return response::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
@@ -109,15 +143,22 @@ pub fn upgrade(
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
 
-    let client = Client {
+    let mut client = Client {
         broadcaster: broadcaster.clone(),
+        access: access.clone(),
         peer,
-        can_publish,
+        client_address,
+        publishing,
+        grant: None,
         _slot: slot,
     };
-    let (patterns, resume) = (query.patterns, query.resume);
+    let start = Box::new(Start {
+        opening,
+        resume: query.resume,
+    });
     // Everything this future keeps across `.await`s stays allocated for as
-    // long as the client is connected, so it holds little.
+    // long as the client is connected, so it holds little: the client
+    // itself, its reader and writer, and pointers.
     let task = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -128,17 +169,21 @@ pub fn upgrade(
         };
         let limits = client.broadcaster.limits;
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        let writer = codec::Writer::new(write, limits.write_timeout);
+        let mut writer = codec::Writer::new(write, limits.write_timeout);
         let reader = codec::Reader::new(read, limits.max_message_bytes);
-        let frames: ClientFrames = Box::pin(futures_util::stream::unfold(
+        let mut frames: ClientFrames = Box::pin(futures_util::stream::unfold(
             reader,
             |mut reader: codec::Reader<ReadHalf<Io>>| async move {
                 let next = reader.next().await;
                 Some((next, reader))
             },
         ));
-        let stream = client.broadcaster.subscribe(patterns, resume).await;
-        client.run(writer, frames, stream).await;
+        let ending = client.connect(&mut writer, &mut frames, start).await;
+        // The queue is freed already; the grant and its timer go too
+        // before a close that may take a while.
+        drop(client.grant.take());
+        close(&mut writer, ending).await;
+        debug!(%peer, ending = ?ending, "websocket client disconnected");
     };
     broadcaster
         .shutdown
@@ -153,6 +198,21 @@ pub fn upgrade(
         out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     answer
+}
+
+/// What the client task starts from (boxed: freed once subscribed).
+struct Start {
+    opening: Opening,
+    resume: Option<ResumePoint>,
+}
+
+/// What a client is allowed to read when its socket opens.
+enum Opening {
+    /// Decided at the upgrade: who reads, and the patterns it subscribes to.
+    Ready(Reader, Vec<Pattern>),
+    /// AUTH_SECRET is set and the upgrade carried no token: the first frame
+    /// must be `auth`. `named` and `patterns` are the query's topics.
+    AwaitAuth { named: bool, patterns: Vec<Pattern> },
 }
 
 /// The `Sec-WebSocket-Key` of a valid version-13 upgrade request.
@@ -176,6 +236,7 @@ fn websocket_key(headers: &HeaderMap) -> Option<&HeaderValue> {
 }
 
 /// Why a client's loop ended; each maps to one close code.
+/// Why a client's loop ended; each maps to one close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     /// Its queue overflowed: 1008.
@@ -195,6 +256,12 @@ enum Ending {
     /// Its query asked for more than MAX_PATTERNS_PER_CLIENT: 1008 (the
     /// handshake checks the query first, so this is a backstop).
     TooManyPatterns,
+    /// No valid token: no `auth` frame first or in time, a bad or expired
+    /// one, or the grant ran out (exp + LEEWAY): 4001 with this reason.
+    Unauthorized(&'static str),
+    /// Its query's topics are not covered by the token of its `auth`
+    /// frame: 4003.
+    Forbidden,
     /// It accepted no bytes for WRITE_TIMEOUT_SECS: nothing more is sent.
     Stalled,
     /// It closed (we answer its close), or the socket broke.
@@ -213,10 +280,31 @@ impl Ending {
             Ending::Silent => Some((1001, "no pong")),
             Ending::HubUnavailable => Some((1011, "backplane unavailable")),
             Ending::TooManyPatterns => Some((1008, "too many patterns (MAX_PATTERNS_PER_CLIENT)")),
+            Ending::Unauthorized(reason) => Some((auth::CLOSE_UNAUTHORIZED, reason)),
+            Ending::Forbidden => Some((auth::CLOSE_FORBIDDEN, "topics not covered by the token")),
             Ending::Gone {
                 answer_close: Some(code),
             } => Some((code, "")),
             Ending::Gone { answer_close: None } | Ending::Stalled => None,
+        }
+    }
+
+    /// How a read that yields no message ends the loop; `None` for a
+    /// message to handle.
+    fn of_read(message: &Option<Result<Incoming, ReadError>>) -> Option<Ending> {
+        match message {
+            Some(Ok(Incoming::Close(code))) => {
+                // Echo a valid code; 1000 when it sent none.
+                let code = code.filter(|c| (1000..5000).contains(c)).unwrap_or(1000);
+                Some(Ending::Gone {
+                    answer_close: Some(code),
+                })
+            }
+            Some(Ok(_)) => None,
+            Some(Err(ReadError::TooLarge)) => Some(Ending::TooLarge),
+            Some(Err(ReadError::InvalidText)) => Some(Ending::InvalidText),
+            Some(Err(ReadError::Protocol)) => Some(Ending::Protocol),
+            Some(Err(ReadError::Gone)) | None => Some(Ending::Gone { answer_close: None }),
         }
     }
 }
@@ -239,53 +327,219 @@ impl From<End> for Ending {
     }
 }
 
+/// What a connection's `publish` frames may do: `Access::publisher`'s
+/// answer, decided at the upgrade and again on each accepted `auth` frame.
+/// A scoped grant is boxed, so a connection that may publish anything, or
+/// nothing, stays small.
+enum PublishRight {
+    Anything,
+    Scoped(Box<Publisher>),
+    Refused(Denied),
+}
+
+impl From<Publisher> for PublishRight {
+    fn from(publisher: Publisher) -> PublishRight {
+        match publisher {
+            Publisher::Anything => PublishRight::Anything,
+            Publisher::Refused(refusal) => PublishRight::Refused(refusal),
+            scoped @ Publisher::Scoped(_) => PublishRight::Scoped(Box::new(scoped)),
+        }
+    }
+}
+
+impl PublishRight {
+    fn check(&self, topic: &Topic) -> Result<(), Denied> {
+        match self {
+            PublishRight::Anything => Ok(()),
+            PublishRight::Refused(refusal) => Err(refusal.clone()),
+            PublishRight::Scoped(publisher) if publisher.may_publish(topic) => Ok(()),
+            PublishRight::Scoped(_) => Err(Denied::Forbidden(format!(
+                "publishing to {:?}",
+                topic.as_str()
+            ))),
+        }
+    }
+}
+
+/// A connection's read grant (AUTH_SECRET set) and its expiry timer;
+/// boxed in [`Client`], so a connection without one holds a null pointer.
+struct LiveGrant {
+    /// Always `Reader::Granted`.
+    reader: Reader,
+    /// The connection's patterns, which a fresh token must cover.
+    patterns: Vec<Pattern>,
+    /// Fires at `exp` (the `token_expired` error frame), then at `exp` +
+    /// LEEWAY (close 4001).
+    timer: Pin<Box<Sleep>>,
+    /// The `token_expired` frame has been sent for this grant.
+    warned: bool,
+}
+
+impl LiveGrant {
+    /// `None` for `Reader::Anyone` (no AUTH_SECRET): nothing expires.
+    fn new(reader: Reader, patterns: &[Pattern]) -> Option<Box<LiveGrant>> {
+        let expires_at = reader.grant()?.expires_at;
+        Some(Box::new(LiveGrant {
+            reader,
+            patterns: patterns.to_vec(),
+            timer: Box::pin(tokio::time::sleep_until(broadcast::instant_at(expires_at))),
+            warned: false,
+        }))
+    }
+
+    /// Puts a fresh token's grant in force.
+    fn renew(&mut self, reader: Reader) {
+        if let Some(grant) = reader.grant() {
+            let at = broadcast::instant_at(grant.expires_at);
+            self.timer.as_mut().reset(at);
+        }
+        self.reader = reader;
+        self.warned = false;
+    }
+
+    /// The timer fired: the `token_expired` frame the first time (and the
+    /// timer moves to `exp` + LEEWAY), the close the second.
+    fn expired(&mut self) -> Result<String, Ending> {
+        if self.warned {
+            return Err(Ending::Unauthorized("token_expired"));
+        }
+        self.warned = true;
+        if let Some(grant) = self.reader.grant() {
+            let at = broadcast::instant_at(grant.expires_at + LEEWAY);
+            self.timer.as_mut().reset(at);
+        }
+        Ok(protocol::token_expired_frame())
+    }
+}
+
+/// Resolves when the grant's timer fires; never without a grant.
+fn expiry(grant: &mut Option<Box<LiveGrant>>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match grant {
+        Some(live) => live.timer.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
+}
+
+/// An `error` frame for a refusal.
+fn refusal_frame(refusal: &Denied) -> String {
+    protocol::error_frame(refusal.code(), &refusal.message())
+}
+
 struct Client {
     broadcaster: Arc<Broadcaster>,
+    /// Checks the tokens of `auth` frames.
+    access: Arc<Access>,
     peer: SocketAddr,
-    /// Presented the publish token (or is on loopback without one).
-    can_publish: bool,
+    /// The effective client address (after trusted X-Forwarded-For), for
+    /// the publish rights of an `auth` frame's token.
+    client_address: IpAddr,
+    /// What its `publish` frames may do.
+    publishing: PublishRight,
+    /// The read grant in force; `None` when reads are open (no
+    /// AUTH_SECRET).
+    grant: Option<Box<LiveGrant>>,
     /// Counts this client in /health and MAX_CONNECTIONS until dropped.
     _slot: ClientSlot,
 }
 
 impl Client {
-    async fn run(
-        self,
-        mut writer: Writer,
-        mut frames: ClientFrames,
-        stream: Result<ClientStream, HubError>,
-    ) {
-        let peer = self.peer;
-        debug!(%peer, ok = stream.is_ok(), "websocket client connected");
-        let ending = match stream {
-            Ok(mut stream) => {
-                let ending = self.serve(&mut writer, &mut frames, &mut stream).await;
-                // Free the queue and its pinned events before a close that
-                // may take a while.
-                drop(stream);
-                ending
+    /// Authenticates (when the upgrade carried no token), subscribes and
+    /// serves the client; answers why its connection ended. Takes the
+    /// connection by reference: the client task owns it, and a future that
+    /// held its own copy of the client, writer and reader would stay that
+    /// much larger for as long as the client is connected.
+    async fn connect(
+        &mut self,
+        writer: &mut Writer,
+        frames: &mut ClientFrames,
+        start: Box<Start>,
+    ) -> Ending {
+        let Start { opening, resume } = *start;
+        let (reader, patterns) = match opening {
+            Opening::Ready(reader, patterns) => (reader, patterns),
+            Opening::AwaitAuth { named, patterns } => {
+                // Boxed: its timer and signal are needed once.
+                match Box::pin(self.authenticate(writer, frames, named, patterns)).await {
+                    Ok(admitted) => admitted,
+                    Err(ending) => {
+                        debug!(peer = %self.peer, ending = ?ending, "websocket client refused");
+                        return ending;
+                    }
+                }
             }
+        };
+        if let Some(grant) = reader.grant() {
+            debug!(peer = %self.peer, subject = ?grant.subject, admin = grant.admin, "websocket client authorized");
+        }
+        self.grant = LiveGrant::new(reader, &patterns);
+        let stream = self.broadcaster.subscribe(patterns, resume).await;
+        debug!(peer = %self.peer, ok = stream.is_ok(), "websocket client connected");
+        match stream {
+            Ok(mut stream) => self.serve(writer, frames, &mut stream).await,
             Err(HubError::TooManyPatterns { .. }) => Ending::TooManyPatterns,
             Err(_) => Ending::HubUnavailable,
-        };
-        if ending != Ending::Stalled {
-            let frame = ending
-                .close_frame()
-                .map(|(code, reason)| codec::close_frame(code, reason));
-            // While draining, a full socket gets little time (see
-            // `watchdog::DRAIN_STALL`).
-            let limit = if ending == Ending::Shutdown {
-                DRAIN_STALL
-            } else {
-                CLOSE_TIMEOUT
-            };
-            writer.finish(frame, limit).await;
         }
-        debug!(%peer, ending = ?ending, "websocket client disconnected");
     }
 
+    /// Waits at most AUTH_WAIT for the first frame, which must be `auth`
+    /// with a valid token covering the query's topics; answers who reads
+    /// and what it subscribes to. A refused token gets an `error` frame
+    /// saying why before the close.
+    async fn authenticate(
+        &mut self,
+        writer: &mut Writer,
+        frames: &mut ClientFrames,
+        named: bool,
+        patterns: Vec<Pattern>,
+    ) -> Result<(Reader, Vec<Pattern>), Ending> {
+        let mut stop = self.broadcaster.shutdown.requested();
+        let deadline = Instant::now() + AUTH_WAIT;
+        let token = loop {
+            let message = tokio::select! {
+                biased;
+                _ = &mut stop => return Err(Ending::Shutdown),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Ending::Unauthorized("no auth frame within 5 s"))
+                }
+                message = frames.next() => message,
+            };
+            if let Some(ending) = Ending::of_read(&message) {
+                return Err(ending);
+            }
+            match message {
+                Some(Ok(Incoming::Ping(_) | Incoming::Pong)) => continue,
+                Some(Ok(Incoming::Text(text))) => match protocol::parse_client_frame(&text) {
+                    Ok(ClientFrame::Auth(token)) => break token,
+                    _ => return Err(Ending::Unauthorized("the first frame must be auth")),
+                },
+                _ => return Err(Ending::Unauthorized("the first frame must be auth")),
+            }
+        };
+        let admitted = self.access.reader(Some(&token)).and_then(|reader| {
+            broadcast::admit_patterns(&reader, named, patterns).map(|p| (reader, p))
+        });
+        match admitted {
+            Ok(admitted) => {
+                self.publishing = self
+                    .access
+                    .publisher(self.client_address, Some(&token))
+                    .into();
+                Ok(admitted)
+            }
+            Err(refusal) => {
+                let frame = Frame::new(codec::OP_TEXT, refusal_frame(&refusal).into_bytes());
+                let ending = match refusal {
+                    Denied::Forbidden(_) => Ending::Forbidden,
+                    other => Ending::Unauthorized(other.code()),
+                };
+                // The reason is in the error frame; the close follows it.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.send(vec![frame])).await;
+                Err(ending)
+            }
+        }
+    }
     async fn serve(
-        &self,
+        &mut self,
         writer: &mut Writer,
         frames: &mut ClientFrames,
         stream: &mut ClientStream,
@@ -317,6 +571,22 @@ impl Client {
                 Some(message) => message,
                 None => tokio::select! {
                     biased;
+                    // Only a connection with a grant has a timer; without
+                    // one this is a match on `None`.
+                    _ = expiry(&mut self.grant) => {
+                        let expired = match &mut self.grant {
+                            Some(live) => live.expired(),
+                            None => continue,
+                        };
+                        let out = match expired {
+                            Ok(frame) => vec![Frame::new(codec::OP_TEXT, frame.into_bytes())],
+                            Err(ending) => return ending,
+                        };
+                        if let Err(ending) = write(writer, stream, out).await {
+                            return ending;
+                        }
+                        continue;
+                    }
                     step = stream.next() => {
                         let out = match encode_step(step) {
                             Encoded::Frames(frames) => frames,
@@ -337,6 +607,9 @@ impl Client {
                 },
             };
             last_heard = Instant::now();
+            if let Some(ending) = Ending::of_read(&message) {
+                return ending;
+            }
             let reply = match message {
                 Some(Ok(Incoming::Text(text))) => self
                     .client_frame(&text, stream)
@@ -344,22 +617,15 @@ impl Client {
                     .map(|reply| (codec::OP_TEXT, reply.into_bytes())),
                 Some(Ok(Incoming::Binary)) => Some((
                     codec::OP_TEXT,
-                    protocol::error_frame("binary frames are not supported; send JSON text")
-                        .into_bytes(),
+                    protocol::error_frame(
+                        code::BAD_REQUEST,
+                        "binary frames are not supported; send JSON text",
+                    )
+                    .into_bytes(),
                 )),
                 Some(Ok(Incoming::Ping(payload))) => Some((codec::OP_PONG, payload)),
-                Some(Ok(Incoming::Pong)) => None,
-                Some(Ok(Incoming::Close(code))) => {
-                    // Echo a valid code; 1000 when it sent none.
-                    let code = code.filter(|c| (1000..5000).contains(c)).unwrap_or(1000);
-                    return Ending::Gone {
-                        answer_close: Some(code),
-                    };
-                }
-                Some(Err(ReadError::TooLarge)) => return Ending::TooLarge,
-                Some(Err(ReadError::InvalidText)) => return Ending::InvalidText,
-                Some(Err(ReadError::Protocol)) => return Ending::Protocol,
-                Some(Err(ReadError::Gone)) | None => return Ending::Gone { answer_close: None },
+                // Pong; the rest ended the loop above.
+                _ => None,
             };
             if let Some((opcode, payload)) = reply {
                 if let Err(ending) = write(writer, stream, vec![Frame::new(opcode, payload)]).await
@@ -371,35 +637,112 @@ impl Client {
     }
 
     /// Handles one text frame; answers with a frame to send, if any.
-    async fn client_frame(&self, text: &str, stream: &ClientStream) -> Option<String> {
+    async fn client_frame(&mut self, text: &str, stream: &ClientStream) -> Option<String> {
         let frame = match protocol::parse_client_frame(text) {
             Ok(frame) => frame,
-            Err(error) => return Some(protocol::error_frame(&error.0)),
+            Err(error) => return Some(protocol::error_frame(code::BAD_REQUEST, &error.0)),
         };
         let subscription = stream.subscription();
         let hub = subscription.hub();
         match frame {
             ClientFrame::Subscribe(patterns) => {
+                if let Some(live) = &self.grant {
+                    if let Some(pattern) = live.reader.first_forbidden(&patterns) {
+                        let refusal = Denied::Forbidden(format!("{:?}", pattern.as_str()));
+                        return Some(refusal_frame(&refusal));
+                    }
+                }
                 match hub.add_patterns(subscription.id, patterns.clone()).await {
-                    Ok(state) => Some(protocol::subscribed_frame(&patterns, &state)),
-                    Err(error) => Some(protocol::error_frame(&error.to_string())),
+                    Ok(state) => {
+                        if let Some(live) = &mut self.grant {
+                            for pattern in &patterns {
+                                if !live.patterns.contains(pattern) {
+                                    live.patterns.push(pattern.clone());
+                                }
+                            }
+                        }
+                        Some(protocol::subscribed_frame(&patterns, &state))
+                    }
+                    Err(error) => Some(hub_error_frame(&error)),
                 }
             }
             ClientFrame::Unsubscribe(patterns) => {
-                match hub.remove_patterns(subscription.id, patterns).await {
-                    Ok(()) => None,
-                    Err(error) => Some(protocol::error_frame(&error.to_string())),
+                match hub.remove_patterns(subscription.id, patterns.clone()).await {
+                    Ok(()) => {
+                        if let Some(live) = &mut self.grant {
+                            live.patterns.retain(|held| !patterns.contains(held));
+                        }
+                        None
+                    }
+                    Err(error) => Some(hub_error_frame(&error)),
                 }
             }
-            ClientFrame::Publish(_) if !self.can_publish => Some(protocol::error_frame(
-                "publishing needs the publish token (Authorization: Bearer or ?token=)",
-            )),
-            ClientFrame::Publish(publication) => match hub.publish(vec![publication]).await {
-                Ok(_) => None,
-                Err(error) => Some(protocol::error_frame(&error.to_string())),
-            },
+            ClientFrame::Publish(publication) => {
+                if let Err(refusal) = self.publishing.check(&publication.topic) {
+                    return Some(refusal_frame(&refusal));
+                }
+                match hub.publish(vec![publication]).await {
+                    Ok(_) => None,
+                    Err(error) => Some(hub_error_frame(&error)),
+                }
+            }
+            ClientFrame::Auth(token) => self.renew(&token),
         }
     }
+
+    /// A fresh `auth` frame on a live connection. With AUTH_SECRET its
+    /// token must verify and cover every pattern the connection holds,
+    /// else an `error` frame says why and the grant in force stays (until
+    /// it runs out). Without AUTH_SECRET it only decides publishing
+    /// (PUBLISH_TOKEN).
+    fn renew(&mut self, token: &str) -> Option<String> {
+        let publishing = self.access.publisher(self.client_address, Some(token));
+        let Some(live) = &mut self.grant else {
+            self.publishing = publishing.into();
+            return None;
+        };
+        let reader = match self.access.reader(Some(token)) {
+            Ok(reader) => reader,
+            Err(refusal) => {
+                let message = format!("{}; the current token stays in force", refusal.message());
+                return Some(protocol::error_frame(refusal.code(), &message));
+            }
+        };
+        if let Some(pattern) = reader.first_forbidden(&live.patterns) {
+            let refusal = Denied::Forbidden(format!(
+                "{:?}, which this connection subscribes to; the current token stays in force",
+                pattern.as_str()
+            ));
+            return Some(refusal_frame(&refusal));
+        }
+        live.renew(reader);
+        self.publishing = publishing.into();
+        None
+    }
+}
+
+/// An `error` frame for a hub error.
+fn hub_error_frame(error: &HubError) -> String {
+    protocol::error_frame(protocol::hub_error_code(error), &error.to_string())
+}
+
+/// Sends the close frame of `ending` (none for a stalled client) and shuts
+/// the socket.
+async fn close(writer: &mut Writer, ending: Ending) {
+    if ending == Ending::Stalled {
+        return;
+    }
+    let frame = ending
+        .close_frame()
+        .map(|(code, reason)| codec::close_frame(code, reason));
+    // While draining, a full socket gets little time (see
+    // `watchdog::DRAIN_STALL`).
+    let limit = if ending == Ending::Shutdown {
+        DRAIN_STALL
+    } else {
+        CLOSE_TIMEOUT
+    };
+    writer.finish(frame, limit).await;
 }
 
 /// Writes `out` unless the client is cut off or the gateway drains first.

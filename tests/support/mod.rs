@@ -339,3 +339,267 @@ pub fn unique_prefix(name: &str) -> String {
         .unwrap_or_default();
     format!("switchyard-test:{name}:{}:{nanos}:", std::process::id())
 }
+
+/// Whether `redis-server` can be run here; a fault test that needs its own
+/// Redis says it skipped when not (CI installs it, so CI never skips).
+pub fn redis_server_installed(skipped: &str) -> bool {
+    let installed = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !installed {
+        eprintln!("SKIPPED: redis-server is not installed; {skipped} did not run");
+    }
+    installed
+}
+
+/// A private `redis-server` on a free port with its own directory (removed
+/// on drop), `--save ''` and no AOF unless `extra` says otherwise. It can be
+/// stopped and started again on the same port and directory.
+pub struct PrivateRedis {
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start(extra: &[&str]) -> PrivateRedis {
+        let port = dead_port();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-redis-{}-{port}-{nanos}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create redis dir");
+        let mut redis = PrivateRedis {
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// Starts the server (again), on the same port and directory.
+    pub async fn restart(&mut self) {
+        let port = self.port.to_string();
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut admin) = self.try_admin().await {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut admin).await;
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn try_admin(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// A fresh connection for the test's own commands.
+    pub async fn admin(&self) -> redis::aio::MultiplexedConnection {
+        self.try_admin().await.expect("connect to private redis")
+    }
+
+    /// SIGKILL, and waits for the exit.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Waits for the server to exit on its own (after SHUTDOWN).
+    pub async fn wait_exit(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .expect("redis-server exits")
+                .expect("wait for redis-server");
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `method url` with `headers` and `body` on a connection of its own.
+pub async fn request_with(
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response<Incoming> {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(
+        builder
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap(),
+    )
+    .await
+}
+
+/// POSTs a publish body with `headers`; answers (status, JSON).
+pub async fn publish_with(
+    gateway: &Gateway,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let url = gateway.url("/_switchyard/publish");
+    let response = request_with(http::Method::POST, &url, headers, body).await;
+    let status = response.status().as_u16();
+    (status, json_body(response).await)
+}
+
+/// `Basic base64(user:password)`, an Authorization header value.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+/// A WebSocket handshake to `url` with extra `headers`: the client, or the
+/// refusal's status code.
+pub async fn ws_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("websocket request");
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            value.parse().expect("header value"),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((client, _)) => Ok(client),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(other) => panic!("websocket handshake to {url} failed: {other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Access control (AUTH_SECRET) helpers
+// ---------------------------------------------------------------------------
+
+/// An AUTH_SECRET for tests (32+ bytes).
+pub const AUTH_SECRET: &str = "switchyard-test-auth-secret-0123456789";
+
+/// An access token signed with [`AUTH_SECRET`]: `subscribe` and `publish`
+/// patterns, `admin`, expiring `ttl_secs` from now (negative: already
+/// expired).
+pub fn access_token(subscribe: &[&str], publish: &[&str], admin: bool, ttl_secs: i64) -> String {
+    use switchyard::auth::token::{mint, now_secs, Claims};
+    let claims = Claims {
+        exp: (now_secs() as i64 + ttl_secs) as u64,
+        sub: Some("test-user".into()),
+        subscribe: subscribe.iter().map(|p| p.to_string()).collect(),
+        publish: publish.iter().map(|p| p.to_string()).collect(),
+        admin,
+    };
+    mint(AUTH_SECRET, &claims).expect("mint a token")
+}
+
+/// GET with `Authorization: Bearer <token>` when a token is given.
+pub async fn get_bearer(url: &str, token: Option<&str>) -> Response<Incoming> {
+    let mut request = Request::get(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    send(request.body(Empty::<Bytes>::new()).unwrap()).await
+}
+
+/// Connects to `/ws` + `query`, with `Authorization: Bearer <token>` when
+/// one is given; a refused upgrade answers its status and JSON body.
+pub async fn connect_bearer(
+    gateway: &Gateway,
+    query: &str,
+    token: Option<&str>,
+) -> Result<Client, (u16, serde_json::Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = gateway
+        .ws_url(&format!("/ws{query}"))
+        .into_client_request()
+        .expect("websocket request");
+    if let Some(token) = token {
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((client, _)) => Ok(client),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response.body().clone().unwrap_or_default();
+            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            Err((status, json))
+        }
+        Err(error) => panic!("websocket connect failed: {error}"),
+    }
+}
+
+/// The next message of any kind (pings and pongs skipped), or `None` when
+/// none comes within `limit`.
+pub async fn next_message(
+    client: &mut Client,
+    limit: Duration,
+) -> Option<tokio_tungstenite::tungstenite::Message> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(message))) => return Some(message),
+            Ok(Some(Err(error))) => panic!("websocket error: {error}"),
+            Ok(None) => panic!("connection ended without a close frame"),
+        }
+    }
+}

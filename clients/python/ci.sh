@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The Python package's checks, as .ci/run and the README run them: a venv in
+# clients/python/.venv with the package and its test tools, then ruff (lint
+# and format), mypy --strict and pytest against the real gateway binary
+# (SWITCHYARD_BIN, default target/debug/switchyard, which `cargo test` builds).
+# Fails when pytest collected no test.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+VENV="$HERE/.venv"
+cd "$HERE"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    "${PYTHON:-python3}" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+export SWITCHYARD_BIN="${SWITCHYARD_BIN:-$ROOT/target/debug/switchyard}"
+if [[ ! -x "$SWITCHYARD_BIN" ]]; then
+    (cd "$ROOT" && cargo build --quiet)
+fi
+
+echo "== ruff"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+echo "== mypy --strict"
+"$VENV/bin/mypy" src tests
+echo "== pytest"
+status=0
+"$VENV/bin/pytest" -q "$@" || status=$?
+if [[ $status -eq 5 ]]; then
+    echo "pytest collected no test" >&2
+    exit 1
+fi
+exit $status
