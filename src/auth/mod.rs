@@ -51,7 +51,8 @@ pub struct Access {
 /// Who is reading.
 #[derive(Debug, Clone)]
 pub enum Reader {
-    /// No AUTH_SECRET: reads are open.
+    /// No AUTH_SECRET (reads are open), or the engine's PUBLISH_TOKEN:
+    /// everything, with no expiry.
     Anyone,
     /// A verified token.
     Granted(Grant),
@@ -112,25 +113,32 @@ impl Access {
 
     /// Who reads, given the token the request presented (see
     /// [`presented`]). Without AUTH_SECRET anyone reads and the token is
-    /// not looked at.
+    /// not looked at. PUBLISH_TOKEN reads everything too: it is the
+    /// engine's credential, and the engine is where the data comes from (a
+    /// Python `Subscriber` beside it needs no second secret).
     pub fn reader(&self, token: Option<&str>) -> Result<Reader, Denied> {
         if self.tokens.is_none() {
             return Ok(Reader::Anyone);
         }
         match token {
             None => Err(Denied::Missing),
+            Some(token) if self.is_publish_token(token) => Ok(Reader::Anyone),
             Some(token) => self.verify(token).map(Reader::Granted),
         }
+    }
+
+    fn is_publish_token(&self, token: &str) -> bool {
+        self.publish_token.as_ref().is_some_and(|expected| {
+            constant_time_eq(token.as_bytes(), expected.expose().as_bytes())
+        })
     }
 
     /// Who publishes: the token presented (PUBLISH_TOKEN or an access
     /// token), else loopback when PUBLISH_TOKEN is unset. `client` is the
     /// effective client address ([`Access::client_address`]).
     pub fn publisher(&self, client: IpAddr, token: Option<&str>) -> Publisher {
-        if let (Some(expected), Some(given)) = (&self.publish_token, token) {
-            if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
-                return Publisher::Anything;
-            }
+        if token.is_some_and(|given| self.is_publish_token(given)) {
+            return Publisher::Anything;
         }
         if let (Some(verifier), Some(given)) = (&self.tokens, token) {
             match verifier.verify(given) {
@@ -160,10 +168,7 @@ impl Access {
     /// (PUBLISH_TOKEN or an access token): such a request passes the site
     /// password.
     pub fn is_valid_bearer(&self, token: &str) -> bool {
-        let publish = self.publish_token.as_ref().is_some_and(|expected| {
-            constant_time_eq(token.as_bytes(), expected.expose().as_bytes())
-        });
-        publish
+        self.is_publish_token(token)
             || self
                 .tokens
                 .as_ref()
