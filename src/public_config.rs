@@ -1,5 +1,9 @@
-//! `GET /_switchyard/config`: what a client needs to pick a transport. No
-//! secrets: everything here is visible to any browser.
+//! `GET /_switchyard/config`: what a client needs to pick a transport and
+//! whether it must bring a token. Owns only this JSON. It never holds a
+//! secret (no token, password, hash, AUTH_SECRET or REDIS_URL): without
+//! BASIC_AUTH any browser may read it.
+//!
+//! Does not own: checking tokens (`auth`) or the routes it names.
 
 use http::{Response, StatusCode};
 use serde::Serialize;
@@ -17,6 +21,10 @@ struct PublicConfig<'a> {
     events_url: &'static str,
     state_url: &'static str,
     publish_url: &'static str,
+    /// AUTH_SECRET is set: every read path needs a token (client.js's
+    /// `token` option; the console asks for one). Only the fact, never the
+    /// secret.
+    auth_required: bool,
 }
 
 pub fn respond(config: &Config) -> Response<Body> {
@@ -29,6 +37,7 @@ pub fn respond(config: &Config) -> Response<Body> {
             events_url: "/_switchyard/events",
             state_url: "/_switchyard/state",
             publish_url: "/_switchyard/publish",
+            auth_required: config.auth_secret.is_some(),
         },
     )
 }

@@ -278,15 +278,28 @@ async fn public_config_names_the_transports() {
             "events_url": "/_switchyard/events",
             "state_url": "/_switchyard/state",
             "publish_url": "/_switchyard/publish",
+            "auth_required": false,
         })
     );
     let local = Gateway::start(&[("WEBSOCKET_ENABLED", "false")]).await;
     let config = json_body(get(&local.url("/_switchyard/config")).await).await;
     assert_eq!(config["websocket_enabled"], false);
+    assert_eq!(config["auth_required"], false);
     assert_eq!(
         config["websocket_uri"],
         format!("ws://localhost:{}/ws", local.addr.port())
     );
+
+    // AUTH_SECRET set: the config says a token is needed, and names nothing
+    // of the secret (it stays readable without a token).
+    let secret = "config-test-secret-0123456789abcdef";
+    let guarded = Gateway::start(&[("AUTH_SECRET", secret)]).await;
+    let response = get(&guarded.url("/_switchyard/config")).await;
+    assert_eq!(response.status(), 200);
+    let text = support::text_body(response).await;
+    assert!(!text.contains(secret), "the secret leaked into {text}");
+    let config: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(config["auth_required"], true);
 }
 
 #[tokio::test]

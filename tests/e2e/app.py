@@ -29,6 +29,14 @@ st.caption(
     % (os.getpid(), os.environ.get("PORT", "?"), os.environ.get("SWITCHYARD_WS_URL", "?"))
 )
 
+# An interactive widget: a click goes to the server over Streamlit's own
+# /_stcore/stream WebSocket and the rerun's output comes back on it.
+if "presses" not in st.session_state:
+    st.session_state.presses = 0
+if st.button("press me"):
+    st.session_state.presses += 1
+st.write("presses: %d" % st.session_state.presses)
+
 WS_PATH = "/ws"
 TOPICS = "e2e/%23"
 

@@ -12,7 +12,9 @@ Each check starts its own gateway(s) (no dashboard, HOST=127.0.0.1,
 LOG_FORMAT=json) and, where the page is not served by the gateway itself, a
 small test page from a local http.server on another port; the gateway then
 gets CORS_ORIGINS=<the page's origin>. Check 2 puts an asyncio TCP relay
-between the browser and the gateway to cut connections. Everything stays on
+between the browser and the gateway to cut connections. The token checks give the gateway
+AUTH_SECRET and mint HS256 tokens here (common.mint_token); a function token
+fetches them from the page server's /token-NAME route. Everything stays on
 127.0.0.1; every process started here is stopped at the end of its check.
 """
 
@@ -46,6 +48,7 @@ from common import (
     ROOT,
     free_port,
     http_json,
+    mint_token,
     record,
     results,
 )
@@ -57,7 +60,13 @@ GATEWAY_VARIABLES = [
     "MAX_CONNECTIONS", "MAX_MESSAGE_BYTES", "CLIENT_QUEUE", "PING_INTERVAL_SECS",
     "SHUTDOWN_GRACE_SECS", "REDIS_URL", "REDIS_PREFIX", "RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
     "LOG_FORMAT", "RAILWAY_PUBLIC_DOMAIN", "RAILWAY_STATIC_URL", "PUBLIC_URL", "RUST_LOG",
+    "AUTH_SECRET", "BASIC_AUTH",
 ]
+
+# AUTH_SECRET of the token checks (>= 32 bytes), and one the gateway does
+# not know, for tokens that must be refused.
+SECRET = "client-e2e-secret-0123456789abcdef0123"
+WRONG_SECRET = "not-the-gateway-secret-0123456789abcdef"
 
 notes = []
 
@@ -207,6 +216,16 @@ class PageServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's naming
                 body = pages.get(self.path.split("?", 1)[0])
+                if callable(body):
+                    # A dynamic route (the test's token endpoint): text/plain.
+                    data = str(body()).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; charset=utf-8")
+                    self.send_header("Cache-Control", "no-store")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if body is None:
                     self.send_response(404 if self.path != "/favicon.ico" else 204)
                     self.send_header("Content-Length", "0")
@@ -334,12 +353,16 @@ TEST_PAGE = """<!doctype html>
 <div>status: <b id="status">-</b></div>
 <script>
   window.seen = []; window.statuses = []; window.resets = []; window.pageErrors = [];
+  window.errorFrames = []; window.tokenCalls = 0;
   window.addEventListener("error", function (e) { window.pageErrors.push(String(e.message)); });
 </script>
 <script src="%(script)s"></script>
 <script>
 (function () {
-  var sy = Switchyard.connect(%(options)s);
+  var options = %(options)s;
+  %(setup)s
+  var sy = Switchyard.connect(options);
+  sy.onError(function (e) { window.errorFrames.push(e); });
   window.sy = sy;
   sy.on("#", function (data, ev) {
     window.seen.push({ seq: ev.seq, topic: ev.topic, data: data, retain: !!ev.retain, epoch: sy.position().epoch });
@@ -358,12 +381,45 @@ TEST_PAGE = """<!doctype html>
 """
 
 
-def test_page(server, name, gateway_base, connect_url, topics):
+def test_page(server, name, gateway_base, connect_url, topics, token=None, setup=""):
+    """A page that connects with client.js. `token`: a string token for the
+    options; `setup`: JS run before connect() that may change `options`
+    (e.g. a function token)."""
+    options = {"url": connect_url}
+    if topics is not None:
+        options["topics"] = topics
+    if token is not None:
+        options["token"] = token
     html = TEST_PAGE % {
         "script": gateway_base + "/_switchyard/client.js",
-        "options": json.dumps({"url": connect_url, "topics": topics}),
+        "options": json.dumps(options),
+        "setup": setup,
     }
     return server.add(f"/{name}.html", html)
+
+
+# A function token: fetched from the page server's /token-NAME route, which
+# mints a fresh one per call (window.tokenCalls counts the calls).
+FUNCTION_TOKEN_SETUP = """
+  options.token = function () {
+    window.tokenCalls += 1;
+    return fetch("/%s").then(function (r) { return r.text(); });
+  };
+"""
+
+
+class Minter:
+    """The page server's token route: each call mints a token (`claims`,
+    `ttl` seconds) and records when."""
+
+    def __init__(self, secret, ttl, **claims):
+        self.secret, self.ttl, self.claims = secret, ttl, claims
+        self.calls = []
+
+    def __call__(self):
+        self.calls.append(time.monotonic())
+        # `n` makes each token distinct even within one second (same exp).
+        return mint_token(self.secret, ttl=self.ttl, n=len(self.calls), **self.claims)
 
 
 class Browser:
@@ -385,15 +441,24 @@ class Browser:
         self.page.on("websocket", self._on_ws)
 
     def _on_ws(self, ws):
-        entry = {"url": ws.url, "opened": time.monotonic(), "frames": [], "closed": None}
+        entry = {"url": ws.url, "opened": time.monotonic(), "frames": [], "sent": [], "closed": None}
         self.sockets.append(entry)
+
+        def on_sent(payload):
+            try:
+                frame = json.loads(payload)
+            except (TypeError, ValueError):
+                frame = {"type": "?"}
+            entry["sent"].append({"type": frame.get("type"), "token": frame.get("token"), "at": time.monotonic()})
+
+        ws.on("framesent", on_sent)
 
         def on_frame(payload):
             try:
                 frame = json.loads(payload)
             except (TypeError, ValueError):
                 frame = {"type": "?", "raw": str(payload)[:80]}
-            entry["frames"].append({k: frame.get(k) for k in ("type", "seq", "topic", "epoch", "resumed")})
+            entry["frames"].append({k: frame.get(k) for k in ("type", "seq", "topic", "epoch", "resumed", "code")})
 
         ws.on("framereceived", on_frame)
         ws.on("close", lambda _w: entry.__setitem__("closed", time.monotonic()))
@@ -754,6 +819,291 @@ def check_console_screenshot(pw):
         res.close()
 
 
+# ---------------------------------------------------------------- access tokens (AUTH_SECRET)
+
+
+def ws_requests_in_log(gw):
+    """The gateway's debug `request` lines for its WebSocket path (needs
+    RUST_LOG=switchyard=debug): one per connection attempt."""
+    count = 0
+    for raw in gw.log_path.read_text(errors="replace").splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if line.get("message") == "request" and line.get("path") == "/ws":
+            count += 1
+    return count
+
+
+def check_token_reads_only_its_scope(pw):
+    res = Resources()
+    try:
+        pages = res.add(PageServer())
+        gw = res.add(Gateway("token-scope", CORS_ORIGINS=pages.origin, AUTH_SECRET=SECRET).start())
+        status, config = http_json(gw.base + "/_switchyard/config")
+        assert status == 200 and config.get("auth_required") is True, f"config {status} {config}"
+        assert SECRET not in json.dumps(config), "AUTH_SECRET in /_switchyard/config"
+        status, body = http_json(gw.base + "/_switchyard/state")
+        assert status == 401, f"anonymous /_switchyard/state answered {status}: {body}"
+        # Loopback without PUBLISH_TOKEN still publishes.
+        gw.publish("pos/kept", {"qty": 50}, retain=True)
+        gw.publish("secret/kept", {"balance": 1e6}, retain=True)
+        token = mint_token(SECRET, ttl=600, sub="e2e-user", subscribe=["pos/#"])
+        # No topics: the gateway gives the token's own patterns.
+        url = test_page(pages, "scoped", gw.base, gw.base, None, token=token)
+        br = res.add(Browser(pw, "token-scope"))
+        br.page.goto(url, wait_until="load", timeout=15000)
+        br.wait_for("() => window.sy && window.sy.status === 'open'", timeout=15, what="status open")
+        state = br.eval("() => window.sy.state")
+        assert sorted(state) == ["pos/kept"], f"hello state {state} (only pos/kept is covered)"
+        mark = uuid.uuid4().hex[:8]
+        acks = []
+        for i in range(5):
+            acks.append(gw.publish(f"pos/live/{i}", {"i": i, "mark": mark})["seq"])
+            gw.publish(f"secret/live/{i}", {"i": i, "mark": mark})
+        br.wait_for("m => window.seen.filter(e => e.data && e.data.mark === m).length >= 5", mark, timeout=10,
+                    what="5 pos/ events")
+        time.sleep(0.5)  # an out-of-scope event would show now
+        seen = br.eval("m => window.seen.filter(e => e.data && e.data.mark === m).map(e => [e.seq, e.topic])", mark)
+        assert [s for s, _ in seen] == acks and all(t.startswith("pos/") for _, t in seen), \
+            f"seen {seen}, acked pos/ seqs {acks}"
+        assert len(br.sockets) == 1, f"{len(br.sockets)} WebSocket connections"
+        sock = br.sockets[0]
+        assert "token" not in sock["url"], f"token in the WebSocket URL {sock['url']}"
+        assert "topics" not in sock["url"], f"topics sent although none were asked: {sock['url']}"
+        first = sock["sent"][0] if sock["sent"] else None
+        assert first and first["type"] == "auth" and first["token"] == token, f"first frame sent: {first}"
+        statuses = br.eval("() => window.statuses.map(s => s.status)")
+        assert statuses == ["connecting", "open"], f"statuses {statuses}"
+        gateway_notes(gw)
+        return (f"config auth_required true; anonymous state 401; hello state {sorted(state)}; "
+                f"5/5 pos/ events, 0 of 5 secret/; first frame sent 'auth', URL {sock['url'].split('/', 3)[-1]!r}")
+    finally:
+        res.close()
+
+
+def check_token_forbidden_topic(pw):
+    res = Resources()
+    try:
+        pages = res.add(PageServer())
+        gw = res.add(Gateway("token-forbidden", CORS_ORIGINS=pages.origin, AUTH_SECRET=SECRET).start())
+        token = mint_token(SECRET, ttl=600, subscribe=["pos/#"])
+        url = test_page(pages, "forbidden", gw.base, gw.base, ["secret/#"], token=token)
+        br = res.add(Browser(pw, "token-forbidden"))
+        br.page.goto(url, wait_until="load", timeout=15000)
+        br.wait_for("() => window.sy && window.sy.status === 'forbidden'", timeout=15, what="status forbidden")
+        time.sleep(3)  # a reconnect would happen within this
+        statuses = br.eval("() => window.statuses.map(s => s.status)")
+        assert statuses[-1] == "forbidden" and "open" not in statuses, f"statuses {statuses}"
+        assert len(br.sockets) == 1, f"{len(br.sockets)} WebSocket connections (expected 1, no retry)"
+        assert not br.eval("() => window.seen.length"), "events seen on a forbidden subscription"
+        return f"statuses {statuses}; 1 WebSocket in 3 s after it"
+    finally:
+        res.close()
+
+
+def check_function_token_refreshed(pw):
+    """A function token of 8 s, connected for 15 s, keeps receiving; a
+    string token of 8 s beside it (the control) is cut at its expiry."""
+    ttl, stay = 8, 15
+    res = Resources()
+    try:
+        pages = res.add(PageServer())
+        gw = res.add(Gateway("token-refresh", CORS_ORIGINS=pages.origin, AUTH_SECRET=SECRET).start())
+        minter = Minter(SECRET, ttl, subscribe=["t/#"], sub="refresher")
+        pages.add("/token-refresh", minter)
+        refreshing = test_page(pages, "refresh", gw.base, gw.base, ["t/#"],
+                               setup=FUNCTION_TOKEN_SETUP % "token-refresh")
+        fixed = test_page(pages, "fixed", gw.base, gw.base, ["t/#"],
+                          token=mint_token(SECRET, ttl=ttl, subscribe=["t/#"], sub="control"))
+        control = res.add(Browser(pw, "token-fixed"))
+        br = res.add(Browser(pw, "token-refresh"))
+        control.page.goto(fixed, wait_until="load", timeout=15000)
+        br.page.goto(refreshing, wait_until="load", timeout=15000)
+        t0 = time.monotonic()
+        br.wait_for("() => window.sy && window.sy.status === 'open'", timeout=10, what="status open")
+        control.wait_for("() => window.sy && window.sy.status === 'open'", timeout=10, what="control open")
+        acks = []
+        while time.monotonic() - t0 < stay:
+            acks.append(gw.publish("t/tick", {"n": len(acks)})["seq"])
+            time.sleep(0.5)
+        br.wait_for("s => window.seen.some(e => e.seq === s)", acks[-1], timeout=5, what="the last tick")
+        seen = br.eval("() => window.seen.map(e => e.seq)")
+        assert seen == acks, f"refreshing page saw {len(seen)} of {len(acks)} ticks; missing {sorted(set(acks) - set(seen))[:5]}"
+        assert br.eval("() => window.sy.status") == "open"
+        assert len(br.sockets) == 1 and br.sockets[0]["closed"] is None, \
+            f"refreshing page: {len(br.sockets)} sockets, closed={[s['closed'] for s in br.sockets]}"
+        auths = [f for f in br.sockets[0]["sent"] if f["type"] == "auth"]
+        assert len(auths) >= 2 and len({a["token"] for a in auths}) == len(auths), \
+            f"auth frames sent: {len(auths)} ({len({a['token'] for a in auths})} distinct)"
+        # The first refresh was minted before the first token's exp (the
+        # route's own clock: Playwright's events arrive late in sync mode).
+        gap = minter.calls[1] - minter.calls[0]
+        assert gap < ttl, f"first refresh {gap:.1f}s after the first token"
+        errors = br.eval("() => window.errorFrames")
+        assert not errors, f"error frames on the refreshing connection: {errors}"
+        calls = br.eval("() => window.tokenCalls")
+        assert calls == len(minter.calls) >= 2, f"token function called {calls}x, route {len(minter.calls)}x"
+        # The control: told, then closed (4001) at exp + 5 s; unauthorized, no reconnect.
+        control.wait_for("() => window.sy.status === 'unauthorized'", timeout=8, what="control unauthorized")
+        control_statuses = control.eval("() => window.statuses.map(s => s.status)")
+        control_errors = control.eval("() => window.errorFrames.map(e => e.code)")
+        assert "token_expired" in control_errors, f"control's error frames {control_errors}"
+        assert len(control.sockets) == 1, f"control made {len(control.sockets)} connections"
+        control_seen = control.eval("() => window.seen.length")
+        assert control_seen < len(acks), "the control (no refresh) received every tick"
+        gateway_notes(gw)
+        gaps = [round(b - a, 1) for a, b in zip(minter.calls, minter.calls[1:])]
+        return (f"{len(seen)}/{len(acks)} ticks over {stay}s on 1 WebSocket, {len(auths)} auth frames, "
+                f"token calls {calls} (gaps {gaps} s); control: {control_seen} ticks, error codes {control_errors}, "
+                f"statuses {control_statuses}, 1 connection")
+    finally:
+        res.close()
+
+
+def check_bad_token_no_reconnect_storm(pw):
+    res = Resources()
+    try:
+        pages = res.add(PageServer())
+        gw = res.add(Gateway("token-bad", CORS_ORIGINS=pages.origin, AUTH_SECRET=SECRET,
+                             RUST_LOG="switchyard=debug").start())
+        bad = mint_token(WRONG_SECRET, ttl=600, subscribe=["t/#"])
+        minter = Minter(WRONG_SECRET, 600, subscribe=["t/#"])
+        pages.add("/token-bad", minter)
+        cases = [
+            ("string", test_page(pages, "bad-string", gw.base, gw.base, ["t/#"], token=bad), 1),
+            ("function", test_page(pages, "bad-function", gw.base, gw.base, ["t/#"],
+                                   setup=FUNCTION_TOKEN_SETUP % "token-bad"), 2),
+            ("none", test_page(pages, "no-token", gw.base, gw.base, ["t/#"]), 0),
+        ]
+        br = res.add(Browser(pw, "token-bad"))
+        out = []
+        for name, url, want_sockets in cases:
+            before = len(br.sockets)
+            log_before = ws_requests_in_log(gw)
+            br.page.goto(url, wait_until="load", timeout=15000)
+            br.wait_for("() => window.sy && window.sy.status === 'unauthorized'", timeout=15,
+                        what=f"{name}: status unauthorized")
+            time.sleep(4)  # a retry loop would show within this
+            statuses = br.eval("() => window.statuses.map(s => s.status)")
+            sockets = len(br.sockets) - before
+            logged = ws_requests_in_log(gw) - log_before
+            assert statuses[-1] == "unauthorized" and "open" not in statuses, f"{name}: statuses {statuses}"
+            assert sockets == want_sockets, f"{name}: {sockets} WebSocket connections, expected {want_sockets}"
+            assert logged == want_sockets, f"{name}: gateway logged {logged} /ws requests, expected {want_sockets}"
+            out.append(f"{name}: {sockets} connection(s), statuses {statuses}")
+        assert len(minter.calls) == 2, f"bad token function called {len(minter.calls)}x (expected 2)"
+        text = gw.log_path.read_text(errors="replace")
+        assert bad.split(".")[2] not in text, "a token's signature appears in the gateway log"
+        return "; ".join(out) + "; gateway log agrees"
+    finally:
+        res.close()
+
+
+def check_sse_with_token(pw):
+    """WebSocket off: SSE with ?token=, a function token of 8 s refreshed by
+    reconnecting the stream, resuming without a loss or a duplicate."""
+    ttl, stay = 8, 12
+    res = Resources()
+    try:
+        pages = res.add(PageServer())
+        gw = res.add(Gateway("token-sse", CORS_ORIGINS=pages.origin, AUTH_SECRET=SECRET, WEBSOCKET_ENABLED="false",
+                             RUST_LOG="switchyard=debug").start())
+        minter = Minter(SECRET, ttl, subscribe=["t/#"])
+        pages.add("/token-sse", minter)
+        gw.publish("t/state", {"kept": True}, retain=True)
+        gw.publish("u/hidden", {"kept": True}, retain=True)
+        url = test_page(pages, "sse-token", gw.base, gw.base, None, setup=FUNCTION_TOKEN_SETUP % "token-sse")
+        br = res.add(Browser(pw, "token-sse"))
+        streams = []
+        br.page.on("request", lambda r: streams.append(r.url) if "/_switchyard/events" in r.url else None)
+        br.page.goto(url, wait_until="load", timeout=15000)
+        t0 = time.monotonic()
+        br.wait_for("() => window.sy && window.sy.status === 'fallback-sse'", timeout=15, what="status fallback-sse")
+        state = br.eval("() => window.sy.state")
+        assert sorted(state) == ["t/state"], f"sy.state over SSE {state}"
+        acks = []
+        while time.monotonic() - t0 < stay:
+            acks.append(gw.publish("t/tick", {"n": len(acks)})["seq"])
+            gw.publish("u/tick", {"n": len(acks)})
+            time.sleep(0.5)
+        br.wait_for("s => window.seen.some(e => e.seq === s)", acks[-1], timeout=5, what="the last tick")
+        time.sleep(0.3)
+        seen = br.eval("() => window.seen.map(e => e.seq)")
+        assert seen == acks, f"SSE page saw {seen[:5]}... ({len(seen)}) != acked {len(acks)}"
+        tokens = [urllib.parse.parse_qs(urllib.parse.urlsplit(u).query).get("token", [None])[0] for u in streams]
+        assert len(streams) >= 2 and all(tokens) and len(set(tokens)) == len(tokens), \
+            f"{len(streams)} /events requests, tokens present {[bool(t) for t in tokens]}, distinct {len(set(tokens))}"
+        resumed = [u for u in streams[1:] if "since=" in u]
+        assert len(resumed) == len(streams) - 1, f"a reconnect without a resume point: {streams}"
+        statuses = br.eval("() => window.statuses.map(s => s.status)")
+        assert statuses == ["connecting", "fallback-sse"], f"statuses {statuses}"
+        assert not br.eval("() => window.resets.length"), "onReset fired"
+        assert not br.sockets, "a WebSocket was tried although it is disabled"
+        text = gw.log_path.read_text(errors="replace")
+        leaked = [t for t in tokens if t in text]
+        assert not leaked, "a ?token= value appears in the gateway's debug log"
+        assert "token=***" in text, "no redacted token=*** in the debug request log"
+        gateway_notes(gw)
+        return (f"{len(seen)}/{len(acks)} ticks in order, state {sorted(state)}, {len(streams)} streams each with its "
+                f"own ?token= (resumed with since=), token calls {len(minter.calls)}, debug log shows token=***")
+    finally:
+        res.close()
+
+
+def check_console_asks_for_token(pw):
+    res = Resources()
+    try:
+        gw = res.add(Gateway("console-token", AUTH_SECRET=SECRET).start())
+        gw.publish("positions/NIFTY", {"qty": 50}, retain=True)
+        gw.publish("positions/RELIANCE", {"qty": 10}, retain=True)
+        admin = mint_token(SECRET, ttl=600, admin=True, sub="ops")
+        br = res.add(Browser(pw, "console-token"))
+        page = br.page
+        answer = page.goto(gw.base + "/", wait_until="load", timeout=15000)
+        assert answer.status == 401, f"console page answered {answer.status}"
+        br.wait_for("() => !document.querySelector('#auth').hidden", timeout=10, what="the token form")
+        assert page.text_content("#status") == "unauthorized", page.text_content("#status")
+        assert not br.sockets, "the console connected without a token"
+        # A bad token: refused, asked again.
+        page.fill("#access-token", mint_token(WRONG_SECRET, ttl=600, admin=True))
+        page.click("#login button[type=submit]")
+        br.wait_for("() => /^Unauthorized/.test(document.querySelector('#auth-message').textContent) "
+                    "&& !document.querySelector('#auth').hidden", timeout=10, what="'Unauthorized' message")
+        refused_message = page.text_content("#auth-message")
+        page.screenshot(path=str(OUT / "console-token-refused.png"), full_page=True)
+        # A good one: live.
+        page.fill("#access-token", admin)
+        page.click("#login button[type=submit]")
+        br.wait_for("() => document.querySelector('#status').textContent === 'open'", timeout=10, what="#status open")
+        br.wait_for("() => document.querySelectorAll('#state tr').length === 2", timeout=5, what="2 retained rows")
+        assert page.eval_on_selector("#auth", "e => e.hidden"), "the token form is still shown"
+        mark = uuid.uuid4().hex[:8]
+        gw.publish("trades/1", {"mark": mark})
+        br.wait_for("m => document.querySelector('#log').textContent.includes(m)", mark, timeout=5,
+                    what="a live event in #log")
+        page.screenshot(path=str(OUT / "console-token.png"), full_page=True)
+        kept = page.evaluate("() => sessionStorage.getItem('switchyard.console.token')")
+        assert kept == admin, "the token is not kept in sessionStorage"
+        # A reload uses the kept token without asking.
+        page.reload(wait_until="load", timeout=15000)
+        br.wait_for("() => document.querySelector('#status').textContent === 'open'", timeout=10,
+                    what="#status open after a reload")
+        # A fresh tab with #token= in the URL: connects, and the fragment is gone.
+        other = res.add(Browser(pw, "console-fragment"))
+        other.page.goto(gw.base + "/#token=" + admin, wait_until="load", timeout=15000)
+        other.wait_for("() => document.querySelector('#status').textContent === 'open'", timeout=10,
+                       what="#status open from #token=")
+        fragment = other.eval("() => location.hash")
+        assert fragment == "", f"the token stayed in the URL: {fragment!r}"
+        gateway_notes(gw)
+        return (f"page 401, form shown, bad token -> {refused_message[:40]!r}..., admin token -> open with 2 rows and "
+                f"live #log; kept across a reload; #token= works and is removed from the URL")
+    finally:
+        res.close()
+
+
 def check_polling_fallback_latency(pw):
     """Opt-in (not in the default run: it fails against client.js as of
     this writing). WebSocket disabled and SSE broken (every
@@ -824,6 +1174,12 @@ def main():
         ("client_on_reset_after_gateway_restart", check_on_reset_after_restart),
         ("client_falls_back_to_sse", check_falls_back_to_sse),
         ("console_screenshot", check_console_screenshot),
+        ("token_reads_only_its_scope", check_token_reads_only_its_scope),
+        ("token_forbidden_topic_is_final", check_token_forbidden_topic),
+        ("token_function_refreshed_before_exp", check_function_token_refreshed),
+        ("token_bad_no_reconnect_storm", check_bad_token_no_reconnect_storm),
+        ("token_sse_fallback", check_sse_with_token),
+        ("console_asks_for_token", check_console_asks_for_token),
         ("client_polling_fallback_latency", check_polling_fallback_latency),
     ]
     only = set(sys.argv[1:])

@@ -65,3 +65,26 @@ def http_json(url, body=None, timeout=5):
             return err.code, json.loads(raw)
         except ValueError:
             return err.code, raw.decode(errors="replace")
+
+
+def mint_token(secret, ttl=None, **claims):
+    """An HS256 JWT signed with `secret` (AUTH_SECRET), as the Streamlit app
+    or `switchyard token` would mint it: `ttl` seconds from now as `exp`
+    (unless `exp` is given), plus `claims` (`subscribe`, `publish`, `admin`,
+    `sub`). Stdlib only: base64url(header).base64url(payload).signature."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    def b64(raw):
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    payload = dict(claims)
+    if "exp" not in payload:
+        payload["exp"] = int(time.time() + (ttl if ttl is not None else 3600))
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = b64(json.dumps(payload, separators=(",", ":")).encode())
+    signing_input = f"{head}.{body}".encode()
+    signature = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(signature)}"

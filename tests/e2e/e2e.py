@@ -6,6 +6,11 @@ Run through tests/e2e/run.sh, which installs the venv, Chromium and builds
 the gateway. Prints `PASS name` / `FAIL name: reason` per check, then one
 line `N passed, M failed`; exits 1 if any check failed.
 
+Then a second gateway with BASIC_AUTH (a bcrypt hash made here) in front of
+the same app: 401 / 200 / 429 with `requests`, Chromium without and with
+credentials (the page, Streamlit's /_stcore/stream and the component's /ws
+after login).
+
 Everything stays on 127.0.0.1.
 """
 
@@ -130,13 +135,14 @@ def streamlit_pids(gateway_pid):
 
 
 class Gateway:
-    def __init__(self):
+    def __init__(self, label="gateway", **extra_env):
         self.port = free_port()
         self.dash_port = free_port()
         while self.dash_port == self.port:
             self.dash_port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = OUT / "gateway.log"
+        self.log_path = OUT / f"{label}.log"
+        self.extra_env = extra_env
         self.proc = None
         self.log_file = None
 
@@ -160,6 +166,7 @@ class Gateway:
             STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
             STREAMLIT_SERVER_HEADLESS="true",
         )
+        env.update(self.extra_env)
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [str(GATEWAY_BIN)],
@@ -277,6 +284,184 @@ def publish_and_see(gw, page, label, budget=2.0):
 def rendered_pid(page):
     text = page.locator("text=/streamlit pid \\d+/").first.text_content(timeout=1000) or ""
     return int(text.split("streamlit pid ", 1)[1].split(";", 1)[0])
+
+
+# ---------------------------------------------------------------- BASIC_AUTH
+
+BASIC_USER = "viewer"
+BASIC_PASSWORD = "e2e-site-password"
+
+
+def basic_auth_phase():
+    """A second gateway with BASIC_AUTH in front of the same Streamlit app:
+    plain HTTP checks with `requests`, then Chromium with and without
+    credentials, then the brute-force limit (last: it locks 127.0.0.1 out
+    for a minute, the browser included)."""
+    import bcrypt
+    import requests
+
+    hashed = bcrypt.hashpw(BASIC_PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+    gw = Gateway("gateway-basic", BASIC_AUTH=f"{BASIC_USER}:{hashed}")
+    gw.start()
+    http = requests.Session()
+    http.trust_env = False  # no proxy from the environment: loopback only
+    good = (BASIC_USER, BASIC_PASSWORD)
+    profile = tempfile.mkdtemp(prefix="switchyard-e2e-basic-chromium-")
+    try:
+        try:
+            gw.wait_health(lambda s, h: h.get("upstream") == "up", 90, '"upstream":"up" (BASIC_AUTH gateway)')
+        except AssertionError as exc:
+            record("basic_auth_gateway_up", False, str(exc))
+            return
+
+        def basic_auth_http():
+            r = http.get(gw.base + "/", timeout=10)
+            challenge = r.headers.get("WWW-Authenticate", "")
+            assert r.status_code == 401, f"/ without credentials: {r.status_code}"
+            assert challenge.startswith("Basic ") and 'realm="switchyard"' in challenge, f"challenge {challenge!r}"
+            ok = http.get(gw.base + "/", auth=good, timeout=10)
+            assert ok.status_code == 200 and "<html" in ok.text.lower(), f"/ with credentials: {ok.status_code}"
+            health = http.get(gw.base + "/health", timeout=10)
+            assert health.status_code == 200, f"/health without credentials: {health.status_code}"
+            guarded = {path: http.get(gw.base + path, timeout=10).status_code
+                       for path in ("/_switchyard/config", "/_switchyard/state", "/_stcore/health")}
+            assert all(code == 401 for code in guarded.values()), f"without credentials: {guarded}"
+            wrong = http.get(gw.base + "/", auth=(BASIC_USER, "wrong"), timeout=10)
+            assert wrong.status_code == 401, f"wrong password: {wrong.status_code}"
+            # The engine beside the gateway (loopback, no PUBLISH_TOKEN) still publishes.
+            published = http.post(gw.base + "/_switchyard/publish", json={"topic": "e2e/basic", "data": 1}, timeout=10)
+            assert published.status_code == 202, f"loopback publish: {published.status_code} {published.text}"
+            return (f"/ 401 ({challenge}), with credentials 200, /health 200, {guarded}, "
+                    f"wrong password 401, loopback publish 202")
+
+        run_test("basic_auth_http", basic_auth_http)
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                def chromium_refused(credentials):
+                    """Opens / in a fresh context; returns (what goto did, the
+                    gateway's answers to / as seen by the browser)."""
+                    ctx = browser.new_context(http_credentials=credentials) if credentials else browser.new_context()
+                    answers = []
+                    try:
+                        page = ctx.new_page()
+                        page.on("response", lambda r: answers.append(
+                            (r.status, r.headers.get("www-authenticate", ""))) if r.url == gw.base + "/" else None)
+                        try:
+                            answer = page.goto(gw.base + "/", wait_until="domcontentloaded", timeout=30000)
+                            outcome = f"page status {answer.status}"
+                        except Exception as exc:  # noqa: BLE001 - headless cancels the prompt
+                            # Headless Chromium has no login prompt to show: with
+                            # no credentials at all the navigation ends with
+                            # net::ERR_INVALID_AUTH_CREDENTIALS after the 401.
+                            if "ERR_INVALID_AUTH_CREDENTIALS" not in str(exc):
+                                raise
+                            outcome = "navigation failed with ERR_INVALID_AUTH_CREDENTIALS"
+                        page.wait_for_timeout(500)
+                        rendered = page.locator("h1", has_text="switchyard e2e").count()
+                        assert rendered == 0, "the app rendered"
+                        assert answers and all(status == 401 and challenge.startswith("Basic ")
+                                               for status, challenge in answers), f"answers to /: {answers}"
+                        return outcome, answers
+                    finally:
+                        ctx.close()
+
+                def basic_auth_chromium_without_credentials():
+                    outcome, answers = chromium_refused(None)
+                    wrong_outcome, wrong_answers = chromium_refused({"username": BASIC_USER, "password": "wrong"})
+                    assert wrong_outcome == "page status 401", f"wrong password: {wrong_outcome}"
+                    return (f"no credentials: {outcome}, gateway answered {[s for s, _ in answers]}; "
+                            f"wrong password: {wrong_outcome} after {[s for s, _ in wrong_answers]}; app not rendered")
+
+                run_test("basic_auth_chromium_without_credentials", basic_auth_chromium_without_credentials)
+
+                def basic_auth_chromium_login():
+                    ctx = browser.new_context(
+                        http_credentials={"username": BASIC_USER, "password": BASIC_PASSWORD},
+                        viewport={"width": 1280, "height": 900},
+                    )
+                    sockets = []
+                    handshakes = {}
+                    try:
+                        page = ctx.new_page()
+                        cdp = ctx.new_cdp_session(page)
+                        cdp.send("Network.enable")
+                        # What the network stack really sent in each WebSocket
+                        # handshake (raw headers, after the auth cache).
+                        cdp.on("Network.webSocketHandshakeResponseReceived", lambda e: handshakes.__setitem__(
+                            e["requestId"], (e["response"].get("status"), e["response"].get("requestHeaders") or {})))
+                        cdp.on("Network.webSocketCreated", lambda e: handshakes.setdefault(e["requestId"], e["url"]))
+
+                        def on_ws(ws):
+                            entry = {"url": ws.url, "received": 0}
+                            sockets.append(entry)
+                            ws.on("framereceived", lambda _p: entry.__setitem__("received", entry["received"] + 1))
+
+                        page.on("websocket", on_ws)
+                        answer = page.goto(gw.base + "/", wait_until="domcontentloaded", timeout=30000)
+                        page.locator("h1", has_text="switchyard e2e").wait_for(timeout=45000)
+                        page.locator("table", has_text="RELIANCE").wait_for(timeout=15000)
+                        page.locator("text=presses: 0").wait_for(timeout=15000)
+                        # The widget: the click travels over /_stcore/stream, the rerun comes back.
+                        page.get_by_role("button", name="press me").click()
+                        page.locator("text=presses: 1").wait_for(timeout=15000)
+                        streams = [s for s in sockets if "/_stcore/stream" in s["url"]]
+                        assert streams and any(s["received"] > 0 for s in streams), f"stream sockets {streams}"
+                        # The component's own /ws behind the same password.
+                        latency, token, _ack = publish_and_see(gw, page, "basic")
+                        shown = {}
+                        for value in handshakes.values():
+                            if isinstance(value, tuple):
+                                status, headers = value
+                                has_auth = any(k.lower() == "authorization" and v.startswith("Basic ")
+                                               for k, v in headers.items())
+                                shown[status] = shown.get(status, []) + [has_auth]
+                        page.screenshot(path=str(OUT / "basic-auth.png"), full_page=True)
+                        return (f"page {answer.status if answer else '?'} then rendered; button round trip over "
+                                f"{streams[0]['url'].split('/', 3)[-1]} ({streams[0]['received']} frames); /ws event "
+                                f"{token} in {latency * 1000:.0f} ms; WebSocket handshakes by status -> carried "
+                                f"Basic credentials: {shown}")
+                    finally:
+                        ctx.close()
+
+                run_test("basic_auth_chromium_login", basic_auth_chromium_login)
+            finally:
+                browser.close()
+
+        def basic_auth_brute_force_429():
+            codes = []
+            for _ in range(11):
+                r = http.get(gw.base + "/", auth=(BASIC_USER, f"guess-{uuid.uuid4().hex[:6]}"), timeout=10)
+                codes.append(r.status_code)
+                if r.status_code == 429:
+                    retry_after = r.headers.get("Retry-After", "")
+                    break
+            assert 429 in codes, f"11 wrong passwords: {codes}"
+            assert all(c == 401 for c in codes[:-1]), f"before the 429: {codes}"
+            # Wrong passwords so far: one in basic_auth_http, one from Chromium's
+            # wrong-password context, then these. The 11th gets the 429.
+            failures = 2 + len(codes) - 1
+            assert failures == 10, f"429 after {failures} failed attempts (expected 10): {codes}"
+            assert retry_after.isdigit() and int(retry_after) >= 1, f"Retry-After {retry_after!r}"
+            locked = http.get(gw.base + "/", auth=good, timeout=10).status_code
+            assert locked == 429, f"the right password while limited: {locked}"
+            health = http.get(gw.base + "/health", timeout=10).status_code
+            assert health == 200, f"/health while limited: {health}"
+            return (f"{failures} failures then 429 (codes here {codes}), Retry-After {retry_after}; "
+                    f"right password while limited {locked}; /health {health}")
+
+        run_test("basic_auth_brute_force_429", basic_auth_brute_force_429)
+    finally:
+        gw.kill_hard()
+        if gw.log_file:
+            gw.log_file.close()
+        shutil.rmtree(profile, ignore_errors=True)
+        text = gw.log_path.read_text(errors="replace") if gw.log_path.exists() else ""
+        if BASIC_PASSWORD in text or hashed in text:
+            record("basic_auth_never_logged", False, "the password or its hash is in the gateway log")
+        else:
+            record("basic_auth_never_logged", True, f"neither password nor hash in {len(text.splitlines())} log lines")
 
 
 # ---------------------------------------------------------------- tests
@@ -484,6 +669,12 @@ def main():
         if gw.log_file:
             gw.log_file.close()
         shutil.rmtree(profile, ignore_errors=True)
+
+    try:
+        basic_auth_phase()
+    except Exception as exc:  # noqa: BLE001
+        record("basic_auth_harness", False, f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
 
     # Gateway log summary: warnings and errors that are not the expected
     # restart after our SIGKILL.
