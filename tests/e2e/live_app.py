@@ -21,6 +21,7 @@ st.title("switchyard live")
 ss = st.session_state
 ss.page_runs = ss.get("page_runs", 0) + 1
 st.markdown(f"page runs: **{ss.page_runs}** · streamlit pid {os.getpid()}")
+st.button("rerun the page")  # a full rerun: live() must keep its subscription
 
 
 @st.fragment

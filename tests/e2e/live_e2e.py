@@ -329,6 +329,25 @@ def main():
 
             run_test("overflow_past_1000_is_counted", overflow_past_1000_is_counted)
 
+            def full_page_rerun_keeps_the_subscription():
+                runs = page_runs(page)
+                before = stats(page)
+                shown = metric(page)
+                opened = len(sockets)
+                page.get_by_role("button", name="rerun the page").click()
+                page.wait_for_function(
+                    "n => new RegExp('page runs: ' + n + ' ').test(document.body.innerText)",
+                    arg=runs + 1, timeout=10000, polling=50,
+                )
+                time.sleep(0.5)
+                after = stats(page)
+                assert len(sockets) == opened, f"new WebSockets after the rerun: {sockets[opened:]}"
+                assert metric(page) == shown and after["topics"] == before["topics"], (shown, after)
+                assert after["events"] == before["events"], "events handed out again on a page rerun"
+                return f"page runs {runs}->{runs + 1}, no new WebSocket, state kept, no event handed out twice"
+
+            run_test("full_page_rerun_keeps_the_subscription", full_page_rerun_keeps_the_subscription)
+
             def live_table_without_reruns():
                 runs_before = page_runs(page)
                 frag_before = stats(page)["fragment runs"]
