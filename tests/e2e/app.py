@@ -37,8 +37,5 @@ if st.button("press me"):
     st.session_state.presses += 1
 st.write("presses: %d" % st.session_state.presses)
 
-WS_PATH = "/ws"
-TOPICS = "e2e/%23"
-
 # Rows drawn in the browser as events arrive (no iframe, no Python rerun).
 live_table(["e2e/#"], key="events", max_rows=200, height=320)
