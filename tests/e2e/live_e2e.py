@@ -424,7 +424,8 @@ def main():
             gw.close()
 
             # AUTH_SECRET: the page mints its own token, scoped to live/#.
-            auth = Gateway("tests/e2e/live_app.py", "live-auth", AUTH_SECRET=SECRET)
+            # 20 s tokens: the refresh check sees two of them run out.
+            auth = Gateway("tests/e2e/live_app.py", "live-auth", AUTH_SECRET=SECRET, SWITCHYARD_TOKEN_TTL="20")
             gateways.append(auth)
 
             def auth_page_works_and_is_scoped():
@@ -470,6 +471,42 @@ def main():
                 )
 
             run_test("auth_page_works_and_is_scoped", auth_page_works_and_is_scoped)
+
+            def auth_tokens_refreshed_before_expiry():
+                # The session's tokens live 20 s; 45 s later the page still
+                # reads, with fresh tokens minted by Python on its request.
+                tokens = "() => [window.__switchyard_live.prices.token, window.__switchyard_live['table:tape'].token]"
+                first = page.evaluate(tokens)
+                seen = {tuple(first)}
+                deadline = time.monotonic() + 45
+                while time.monotonic() < deadline:
+                    seen.add(tuple(page.evaluate(tokens)))
+                    time.sleep(1)
+                live_seen = {t[0] for t in seen}
+                table_seen = {t[1] for t in seen}
+                auth.publish("live/price", {"value": "still-live", "i": 1})
+                took = wait_metric(page, "still-live", 1.0)
+                received = page.locator(".sy-live-table").get_attribute("data-received")
+                auth.publish("tape/x", {"i": 7, "px": 1.5}, retain=False)
+                page.wait_for_function(
+                    "n => Array.from(document.querySelectorAll('*')).some(e => e.shadowRoot &&"
+                    " e.shadowRoot.querySelector('.sy-live-table') &&"
+                    " e.shadowRoot.querySelector('.sy-live-table').dataset.received === String(n))",
+                    arg=int(received or 0) + 1, timeout=2000, polling=50,
+                )
+                status = page.evaluate(
+                    "() => [window.__switchyard_live.prices.status, window.__switchyard_live['table:tape'].statusText]"
+                )
+                assert status == ["open", "open"], f"statuses after 45 s: {status}"
+                assert len(live_seen) >= 3 and len(table_seen) >= 3, (
+                    f"tokens seen in 45 s: live() {len(live_seen)}, live_table() {len(table_seen)}"
+                )
+                return (
+                    f"45 s on 20 s tokens: live() used {len(live_seen)}, live_table() {len(table_seen)};"
+                    f" both still open, event in st.metric after {took * 1000:.0f} ms and in the table"
+                )
+
+            run_test("auth_tokens_refreshed_before_expiry", auth_tokens_refreshed_before_expiry)
             auth.close()
 
             # app.py (e2e.py's page) must not use components.html any more.

@@ -23,7 +23,7 @@ from streamlit.testing.v1 import AppTest
 from switchyard import Event, Publisher
 from switchyard._token import token_expiry
 from switchyard.streamlit import TOKEN_REFRESH_SECS, TOKEN_TTL_SECS, LiveState, live
-from switchyard.streamlit._feed import Feed
+from switchyard.streamlit._feed import Feed, token_ttl
 
 
 def payload(instance: str = "page-1", events: range = range(0), **extra: Any) -> dict[str, Any]:
@@ -162,6 +162,21 @@ def test_session_token_only_with_auth_secret(monkeypatch: pytest.MonkeyPatch) ->
     time.sleep(1.1)
     third = feed.session_token(["px/#"], sub="s", spent=second)
     assert third not in (None, first, second)
+
+
+def test_token_lifetime_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTH_SECRET", SECRET)
+    monkeypatch.setenv("SWITCHYARD_TOKEN_TTL", "30")
+    feed = Feed()
+    token = feed.session_token(["px/#"], sub="s")
+    assert token is not None
+    assert token_expiry(token) == pytest.approx(time.time() + 30, abs=2)
+    # Refreshed when a third of it is left (not TOKEN_REFRESH_SECS, longer
+    # than the token): kept on the next run.
+    assert feed.session_token(["px/#"], sub="s") == token
+    for bad in ("5", "soon", ""):
+        monkeypatch.setenv("SWITCHYARD_TOKEN_TTL", bad)
+        assert token_ttl() == TOKEN_TTL_SECS
 
 
 # ------------------------------------------------------------------ AppTest

@@ -21,10 +21,22 @@ from .._token import mint_token
 
 __all__ = ["TOKEN_REFRESH_SECS", "TOKEN_TTL_SECS", "Feed", "LiveState"]
 
-#: Lifetime of the token minted for a session (AUTH_SECRET set).
+#: Lifetime of the token minted for a session (AUTH_SECRET set); the
+#: SWITCHYARD_TOKEN_TTL environment variable (seconds) overrides it.
 TOKEN_TTL_SECS = 600
-#: A run mints a fresh token when the current one has less than this left.
+#: A run mints a fresh token when the current one has less than this (or a
+#: third of its lifetime, if less) left.
 TOKEN_REFRESH_SECS = 180
+
+
+def token_ttl() -> float:
+    """TOKEN_TTL_SECS, or SWITCHYARD_TOKEN_TTL when it is a number ≥ 10."""
+    raw = os.environ.get("SWITCHYARD_TOKEN_TTL", "")
+    try:
+        chosen = float(raw)
+    except ValueError:
+        return TOKEN_TTL_SECS
+    return chosen if chosen >= 10 else TOKEN_TTL_SECS
 
 
 class LiveState(dict[str, Any]):
@@ -173,20 +185,20 @@ class Feed:
     ) -> str | None:
         """A token scoped to ``topics`` when AUTH_SECRET is set, else None.
 
-        Minted once per session and again when less than TOKEN_REFRESH_SECS is
-        left or the page reports this token as nearly spent (``spent``).
+        Minted once per session (lifetime: :func:`token_ttl`) and again when
+        less than TOKEN_REFRESH_SECS (or a third of the lifetime) is left or
+        the page reports this token as nearly spent (``spent``).
         """
         secret = os.environ.get("AUTH_SECRET")
         if not secret:
             return None
         now = time.time()
+        ttl = token_ttl()
         if (
             self.token is None
-            or self.token_expires - now < TOKEN_REFRESH_SECS
+            or self.token_expires - now < min(TOKEN_REFRESH_SECS, ttl / 3)
             or (spent is not None and spent == self.token)
         ):
-            self.token = mint_token(
-                subscribe=list(topics), ttl=TOKEN_TTL_SECS, secret=secret, sub=sub
-            )
-            self.token_expires = now + TOKEN_TTL_SECS
+            self.token = mint_token(subscribe=list(topics), ttl=ttl, secret=secret, sub=sub)
+            self.token_expires = now + ttl
         return self.token

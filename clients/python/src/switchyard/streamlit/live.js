@@ -20,13 +20,24 @@
 const REGISTRY = "__switchyard_live";
 const MAX_PENDING = 1000;
 const ACK_TIMEOUT_MS = 3000;
-const TOKEN_SPARE_MS = 60000; // ask Python for a fresh token this long before exp
+// Ask Python for a fresh token this long before exp (at most a third of the
+// token's lifetime as received, for short-lived tokens).
+const TOKEN_SPARE_MS = 60000;
 const TOKEN_WAIT_MS = 10000;
 const DETACH_GRACE_MS = 5000; // a remount within this keeps the subscription
 
 function registry() {
   if (!window[REGISTRY]) window[REGISTRY] = {};
   return window[REGISTRY];
+}
+
+/** Whether `entry.token` is nearly spent: less than TOKEN_SPARE_MS (or a
+ *  third of its lifetime since it came) left. */
+function nearlySpent(entry) {
+  const exp = tokenExpiry(entry.token);
+  if (exp === null) return false;
+  const spare = Math.min(TOKEN_SPARE_MS, (exp - entry.tokenSince) / 3);
+  return exp - Date.now() <= spare;
 }
 
 function loadClient(src) {
@@ -70,6 +81,7 @@ function createEntry(data) {
     status: "connecting",
     error: null,
     token: data.token || null,
+    tokenSince: Date.now(),
     tokenWaiters: [],
     wantToken: null,
     dirty: false,
@@ -87,10 +99,7 @@ function createEntry(data) {
   };
 
   entry.tokenFn = () => {
-    const exp = tokenExpiry(entry.token);
-    if (entry.token && (exp === null || exp - Date.now() > TOKEN_SPARE_MS)) {
-      return entry.token;
-    }
+    if (entry.token && !nearlySpent(entry)) return entry.token;
     // Nearly spent: Python mints a fresh one on the run this send causes.
     return new Promise((resolve) => {
       entry.tokenWaiters.push(resolve);
@@ -264,6 +273,7 @@ function attach(entry, component) {
   }
   if (data.token && data.token !== entry.token) {
     entry.token = data.token;
+    entry.tokenSince = Date.now();
     entry.wantToken = null;
     const waiters = entry.tokenWaiters.splice(0);
     waiters.forEach((resolve) => resolve(entry.token));

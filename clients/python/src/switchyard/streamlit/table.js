@@ -9,7 +9,7 @@
 
 const REGISTRY = "__switchyard_live";
 const DETACH_GRACE_MS = 5000;
-const TOKEN_SPARE_MS = 60000;
+const TOKEN_SPARE_MS = 60000; // as in live.js
 const TOKEN_WAIT_MS = 10000;
 
 function registry() {
@@ -25,6 +25,15 @@ function tokenExpiry(token) {
   } catch (e) {
     return null;
   }
+}
+
+/** Whether `entry.token` is nearly spent: less than TOKEN_SPARE_MS (or a
+ *  third of its lifetime since it came) left. */
+function nearlySpent(entry) {
+  const exp = tokenExpiry(entry.token);
+  if (exp === null) return false;
+  const spare = Math.min(TOKEN_SPARE_MS, (exp - entry.tokenSince) / 3);
+  return exp - Date.now() <= spare;
 }
 
 function loadClient(src) {
@@ -79,6 +88,7 @@ function createTable(data) {
     frame: null,
     detachTimer: null,
     token: data.token || null,
+    tokenSince: Date.now(),
     tokenWaiters: [],
     setTriggerValue: null,
     client: null,
@@ -128,10 +138,7 @@ function createTable(data) {
 /** The token for client.js; nearly spent: a trigger reruns Python once,
  *  which mints a fresh one (the only Python run this component causes). */
 function tokenFor(entry) {
-  const exp = tokenExpiry(entry.token);
-  if (!entry.token || exp === null || exp - Date.now() > TOKEN_SPARE_MS || !entry.setTriggerValue) {
-    return entry.token;
-  }
+  if (!entry.token || !nearlySpent(entry) || !entry.setTriggerValue) return entry.token;
   return new Promise((resolve) => {
     entry.tokenWaiters.push(resolve);
     entry.setTriggerValue("token", entry.token);
@@ -250,6 +257,7 @@ export default function (component) {
   entry.setTriggerValue = component.setTriggerValue;
   if (data.token && data.token !== entry.token) {
     entry.token = data.token;
+    entry.tokenSince = Date.now();
     entry.tokenWaiters.splice(0).forEach((resolve) => resolve(entry.token));
   }
   entry.maxRows = data.max_rows || entry.maxRows;
