@@ -115,8 +115,9 @@ def live(
     the full URL of the gateway's ``client.js`` when the page is not served
     through the gateway. ``token`` is an access token to use as is; without
     it, and with ``AUTH_SECRET`` set, one scoped to ``topics`` is minted for
-    the session (ttl TOKEN_TTL_SECS) and refreshed on a rerun when it nears
-    expiry (the page asks for that rerun itself).
+    the session (lifetime TOKEN_TTL_SECS, 10 min, or SWITCHYARD_TOKEN_TTL
+    seconds) and refreshed on a rerun when it nears expiry (the page asks
+    for that rerun itself).
     """
     patterns = _topics(topics)
     if not max_reruns_per_sec > 0:
@@ -130,8 +131,8 @@ def live(
     feed = replace(_feed(slot))
     # What the page sent last, read before mounting so this run's
     # acknowledgement goes out with this run's element.
-    sent = st.session_state.get(element_key)
-    payload = sent.get("feed") if isinstance(sent, dict) else None
+    stored = st.session_state.get(element_key)
+    payload = stored.get("feed") if isinstance(stored, dict) else None
     state = feed.take(payload)
     spent = payload.get("want_token") if isinstance(payload, dict) else None
     session_token = (
@@ -185,8 +186,8 @@ def live_table(
         raise ValueError("max_rows must be at least 1")
     element_key = f"switchyard-table-{key}"
     feed = _feed(f"_switchyard_table_feed_{key}")
-    sent = st.session_state.get(element_key)
-    spent = sent.get("token") if isinstance(sent, dict) else None
+    stored = st.session_state.get(element_key)
+    spent = stored.get("token") if isinstance(stored, dict) else None
     session_token = (
         token
         if token is not None

@@ -3,19 +3,18 @@
 // One client.js subscription per `key`, kept in window.__switchyard_live
 // (Streamlit 1.67 calls this function again on every rerun without the
 // previous cleanup, so anything kept in the closure would be opened again).
-// Each event gets a number n (1, 2, 3…); the events Python has not
-// acknowledged yet (at most MAX_PENDING: past it the oldest are dropped, and
-// Python counts the numbers it never got) go to Python with the whole
-// current state through
-// setStateValue("feed", ...), which reruns the enclosing fragment. Python
-// acknowledges the last number it took through `data.ack` on the next call.
-// Python acknowledges each send too (`sent`). Sends are throttled: the next
-// one waits max_reruns_per_sec's interval after the previous send and after
-// its acknowledgement (so two fragment runs never start closer than that
-// interval); a send not acknowledged within ACK_TIMEOUT_MS is made again (a
-// rerun that was lost). The sends of all live() elements on the page go one
-// per browser task (Streamlit batches the widget updates of one task and
-// reruns only one fragment for the batch).
+// Each event gets a number n (1, 2, 3…). Every send hands Python, through
+// setStateValue("feed", …), which reruns the enclosing fragment: the events
+// it has not acknowledged yet (at most MAX_PENDING; past it the oldest are
+// dropped and Python counts the numbers it never got) and the whole current
+// state. The element Python renders in that run carries the acknowledgement
+// (`data.ack`: the last event number and the last send it took). Sends are
+// throttled: the next one waits max_reruns_per_sec's interval after the
+// previous send and after its acknowledgement (so two fragment runs never
+// start closer than that interval); a send not acknowledged within
+// ACK_TIMEOUT_MS is made again (a rerun that was lost). The sends of all
+// live() elements on the page go one per browser task: Streamlit batches the
+// widget updates of one task and reruns only one fragment for the batch.
 
 const REGISTRY = "__switchyard_live";
 const MAX_PENDING = 1000;
