@@ -484,6 +484,10 @@ def main():
                     time.sleep(1)
                 live_seen = {t[0] for t in seen}
                 table_seen = {t[1] for t in seen}
+                status = page.evaluate(
+                    "() => [window.__switchyard_live.prices.status, window.__switchyard_live['table:tape'].statusText]"
+                )
+                assert status == ["open", "open"], f"statuses after 45 s: {status}; tokens seen {len(seen)}"
                 auth.publish("live/price", {"value": "still-live", "i": 1})
                 took = wait_metric(page, "still-live", 1.0)
                 received = page.locator(".sy-live-table").get_attribute("data-received")
@@ -494,10 +498,6 @@ def main():
                     " e.shadowRoot.querySelector('.sy-live-table').dataset.received === String(n))",
                     arg=int(received or 0) + 1, timeout=2000, polling=50,
                 )
-                status = page.evaluate(
-                    "() => [window.__switchyard_live.prices.status, window.__switchyard_live['table:tape'].statusText]"
-                )
-                assert status == ["open", "open"], f"statuses after 45 s: {status}"
                 assert len(live_seen) >= 3 and len(table_seen) >= 3, (
                     f"tokens seen in 45 s: live() {len(live_seen)}, live_table() {len(table_seen)}"
                 )

@@ -202,27 +202,37 @@ function snapshot(entry) {
   return { state, epoch: position.epoch, seq: position.seq };
 }
 
-/** The page's send lane: one setStateValue per browser task, so each
- *  lands in a widget-update batch of its own. */
-function enqueue(entry) {
-  if (entry.queued) return;
+/** The page's widget-update lane, shared by every switchyard element: one
+ *  job (a setStateValue or setTriggerValue) per browser task, so each lands
+ *  in a batch of its own (Streamlit reruns one fragment per batch). */
+function laneRun(job) {
   const lane = (window.__switchyard_live_lane = window.__switchyard_live_lane || { queue: [], busy: false });
-  entry.queued = true;
-  lane.queue.push(entry);
+  lane.queue.push(job);
   if (!lane.busy) drain(lane);
 }
 
 function drain(lane) {
-  const entry = lane.queue.shift();
-  if (!entry) {
+  const job = lane.queue.shift();
+  if (!job) {
     lane.busy = false;
     return;
   }
   lane.busy = true;
-  entry.queued = false;
-  send(entry);
-  // After Streamlit's own flush of this update (a 0 ms timer set first).
-  setTimeout(() => drain(lane), 5);
+  try {
+    job();
+  } finally {
+    // After Streamlit's own flush of this update (a 0 ms timer set first).
+    setTimeout(() => drain(lane), 5);
+  }
+}
+
+function enqueue(entry) {
+  if (entry.queued) return;
+  entry.queued = true;
+  laneRun(() => {
+    entry.queued = false;
+    send(entry);
+  });
 }
 
 function send(entry) {

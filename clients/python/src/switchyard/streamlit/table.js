@@ -11,6 +11,7 @@ const REGISTRY = "__switchyard_live";
 const DETACH_GRACE_MS = 5000;
 const TOKEN_SPARE_MS = 60000; // as in live.js
 const TOKEN_WAIT_MS = 10000;
+const ASK_AGAIN_MS = 2000;
 
 function registry() {
   if (!window[REGISTRY]) window[REGISTRY] = {};
@@ -139,11 +140,44 @@ function createTable(data) {
  *  which mints a fresh one (the only Python run this component causes). */
 function tokenFor(entry) {
   if (!entry.token || !nearlySpent(entry) || !entry.setTriggerValue) return entry.token;
+  const asked = entry.token;
   return new Promise((resolve) => {
     entry.tokenWaiters.push(resolve);
-    entry.setTriggerValue("token", entry.token);
+    // Asked again every ASK_AGAIN_MS until a fresh token comes: a trigger
+    // batched with another fragment's update reruns only that fragment.
+    const until = Date.now() + TOKEN_WAIT_MS;
+    const ask = () => {
+      if (entry.closed || entry.token !== asked || Date.now() > until) return;
+      laneRun(() => entry.setTriggerValue("token", asked));
+      setTimeout(ask, ASK_AGAIN_MS);
+    };
+    ask();
     setTimeout(() => resolve(entry.token), TOKEN_WAIT_MS);
   });
+}
+
+/** The page's widget-update lane, shared by every switchyard element: one
+ *  job (a setStateValue or setTriggerValue) per browser task, so each lands
+ *  in a batch of its own (Streamlit reruns one fragment per batch). */
+function laneRun(job) {
+  const lane = (window.__switchyard_live_lane = window.__switchyard_live_lane || { queue: [], busy: false });
+  lane.queue.push(job);
+  if (!lane.busy) drain(lane);
+}
+
+function drain(lane) {
+  const job = lane.queue.shift();
+  if (!job) {
+    lane.busy = false;
+    return;
+  }
+  lane.busy = true;
+  try {
+    job();
+  } finally {
+    // After Streamlit's own flush of this update (a 0 ms timer set first).
+    setTimeout(() => drain(lane), 5);
+  }
 }
 
 function add(entry, row) {
