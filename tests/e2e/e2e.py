@@ -228,55 +228,55 @@ class Gateway:
 # ---------------------------------------------------------------- browser
 
 
+# app.py lists events with switchyard.streamlit.live_table: a table in the
+# page itself (an open shadow root, which Playwright's locators pierce).
+TABLE = ".sy-live-table"
+# Records the close code of every /ws WebSocket the page opens (client.js's).
+CLOSE_CODES_JS = """(() => {
+  const Native = window.WebSocket;
+  window.closeCodes = [];
+  window.WebSocket = class extends Native {
+    constructor(url, protocols) {
+      super(url, protocols);
+      if (new URL(url, location.href).pathname === "/ws") {
+        this.addEventListener("close", (e) => window.closeCodes.push(e.code));
+      }
+    }
+  };
+})();"""
+
+
 def find_component_frame(page, timeout=20):
-    """The frame of the components.html iframe (the one with #events)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for frame in page.frames:
-            if frame == page.main_frame:
-                continue
-            try:
-                if frame.query_selector("#events") is not None:
-                    return frame
-            except Exception:  # noqa: BLE001 - a frame being replaced
-                pass
-        time.sleep(0.2)
-    raise AssertionError(f"no component frame with #events after {timeout}s (frames: {[f.url for f in page.frames]})")
+    """The page, once app.py's live_table is on it."""
+    page.locator(TABLE).wait_for(timeout=timeout * 1000)
+    return page
 
 
 def wait_component_open(page, timeout=20):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        frame = find_component_frame(page, max(1, deadline - time.monotonic()))
-        try:
-            last = frame.eval_on_selector("#status", "e => e.textContent")
-            if last == "open":
-                return frame
-        except Exception as exc:  # noqa: BLE001 - frame detached: look again
-            last = f"{type(exc).__name__}"
-        time.sleep(0.2)
-    raise AssertionError(f"component WebSocket status not 'open' after {timeout}s (last: {last!r})")
+    try:
+        page.locator(f'{TABLE} .sy-status[data-status="open"]').wait_for(timeout=timeout * 1000)
+    except Exception as exc:  # noqa: BLE001
+        last = page.locator(f"{TABLE} .sy-status").all_text_contents()
+        raise AssertionError(f"live_table status not 'open' after {timeout}s (last: {last!r})") from exc
+    return page
+
+
+def table_rows(page):
+    return page.locator(f"{TABLE} tbody tr").all_text_contents()
 
 
 def publish_and_see(gw, page, label, budget=2.0):
-    """Publishes a unique event and waits for it in the component's list.
+    """Publishes a unique event and waits for it in the live table.
     Returns the latency in seconds; raises if it takes longer than budget."""
-    frame = wait_component_open(page)
+    wait_component_open(page)
     token = f"{label}-{uuid.uuid4().hex[:10]}"
     t0 = time.monotonic()
     ack = gw.publish(TOPIC_PREFIX + label, {"token": token, "at": time.time()})
     try:
-        frame.wait_for_function(
-            "t => Array.from(document.querySelectorAll('#events li')).some(li => li.textContent.includes(t))",
-            arg=token,
-            timeout=budget * 1000,
-            polling=20,
-        )
+        page.locator(f"{TABLE} tbody tr", has_text=token).first.wait_for(timeout=budget * 1000)
     except Exception as exc:  # noqa: BLE001
-        items = frame.eval_on_selector_all("#events li", "els => els.map(e => e.textContent)")
         raise AssertionError(
-            f"event {token} (ack {ack}) not shown within {budget}s; list has {items[-5:]}"
+            f"event {token} (ack {ack}) not shown within {budget}s; table has {table_rows(page)[:5]}"
         ) from exc
     return time.monotonic() - t0, token, ack
 
@@ -497,6 +497,7 @@ def main():
                 viewport={"width": 1280, "height": 900},
             )
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.add_init_script(CLOSE_CODES_JS)
             console = []
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
 
@@ -616,8 +617,7 @@ def main():
                 # A few more events so the picture shows the list filling up.
                 for i in range(3):
                     publish_and_see(gw, page, f"shot-{i + 1}")
-                frame = find_component_frame(page)
-                items = frame.eval_on_selector_all("#events li", "els => els.map(e => e.textContent)")
+                items = table_rows(page)
                 path = OUT / "e2e.png"
                 page.screenshot(path=str(path), full_page=True)
                 assert path.stat().st_size > 10_000, f"screenshot only {path.stat().st_size} bytes"
