@@ -36,7 +36,11 @@ _PATTERN = re.compile(r"^[A-Za-z0-9_.:/+#-]{1,256}$")
 
 
 def _asset(name: str) -> str:
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+    """A component's module text: ``common.js`` (what both share) then ``name``."""
+    folder = resources.files(__package__)
+    return "\n".join(
+        folder.joinpath(part).read_text(encoding="utf-8") for part in ("common.js", name)
+    )
 
 
 _live_component = st.components.v2.component("switchyard.live", js=_asset("live.js"))

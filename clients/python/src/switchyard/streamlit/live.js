@@ -1,4 +1,6 @@
 // switchyard.streamlit.live(): the page side of one live() component.
+// (The helpers it shares with table.js, and their constants, are in common.js,
+// which the Python side puts before this file.)
 //
 // One client.js subscription per `key`, kept in window.__switchyard_live
 // (Streamlit 1.67 calls this function again on every rerun without the
@@ -16,52 +18,8 @@
 // live() elements on the page go one per browser task: Streamlit batches the
 // widget updates of one task and reruns only one fragment for the batch.
 
-const REGISTRY = "__switchyard_live";
 const MAX_PENDING = 1000;
 const ACK_TIMEOUT_MS = 3000;
-// Ask Python for a fresh token this long before exp (at most a third of the
-// token's lifetime as received, for short-lived tokens).
-const TOKEN_SPARE_MS = 60000;
-const TOKEN_WAIT_MS = 10000;
-const DETACH_GRACE_MS = 5000; // a remount within this keeps the subscription
-
-function registry() {
-  if (!window[REGISTRY]) window[REGISTRY] = {};
-  return window[REGISTRY];
-}
-
-/** Whether `entry.token` is nearly spent: less than TOKEN_SPARE_MS (or a
- *  third of its lifetime since it came) left. */
-function nearlySpent(entry) {
-  const exp = tokenExpiry(entry.token);
-  if (exp === null) return false;
-  const spare = Math.min(TOKEN_SPARE_MS, (exp - entry.tokenSince) / 3);
-  return exp - Date.now() <= spare;
-}
-
-function loadClient(src) {
-  const cache = (window.__switchyard_client_js = window.__switchyard_client_js || {});
-  if (!cache[src]) {
-    cache[src] = import(src).then(
-      (module) => module.default || window.Switchyard,
-      (error) => {
-        delete cache[src];
-        throw error;
-      }
-    );
-  }
-  return cache[src];
-}
-
-function tokenExpiry(token) {
-  try {
-    const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
-    return typeof claims.exp === "number" ? claims.exp * 1000 : null;
-  } catch (e) {
-    return null;
-  }
-}
 
 function randomId() {
   return Math.random().toString(36).slice(2) + Date.now().toString(36);
@@ -200,30 +158,6 @@ function snapshot(entry) {
   for (const topic in kept) state[topic] = kept[topic].data;
   const position = entry.client ? entry.client.position() : { epoch: null, seq: 0 };
   return { state, epoch: position.epoch, seq: position.seq };
-}
-
-/** The page's widget-update lane, shared by every switchyard element: one
- *  job (a setStateValue or setTriggerValue) per browser task, so each lands
- *  in a batch of its own (Streamlit reruns one fragment per batch). */
-function laneRun(job) {
-  const lane = (window.__switchyard_live_lane = window.__switchyard_live_lane || { queue: [], busy: false });
-  lane.queue.push(job);
-  if (!lane.busy) drain(lane);
-}
-
-function drain(lane) {
-  const job = lane.queue.shift();
-  if (!job) {
-    lane.busy = false;
-    return;
-  }
-  lane.busy = true;
-  try {
-    job();
-  } finally {
-    // After Streamlit's own flush of this update (a 0 ms timer set first).
-    setTimeout(() => drain(lane), 5);
-  }
 }
 
 function enqueue(entry) {

@@ -1,5 +1,6 @@
 // switchyard.streamlit.live_table(): rows drawn in the browser straight from
 // client.js events, with no Python rerun at all (for high-rate feeds).
+// (The helpers it shares with live.js are in common.js, put before this file.)
 //
 // One subscription and one <table> per `key`, kept in window.__switchyard_live
 // across reruns (Streamlit 1.67 calls this function again on every rerun
@@ -7,49 +8,7 @@
 // element Streamlit gives. Events are drawn once per animation frame: newest
 // first, at most max_rows rows (`latest`: one row per topic, updated in place).
 
-const REGISTRY = "__switchyard_live";
-const DETACH_GRACE_MS = 5000;
-const TOKEN_SPARE_MS = 60000; // as in live.js
-const TOKEN_WAIT_MS = 10000;
 const ASK_AGAIN_MS = 2000;
-
-function registry() {
-  if (!window[REGISTRY]) window[REGISTRY] = {};
-  return window[REGISTRY];
-}
-
-function tokenExpiry(token) {
-  try {
-    const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
-    return typeof claims.exp === "number" ? claims.exp * 1000 : null;
-  } catch (e) {
-    return null;
-  }
-}
-
-/** Whether `entry.token` is nearly spent: less than TOKEN_SPARE_MS (or a
- *  third of its lifetime since it came) left. */
-function nearlySpent(entry) {
-  const exp = tokenExpiry(entry.token);
-  if (exp === null) return false;
-  const spare = Math.min(TOKEN_SPARE_MS, (exp - entry.tokenSince) / 3);
-  return exp - Date.now() <= spare;
-}
-
-function loadClient(src) {
-  const cache = (window.__switchyard_client_js = window.__switchyard_client_js || {});
-  if (!cache[src]) {
-    cache[src] = import(src).then(
-      (module) => module.default || window.Switchyard,
-      (error) => {
-        delete cache[src];
-        throw error;
-      }
-    );
-  }
-  return cache[src];
-}
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -154,30 +113,6 @@ function tokenFor(entry) {
     ask();
     setTimeout(() => resolve(entry.token), TOKEN_WAIT_MS);
   });
-}
-
-/** The page's widget-update lane, shared by every switchyard element: one
- *  job (a setStateValue or setTriggerValue) per browser task, so each lands
- *  in a batch of its own (Streamlit reruns one fragment per batch). */
-function laneRun(job) {
-  const lane = (window.__switchyard_live_lane = window.__switchyard_live_lane || { queue: [], busy: false });
-  lane.queue.push(job);
-  if (!lane.busy) drain(lane);
-}
-
-function drain(lane) {
-  const job = lane.queue.shift();
-  if (!job) {
-    lane.busy = false;
-    return;
-  }
-  lane.busy = true;
-  try {
-    job();
-  } finally {
-    // After Streamlit's own flush of this update (a 0 ms timer set first).
-    setTimeout(() => drain(lane), 5);
-  }
 }
 
 function add(entry, row) {
