@@ -502,6 +502,22 @@ impl Checker {
         }
     }
 
+    /// Parses a present value, recording a problem (quoting the value) when
+    /// it does not fit.
+    fn require<T>(
+        &mut self,
+        name: &str,
+        value: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let parsed = parse(value);
+        if parsed.is_none() {
+            self.invalid(&format!("{name}={value:?}"), expected);
+        }
+        parsed
+    }
+
     /// [`Checker::require`] for a value that may hold a secret: the problem
     /// names the variable and the expected form, never the value.
     fn require_secret<T>(
@@ -513,28 +529,17 @@ impl Checker {
     ) -> Option<T> {
         let parsed = parse(value);
         if parsed.is_none() {
-            self.problems.push(format!(
-                "{name} is not valid (value not shown: it may hold a secret): expected {expected}"
-            ));
+            self.invalid(
+                &format!("{name} (value not shown: it may hold a secret)"),
+                expected,
+            );
         }
         parsed
     }
 
-    /// Parses a present value, recording a problem when it does not fit.
-    fn require<T>(
-        &mut self,
-        name: &str,
-        value: &str,
-        expected: &str,
-        parse: impl FnOnce(&str) -> Option<T>,
-    ) -> Option<T> {
-        let parsed = parse(value);
-        if parsed.is_none() {
-            self.problems.push(format!(
-                "{name}={value:?} is not valid: expected {expected}"
-            ));
-        }
-        parsed
+    fn invalid(&mut self, what: &str, expected: &str) {
+        self.problems
+            .push(format!("{what} is not valid: expected {expected}"));
     }
 
     fn count(&mut self, name: &str, raw: &Option<String>, default: usize, min: usize) -> usize {
