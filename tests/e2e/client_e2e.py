@@ -36,7 +36,6 @@ import traceback
 import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
@@ -50,6 +49,7 @@ from common import (
     http_json,
     mint_token,
     record,
+    report,
     results,
 )
 
@@ -1203,15 +1203,7 @@ def main():
         log(f"note: {n}")
     log(f"total {time.monotonic() - started:.1f}s")
 
-    passed = sum(1 for _, ok, _ in results if ok)
-    failed = len(results) - passed
-    counts_file = os.environ.get("E2E_COUNTS_FILE")
-    if counts_file:
-        Path(counts_file).write_text(f"{passed} {failed}\n")
-        print(f"client_e2e.py subtotal: passed={passed} failed={failed}", flush=True)
-    else:
-        print(f"{passed} passed, {failed} failed", flush=True)
-    return 1 if failed else 0
+    return report("client_e2e.py")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,21 @@ def record(name, ok, detail=""):
         print(f"FAIL {name}: {detail}", flush=True)
 
 
+def report(script):
+    """Prints this script's counts and returns its exit code. Under run.sh
+    (E2E_COUNTS_FILE set) the counts go to that file and run.sh prints the
+    one `N passed, M failed` line for every script."""
+    passed = sum(1 for _, ok, _ in results if ok)
+    failed = len(results) - passed
+    counts_file = os.environ.get("E2E_COUNTS_FILE")
+    if counts_file:
+        Path(counts_file).write_text(f"{passed} {failed}\n")
+        print(f"{script} subtotal: passed={passed} failed={failed}", flush=True)
+    else:
+        print(f"{passed} passed, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -38,6 +38,7 @@ from common import (
     free_port,
     http_json,
     record,
+    report,
     results,
 )
 
@@ -699,17 +700,7 @@ def main():
         log(f"note: {n}")
     log(f"total {time.monotonic() - started:.1f}s")
 
-    passed = sum(1 for _, ok, _ in results if ok)
-    failed = len(results) - passed
-    counts_file = os.environ.get("E2E_COUNTS_FILE")
-    if counts_file:
-        # run.sh sums this script's counts with client_e2e.py's and prints
-        # the one `N passed, M failed` line itself.
-        Path(counts_file).write_text(f"{passed} {failed}\n")
-        print(f"e2e.py subtotal: passed={passed} failed={failed}", flush=True)
-    else:
-        print(f"{passed} passed, {failed} failed", flush=True)
-    return 1 if failed else 0
+    return report("e2e.py")
 
 
 if __name__ == "__main__":

@@ -28,13 +28,24 @@ import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 from switchyard import Publisher
 
-from common import CHROMIUM, CHROMIUM_ARGS, GATEWAY_BIN, HERE, OUT, ROOT, free_port, http_json, record, results
+from common import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    GATEWAY_BIN,
+    HERE,
+    OUT,
+    ROOT,
+    free_port,
+    http_json,
+    record,
+    report,
+    results,
+)
 
 VENV = HERE / ".venv"
 SECRET = "live-e2e-secret-0123456789abcdef0123"
@@ -543,15 +554,7 @@ def main():
         shutil.rmtree(profile, ignore_errors=True)
 
     log(f"total {time.monotonic() - started:.1f}s")
-    passed = sum(1 for _, ok, _ in results if ok)
-    failed = len(results) - passed
-    counts_file = os.environ.get("E2E_COUNTS_FILE")
-    if counts_file:
-        Path(counts_file).write_text(f"{passed} {failed}\n")
-        print(f"live_e2e.py subtotal: passed={passed} failed={failed}", flush=True)
-    else:
-        print(f"{passed} passed, {failed} failed", flush=True)
-    return 1 if failed else 0
+    return report("live_e2e.py")
 
 
 if __name__ == "__main__":
