@@ -50,7 +50,6 @@ from common import (
     mint_token,
     record,
     report,
-    results,
 )
 
 # Variables the gateway reads: none leaks in from the caller's environment.

@@ -39,7 +39,6 @@ from common import (
     http_json,
     record,
     report,
-    results,
 )
 
 VENV = HERE / ".venv"

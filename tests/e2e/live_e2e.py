@@ -44,7 +44,6 @@ from common import (
     http_json,
     record,
     report,
-    results,
 )
 
 VENV = HERE / ".venv"
