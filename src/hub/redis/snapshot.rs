@@ -11,12 +11,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
 use super::RedisHub;
 use crate::hub::topics::Topic;
-use crate::hub::{Epoch, Event, HubError, ResumePoint, Seq};
+use crate::hub::{Epoch, Event, HubError, ResumePoint, Seq, Utf8Frame};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -138,7 +137,7 @@ impl Event {
             topic,
             data,
             retain,
-            frame: Utf8Bytes::from(frame),
+            frame: Utf8Frame::from(frame),
         })
     }
 }
