@@ -17,22 +17,28 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::{debug, info, warn};
 
 use crate::auth::{self, Access};
 use crate::broadcast::Broadcaster;
 use crate::config::{Config, RESERVED_PREFIX};
+use crate::layers::{self, Peer};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::response::{self, Body};
@@ -62,7 +68,7 @@ pub struct Gateway {
     /// The broadcaster's context: hub, limits, client slots, clocks.
     pub broadcaster: Arc<Broadcaster>,
     /// Present when a dashboard is configured.
-    pub proxy: Option<Proxy>,
+    pub proxy: Option<Arc<Proxy>>,
     /// What `/health` reports about the dashboard.
     pub upstream: Arc<UpstreamHealth>,
     /// Restarts of a supervised dashboard, for `/health`.
@@ -94,6 +100,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let connections = GracefulShutdown::new();
+    let app = App::new(gateway.clone());
     let mut last_accept_warning: Option<Instant> = None;
 
     tokio::pin!(signal);
@@ -112,13 +119,18 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         debug!(%peer, "connection opened");
         let (stream, handle) = watchdog::watch(stream);
-        let handler = gateway.clone();
-        let request_handle = handle.clone();
-        let service = service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(request_handle.clone());
-            route(handler.clone(), peer, request)
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let router = Router {
+            app: app.clone(),
+            peer,
+            watchdog: handle.clone(),
+        };
+        let service = ServiceBuilder::new()
+            .layer(layers::panic::layer())
+            .service(router);
+        let connection = builder.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service),
+        );
         let connection = connections.watch(connection.into_owned());
         let connection = Watchdog::new(
             connection,
@@ -156,12 +168,94 @@ pub async fn serve(
     }
 }
 
+/// A reserved route's or a page's stack, boxed: one type whatever layers
+/// it has.
+type Routes = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+
+/// Built once at start: the gateway and the tower stacks in front of its
+/// handlers (see [`layers`] for the picture).
+struct App {
+    gateway: Arc<Gateway>,
+    /// `/_switchyard/*`: request id, trace, then [`reserved`].
+    reserved: Routes,
+    /// The console at `/` (no dashboard): gzip when asked.
+    console: Routes,
+    /// The dashboard, behind its in-flight bound.
+    proxy: Option<layers::proxy::Guarded>,
+}
+
+impl App {
+    fn new(gateway: Arc<Gateway>) -> Arc<App> {
+        let pages = {
+            let gateway = gateway.clone();
+            ServiceBuilder::new()
+                .map_response(layers::rebox)
+                .layer(layers::pages::compression())
+                .service_fn(move |request: Request<Incoming>| {
+                    let answer = page(&gateway, &request);
+                    std::future::ready(Ok::<_, Infallible>(answer))
+                })
+        };
+        let pages = Routes::new(pages);
+        let reserved = {
+            let gateway = gateway.clone();
+            let pages = pages.clone();
+            ServiceBuilder::new()
+                .map_response(layers::rebox)
+                .layer(SetRequestIdLayer::x_request_id(
+                    layers::request_id::CountingIds::default(),
+                ))
+                .layer(layers::request_id::trace())
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .service_fn(move |request: Request<Incoming>| {
+                    reserved(gateway.clone(), pages.clone(), request)
+                })
+        };
+        let proxy = gateway
+            .proxy
+            .clone()
+            .map(|proxy| layers::proxy::Guarded::new(proxy, gateway.config.max_connections));
+        Arc::new(App {
+            reserved: Routes::new(reserved),
+            console: pages,
+            proxy,
+            gateway,
+        })
+    }
+}
+
+/// The router as a tower `Service`, one per connection: it knows the
+/// client's address and its connection's watchdog.
+#[derive(Clone)]
+struct Router {
+    app: Arc<App>,
+    peer: SocketAddr,
+    /// Handed to handlers that cut a connection off (SSE).
+    watchdog: watchdog::ConnectionHandle,
+}
+
+impl Service<Request<Incoming>> for Router {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.watchdog.clone());
+        Box::pin(route(self.app.clone(), self.peer, request))
+    }
+}
+
 /// The router: one hop from a path to the module that answers it.
 async fn route(
-    gateway: Arc<Gateway>,
+    app: Arc<App>,
     peer: SocketAddr,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let gateway = &app.gateway;
     let path = request.uri().path();
     if tracing::enabled!(tracing::Level::DEBUG) {
         let query = request.uri().query().map(auth::redacted_query);
@@ -172,6 +266,7 @@ async fn route(
             return Ok(refusal);
         }
     }
+    let path = request.uri().path();
     let answer = if path == "/health" {
         let sources = health::Sources {
             connections: gateway.broadcaster.clients(),
@@ -190,16 +285,18 @@ async fn route(
             request,
         )
     } else if path.starts_with(RESERVED_PREFIX) || path == "/_switchyard" {
-        reserved(&gateway, peer, request).await
-    } else if let Some(proxy) = &gateway.proxy {
+        request.extensions_mut().insert(Peer(peer));
+        app.reserved.clone().oneshot(request).await?
+    } else if let Some(proxy) = &app.proxy {
         let started = Instant::now();
-        let answer = proxy.forward(request, peer).await;
+        request.extensions_mut().insert(Peer(peer));
+        let answer = proxy.forward(request).await;
         gateway
             .metrics
             .record_proxied(answer.status(), started.elapsed());
         answer
     } else if path == "/" && matches!(*request.method(), Method::GET | Method::HEAD) {
-        console(&gateway.access, &request)
+        app.console.clone().oneshot(request).await?
     } else {
         let wants_json = response::wants_json(request.headers());
         response::error_page(
@@ -211,16 +308,23 @@ async fn route(
     Ok(answer)
 }
 
-/// The `/_switchyard/*` HTTP routes, with CORS around them.
+/// The `/_switchyard/*` HTTP routes, with CORS around them; the console
+/// and client.js go through `pages` (compression).
 async fn reserved(
-    gateway: &Arc<Gateway>,
-    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    pages: Routes,
     request: Request<Incoming>,
-) -> Response<Body> {
+) -> Result<Response<Body>, Infallible> {
     let config = &gateway.config;
     if request.method() == Method::OPTIONS {
-        return cors::preflight(config, request.headers());
+        return Ok(cors::preflight(config, request.headers()));
     }
+    let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() else {
+        return Ok(response::json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no client address",
+        ));
+    };
     let request_headers = request.headers().clone();
     let mut answer = match request.uri().path().strip_prefix(RESERVED_PREFIX) {
         Some("publish") => {
@@ -241,13 +345,20 @@ async fn reserved(
             Ok(()) => gateway.metrics.respond(),
             Err(refusal) => refusal.response(),
         },
-        Some("client.js") => assets::client_js(request.uri().query()),
-        Some("") => console(&gateway.access, &request),
+        Some("client.js") | Some("") => pages.oneshot(request).await?,
         None => redirect_to_console(),
         _ => response::json_error(StatusCode::NOT_FOUND, "no such switchyard route"),
     };
     cors::decorate(config, &request_headers, &mut answer);
-    answer
+    Ok(answer)
+}
+
+/// The console page or client.js (the `pages` stack's handler).
+fn page<B>(gateway: &Gateway, request: &Request<B>) -> Response<Body> {
+    match request.uri().path().strip_prefix(RESERVED_PREFIX) {
+        Some("client.js") => assets::client_js(request.uri().query()),
+        _ => console(&gateway.access, request),
+    }
 }
 
 /// Console and metrics: open without AUTH_SECRET, else an admin token.
