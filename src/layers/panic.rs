@@ -36,3 +36,30 @@ impl ResponseForPanic for PanicAnswer {
 pub fn layer() -> CatchPanicLayer<PanicAnswer> {
     CatchPanicLayer::custom(PanicAnswer)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::Request;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500() {
+        let service = ServiceBuilder::new()
+            .layer(layer())
+            .service(service_fn(|request: Request<()>| async move {
+                if request.uri().path() == "/boom" {
+                    panic!("boom");
+                }
+                Ok::<_, Infallible>(response::json_error(StatusCode::OK, "fine"))
+            }));
+        let fine = service.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(fine.status(), StatusCode::OK);
+        let boom = Request::get("/boom").body(()).unwrap();
+        let answer = service.oneshot(boom).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
