@@ -1,14 +1,11 @@
 //! The tower layers around the router (src/layers/), seen from outside:
 //! gzip for the console and client.js only, request ids on the reserved
-//! routes, and the bound on proxied requests in flight.
+//! routes.
 
 mod support;
 
-use std::time::Duration;
-
 use http::Request;
 use http_body_util::Empty;
-use support::upstream::Upstream;
 use support::{body_bytes, get, send, Gateway};
 
 fn get_with(url: &str, headers: &[(&str, &str)]) -> Request<Empty<bytes::Bytes>> {
@@ -71,53 +68,4 @@ async fn reserved_routes_carry_a_request_id() {
         .await
         .headers()
         .contains_key("x-request-id"));
-}
-
-#[tokio::test]
-async fn proxied_requests_past_the_bound_are_shed_with_503() {
-    let upstream = Upstream::start().await;
-    let gateway =
-        Gateway::start(&[("DASHBOARD_URL", &upstream.url()), ("MAX_CONNECTIONS", "2")]).await;
-    // Quiet: one request at a time goes through.
-    assert_eq!(get(&gateway.url("/")).await.status(), 200);
-
-    // Two slow requests hold the bound...
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let url = gateway.url("/slow?ms=1500");
-            tokio::spawn(async move { get(&url).await.status() })
-        })
-        .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while upstream
-        .requests()
-        .iter()
-        .filter(|(_, uri, _)| uri.starts_with("/slow"))
-        .count()
-        < 2
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "slow requests never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // ...so a third is answered at once, without reaching the dashboard.
-    let shed = send(get_with(
-        &gateway.url("/inspect"),
-        &[("accept", "application/json")],
-    ))
-    .await;
-    assert_eq!(shed.status(), 503);
-    assert_eq!(shed.headers()["retry-after"], "1");
-    assert!(!upstream
-        .requests()
-        .iter()
-        .any(|(_, uri, _)| uri.starts_with("/inspect")));
-
-    for task in slow {
-        assert_eq!(task.await.unwrap(), 200);
-    }
-    // Permits are given back: the same request now goes through.
-    assert_eq!(get(&gateway.url("/inspect")).await.status(), 200);
 }

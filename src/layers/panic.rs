@@ -48,14 +48,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500() {
-        let service = ServiceBuilder::new()
-            .layer(layer())
-            .service(service_fn(|request: Request<()>| async move {
+        let service = ServiceBuilder::new().layer(layer()).service(service_fn(
+            |request: Request<()>| async move {
                 if request.uri().path() == "/boom" {
                     panic!("boom");
                 }
                 Ok::<_, Infallible>(response::json_error(StatusCode::OK, "fine"))
-            }));
+            },
+        ));
         let fine = service.clone().oneshot(Request::new(())).await.unwrap();
         assert_eq!(fine.status(), StatusCode::OK);
         let boom = Request::get("/boom").body(()).unwrap();
