@@ -56,7 +56,7 @@ mod tests {
                 Ok::<_, Infallible>(response::json_error(StatusCode::OK, "fine"))
             },
         ));
-        let fine = service.clone().oneshot(Request::new(())).await.unwrap();
+        let fine = service.oneshot(Request::new(())).await.unwrap();
         assert_eq!(fine.status(), StatusCode::OK);
         let boom = Request::get("/boom").body(()).unwrap();
         let answer = service.oneshot(boom).await.unwrap();
