@@ -2,7 +2,7 @@
 # benches/broadcast.sh — switchyard's WebSocket broadcaster under load.
 #
 # Runs the broadcaster's scenarios, each as its own run of the load generator
-# benches/loadgen.rs (`cargo bench --bench loadgen -- <args>`), which starts
+# benches/loadgen/ (`cargo bench --bench loadgen -- <args>`), which starts
 # its own switchyard on a free 127.0.0.1 port, connects the clients from
 # 127.A.B.x source addresses, publishes on an open-loop schedule, measures,
 # and stops the server again. Every run prints one table with its command

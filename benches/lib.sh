@@ -1,4 +1,4 @@
-# benches/lib.sh — sourced by the scripts that drive benches/loadgen.rs
+# benches/lib.sh — sourced by the scripts that drive benches/loadgen/
 # (broadcast.sh, redis.sh); not run on its own. Expects `die` and `say`.
 
 # Builds switchyard (release) and the load generator (bench profile) and

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benches/redis.sh — the Redis backplane against the in-process hub, in one run.
 #
-# Every measurement is one run of the load generator benches/loadgen.rs
+# Every measurement is one run of the load generator benches/loadgen/
 # (`cargo bench --bench loadgen -- <args>`), which starts its own switchyard
 # process(es) on free 127.0.0.1 ports, connects the clients, publishes,
 # measures, stops the servers and deletes its Redis keys. Per round:

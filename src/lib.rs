@@ -11,6 +11,7 @@ pub mod config;
 pub mod cors;
 pub mod health;
 pub mod hub;
+pub mod layers;
 pub mod linger;
 pub mod logging;
 pub mod metrics;
@@ -81,7 +82,7 @@ pub async fn run(
     let upstream = Arc::new(UpstreamHealth::new(config.dashboard_url.is_some()));
     let proxy = config.dashboard_url.clone().map(|url| {
         upstream::spawn_probe(upstream.clone(), url.connect_to.clone(), shutdown.clone());
-        Proxy::new(&config, url, upstream.clone(), shutdown.clone())
+        Arc::new(Proxy::new(&config, url, upstream.clone(), shutdown.clone()))
     });
     let dashboard = config
         .dashboard_url

@@ -13,11 +13,13 @@
 //! with all retained topics or all clients; a subscribe costs what its own
 //! patterns match.
 //!
-//! Does not own: any transport. The hub never sees HTTP or WebSockets; a
-//! transport asks it for a [`Subscription`] and writes what arrives on its
-//! queue.
+//! Does not own: any transport. The hub never sees HTTP or WebSockets and
+//! imports no crate of theirs: frames are [`Utf8Frame`]s (shared UTF-8
+//! bytes); a transport asks the hub for a [`Subscription`] and writes what
+//! arrives on its queue.
 
 pub mod dedup;
+pub mod frame;
 pub mod memory;
 pub mod queue;
 pub mod redis;
@@ -35,8 +37,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+pub use frame::Utf8Frame;
 pub use topics::{Pattern, Topic, TopicError};
 
 /// Position of an event in its epoch; the first event is 1.
@@ -99,7 +101,7 @@ pub struct Event {
     pub data: Box<RawValue>,
     pub retain: bool,
     /// `{"type":"event",...}`, encoded once and shared by every subscriber.
-    pub frame: Utf8Bytes,
+    pub frame: Utf8Frame,
 }
 
 impl Event {
@@ -132,7 +134,7 @@ impl Event {
             topic: publication.topic,
             data: publication.data,
             retain: publication.retain,
-            frame: Utf8Bytes::from(frame),
+            frame: Utf8Frame::from(frame),
         }
     }
 
@@ -162,7 +164,7 @@ impl Delivery {
     }
 
     /// The frame to send, shared, not copied.
-    pub fn frame(&self) -> Utf8Bytes {
+    pub fn frame(&self) -> Utf8Frame {
         match self {
             Delivery::Event(event) => event.frame.clone(),
             Delivery::Reset(reset) => reset.frame.clone(),
@@ -176,7 +178,7 @@ pub struct Reset {
     pub epoch: Epoch,
     pub seq: Seq,
     /// `{"type":"reset",...}`, encoded for this subscriber.
-    pub frame: Utf8Bytes,
+    pub frame: Utf8Frame,
 }
 
 /// Where a client wants to pick up: after `seq` of `epoch` (`None`: the
