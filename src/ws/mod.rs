@@ -236,7 +236,6 @@ fn websocket_key(headers: &HeaderMap) -> Option<&HeaderValue> {
 }
 
 /// Why a client's loop ended; each maps to one close code.
-/// Why a client's loop ended; each maps to one close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     /// Its queue overflowed: 1008.
