@@ -137,11 +137,30 @@ impl Access {
     /// token), else loopback when PUBLISH_TOKEN is unset. `client` is the
     /// effective client address ([`Access::client_address`]).
     pub fn publisher(&self, client: IpAddr, token: Option<&str>) -> Publisher {
+        let verified = match (&self.tokens, token) {
+            (Some(verifier), Some(given)) if !self.is_publish_token(given) => {
+                Some(verifier.verify(given))
+            }
+            _ => None,
+        };
+        self.publisher_from(client, token, verified)
+    }
+
+    /// [`Access::publisher`] for a token whose verification is already done
+    /// (`verified`: its outcome; `None` when it is PUBLISH_TOKEN, absent, or
+    /// AUTH_SECRET is unset), so a connection that was just admitted as a
+    /// reader does not verify the same token twice.
+    pub fn publisher_from(
+        &self,
+        client: IpAddr,
+        token: Option<&str>,
+        verified: Option<Result<Grant, TokenError>>,
+    ) -> Publisher {
         if token.is_some_and(|given| self.is_publish_token(given)) {
             return Publisher::Anything;
         }
-        if let (Some(verifier), Some(given)) = (&self.tokens, token) {
-            match verifier.verify(given) {
+        if let Some(verified) = verified {
+            match verified {
                 Ok(grant) if grant.admin => return Publisher::Anything,
                 // A token without `publish` patterns is still a token: its
                 // publishes are refused topic by topic (403), except from the

@@ -135,7 +135,13 @@ pub fn upgrade(
             Err(refusal) => return refusal.response(),
         }
     };
-    let publishing = PublishRight::from(access.publisher(client_address, token));
+    // The token was verified as a read credential just above: reuse it.
+    let publishing = PublishRight::from(match &opening {
+        Opening::Ready(Reader::Granted(grant), _) => {
+            access.publisher_from(client_address, token, Some(Ok(grant.clone())))
+        }
+        _ => access.publisher(client_address, token),
+    });
     let Some(slot) = broadcaster.reserve_client(Transport::WebSocket) else {
         warn!(%peer, max = config.max_connections, "MAX_CONNECTIONS reached; refusing a websocket");
         return response::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
@@ -695,9 +701,11 @@ impl Client {
     /// it runs out). Without AUTH_SECRET it only decides publishing
     /// (PUBLISH_TOKEN).
     fn renew(&mut self, token: &str) -> Option<String> {
-        let publishing = self.access.publisher(self.client_address, Some(token));
         let Some(live) = &mut self.grant else {
-            self.publishing = publishing.into();
+            self.publishing = self
+                .access
+                .publisher(self.client_address, Some(token))
+                .into();
             return None;
         };
         let reader = match self.access.reader(Some(token)) {
@@ -714,6 +722,10 @@ impl Client {
             ));
             return Some(refusal_frame(&refusal));
         }
+        let verified = reader.grant().cloned().map(Ok);
+        let publishing = self
+            .access
+            .publisher_from(self.client_address, Some(token), verified);
         live.renew(reader);
         self.publishing = publishing.into();
         None
