@@ -9,6 +9,7 @@ pub mod beacon;
 pub mod broadcast;
 pub mod config;
 pub mod cors;
+pub mod event_loops;
 pub mod health;
 pub mod hub;
 pub mod layers;
@@ -34,7 +35,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -60,8 +60,11 @@ pub async fn run(
     signal: impl Future<Output = ()>,
     client_runtime: tokio::runtime::Handle,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(config.listen_addr).await?;
-    let addr = listener.local_addr()?;
+    let listeners = event_loops::bind(config.listen_addr, event_loops::count())?;
+    let addr = match listeners.first() {
+        Some(listener) => listener.local_addr()?,
+        None => return Err(std::io::Error::other("no listener")),
+    };
     config.settle_bound_port(addr.port());
     info!(config = ?config, "configuration");
 
@@ -134,12 +137,12 @@ pub async fn run(
         signal.await;
         let _ = mark.set(Instant::now());
     };
-    server::serve(listener, gateway, signal, grace - child_budget).await;
+    let served = server::serve(listeners, gateway, signal, grace - child_budget).await;
     if let Some(supervisor) = supervisor {
         let signalled = signalled_at.get().copied().unwrap_or_else(Instant::now);
         supervisor.stop(signalled + grace).await;
     }
-    Ok(())
+    served
 }
 
 /// What the supervised dashboard finds in its environment besides ours:

@@ -40,13 +40,17 @@ const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Runs the gateway until it has drained; the process's exit code.
 fn serve(config: Config) -> ExitCode {
-    // Broadcaster clients run on a runtime of their own: a fan-out to
-    // thousands of clients then never queues the HTTP side (publishes,
-    // health checks, proxied requests) behind their tasks.
-    let (runtime, clients) = match (
-        new_runtime("tokio-runtime-worker"),
-        new_runtime("switchyard-clients"),
-    ) {
+    // HTTP is served by one event loop per core, each a thread of its own
+    // (see `event_loops`); this runtime only starts them, watches the
+    // signals and runs the background chores (the dashboard's probe and
+    // supervisor, the keepalive clock). Broadcaster clients run on a
+    // runtime of their own: a fan-out to thousands of clients then never
+    // queues the HTTP side (publishes, health checks, proxied requests)
+    // behind their tasks.
+    let chores = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let (runtime, clients) = match (chores, new_runtime("switchyard-clients")) {
         (Ok(runtime), Ok(clients)) => (runtime, clients),
         (Err(error), _) | (_, Err(error)) => {
             error!(%error, "cannot start the async runtime");

@@ -1,4 +1,9 @@
-//! The public listener: accept loop, router, connection tracking and drain.
+//! The public listener: accept loops, router, connection tracking and drain.
+//!
+//! Each event loop (see [`event_loops`](crate::event_loops): one thread per
+//! core, each with its own listener on the port) runs an accept loop here
+//! and serves its connections on its own thread; [`serve`] starts them,
+//! waits for the signal and conducts the drain across all of them.
 //!
 //! Owns: HTTP server settings (header read timeout, header size, keep-alive,
 //! h2c), which handler each request goes to (each gets only the context it
@@ -37,11 +42,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanic;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::{self, Access};
 use crate::broadcast::Broadcaster;
@@ -53,7 +59,7 @@ use crate::response::{self, Body, BoxError};
 use crate::shutdown::Shutdown;
 use crate::upstream::UpstreamHealth;
 use crate::watchdog::{self, Watchdog};
-use crate::{assets, cors, health, public_config, publish, sse, state, ws};
+use crate::{assets, cors, event_loops, health, public_config, publish, sse, state, ws};
 
 /// A client sending its request head slower than this is dropped (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,31 +93,124 @@ pub struct Gateway {
     pub metrics: Metrics,
 }
 
-/// Serves `listener` until `signal` resolves, then drains for at most
-/// `drain_for` (the grace, less what stopping a supervised child needs).
+/// Serves `listeners`, one per event loop (see [`event_loops`]), until
+/// `signal` resolves, then drains for at most `drain_for` (the grace, less
+/// what stopping a supervised child needs). Fails only when a loop's
+/// thread cannot be started.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     gateway: Arc<Gateway>,
     signal: impl Future<Output = ()>,
     drain_for: Duration,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let connections = GracefulShutdown::new();
+) -> io::Result<()> {
     let app = App::new(gateway.clone());
-    let mut last_accept_warning: Option<Instant> = None;
+    let (phase, watch_phase) = watch::channel(Phase::Serving);
+    let mut loops = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (drained, on_drained) = oneshot::channel();
+        let (app, seen) = (app.clone(), watch_phase.clone());
+        let thread =
+            event_loops::start(index + 1, move || serve_loop(listener, app, seen, drained));
+        match thread {
+            Ok(thread) => loops.push((thread, on_drained)),
+            Err(error) => {
+                let _ = phase.send(Phase::Exit);
+                return Err(error);
+            }
+        }
+    }
 
-    tokio::pin!(signal);
+    signal.await;
+    let _ = phase.send(Phase::Draining);
+    let grace = drain_for;
+    info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: stopped accepting, draining"
+    );
+    gateway.shutdown.begin();
+    let (threads, connections_drained): (Vec<_>, Vec<_>) = loops.into_iter().unzip();
+    let drained = async {
+        tokio::join!(
+            async {
+                for loop_drained in connections_drained {
+                    let _ = loop_drained.await;
+                }
+            },
+            gateway.shutdown.drained()
+        );
+    };
+    match tokio::time::timeout(grace, drained).await {
+        Ok(()) => info!("drained; bye"),
+        Err(_) => warn!(
+            grace_secs = grace.as_secs(),
+            "grace period over with work in flight; exiting anyway"
+        ),
+    }
+    // Each loop returns now; its runtime cuts what is still open.
+    let _ = phase.send(Phase::Exit);
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Where the gateway is in its life, as every loop sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// Stop accepting; finish the connections in hand.
+    Draining,
+    /// The grace period is over (or everything drained): return.
+    Exit,
+}
+
+/// One event loop: accepts on its own listener and serves each connection
+/// on this thread; from [`Phase::Draining`] on, stops accepting, lets its
+/// connections finish (then reports on `drained`), and returns at
+/// [`Phase::Exit`].
+async fn serve_loop(
+    listener: std::net::TcpListener,
+    app: Arc<App>,
+    mut phase: watch::Receiver<Phase>,
+    drained: oneshot::Sender<()>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            error!(%error, "an event loop cannot use its listener");
+            None
+        }
+    };
+    let connections = GracefulShutdown::new();
+    if let Some(listener) = listener {
+        accept_loop(listener, &app, &connections, &mut phase).await;
+    }
+    let mut exit = phase.clone();
+    let at_exit = exit.wait_for(|&now| now == Phase::Exit);
+    tokio::select! {
+        _ = connections.shutdown() => {
+            let _ = drained.send(());
+            let _ = phase.wait_for(|&now| now == Phase::Exit).await;
+        }
+        _ = at_exit => {}
+    }
+}
+
+/// Accepts until draining begins; each connection is served on this loop.
+async fn accept_loop(
+    listener: TcpListener,
+    app: &Arc<App>,
+    connections: &GracefulShutdown,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    let gateway = &app.gateway;
+    let builder = connection_builder();
+    let mut last_accept_warning: Option<Instant> = None;
+    let stop = phase.wait_for(|&now| now >= Phase::Draining);
+    tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -122,7 +221,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut signal => break,
+            _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
         debug!(%peer, "connection opened");
@@ -156,24 +255,24 @@ pub async fn serve(
             }
         });
     }
+}
 
-    drop(listener);
-    let grace = drain_for;
-    info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: stopped accepting, draining"
-    );
-    gateway.shutdown.begin();
-    let drained = async {
-        tokio::join!(connections.shutdown(), gateway.shutdown.drained());
-    };
-    match tokio::time::timeout(grace, drained).await {
-        Ok(()) => info!("drained; bye"),
-        Err(_) => warn!(
-            grace_secs = grace.as_secs(),
-            "grace period over with work in flight; exiting anyway"
-        ),
-    }
+/// hyper's settings for every accepted connection: HTTP/1.1 with a header
+/// read timeout and size limits, or h2c.
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    builder
 }
 
 /// A reserved route's or a page's stack, boxed: one type whatever layers

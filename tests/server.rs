@@ -291,3 +291,83 @@ async fn the_console_and_client_js_are_served_from_the_binary() {
         .iter()
         .all(|(_, uri, _)| !uri.starts_with("/_switchyard")));
 }
+
+/// Voluntary context switches of each `http-loop-N` thread: a loop
+/// that serves connections sleeps and wakes in epoll many times.
+fn loop_wakeups(pid: u32) -> Vec<(String, u64)> {
+    let mut loops = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !name.starts_with("http-loop-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        loops.push((name.trim().to_owned(), switches));
+    }
+    loops.sort();
+    loops
+}
+
+/// One event loop per TOKIO_WORKER_THREADS, each on its own listener of
+/// the same port (SO_REUSEPORT): connections are spread over all of them,
+/// every one is answered, a drain still waits for each loop's requests,
+/// and a second gateway cannot join the port.
+#[tokio::test]
+async fn event_loops_share_the_port_and_a_second_gateway_cannot_join_it() {
+    let gateway = Gateway::start(&[("TOKIO_WORKER_THREADS", "3")]).await;
+    // The listeners take connections from the `listening` line on; the
+    // threads that serve them may start a moment later.
+    let started = Instant::now();
+    while loop_wakeups(gateway.pid()).len() < 3 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = loop_wakeups(gateway.pid());
+    let names: Vec<&str> = before.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["http-loop-1", "http-loop-2", "http-loop-3"]);
+
+    // 60 connections from 60 source ports: each loop gets some.
+    let mut requests = Vec::new();
+    for _ in 0..60 {
+        let addr = gateway.addr;
+        requests.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }));
+    }
+    for request in requests {
+        let answer = request.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let after = loop_wakeups(gateway.pid());
+    for ((name, was), (_, now)) in before.iter().zip(&after) {
+        assert!(now > was, "{name} served nothing: {before:?} -> {after:?}");
+    }
+
+    let port = gateway.addr.port().to_string();
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env_clear()
+        .env("PORT", &port)
+        .env("HOST", "127.0.0.1")
+        .env("TOKIO_WORKER_THREADS", "3")
+        .output()
+        .unwrap();
+    assert_eq!(
+        second.status.code(),
+        Some(1),
+        "the port is the first gateway's"
+    );
+    assert!(String::from_utf8_lossy(&second.stdout).contains("cannot serve"));
+    assert_eq!(get(&gateway.url("/health")).await.status(), 200);
+}

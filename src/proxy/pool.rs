@@ -30,13 +30,14 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::outgoing::Outgoing;
+use crate::event_loops;
 use crate::shutdown::Shutdown;
 
 /// A dashboard that does not accept a TCP connection within this is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// At most this many connections are kept; more are closed after their
-/// exchange. Far above what a dashboard needs; it only bounds memory.
+/// At most this many connections are kept per event loop; more are closed
+/// after their exchange. Far above what a dashboard needs; it only bounds memory.
 const MAX_KEPT: usize = 512;
 
 /// How often connections idle longer than the idle timeout are closed.
@@ -46,14 +47,26 @@ pub struct Pool {
     /// `host:port` of the dashboard.
     address: String,
     /// Every kept connection, busy (its response body still streaming) or
-    /// free; the most recently kept last.
-    kept: Mutex<Vec<Kept>>,
+    /// free, the most recently kept last; one list per event loop (index
+    /// [`event_loops::current`]), the loop whose thread runs the
+    /// connection's task. A request takes a free connection of its own
+    /// loop first, so under load nothing wakes another thread; only when
+    /// its loop has none free does it borrow another loop's rather than
+    /// open one more (a dashboard sees as few connections as with one
+    /// pool).
+    kept: Box<[Mutex<Vec<Kept>>]>,
     idle_timeout: Duration,
 }
 
 struct Kept {
     sender: SendRequest<Outgoing>,
     since: Instant,
+}
+
+/// A connection taken for one exchange, and the loop it goes back to.
+struct Taken {
+    sender: SendRequest<Outgoing>,
+    home: usize,
 }
 
 /// Why a request got no response head.
@@ -68,9 +81,10 @@ impl Pool {
     /// A pool for `address` (`host:port`) and a task, tracked by `shutdown`,
     /// that closes connections idle longer than `idle_timeout`.
     pub fn new(address: String, idle_timeout: Duration, shutdown: &Shutdown) -> Arc<Pool> {
+        let loops = event_loops::count() + 1;
         let pool = Arc::new(Pool {
             address,
-            kept: Mutex::new(Vec::new()),
+            kept: (0..loops).map(|_| Mutex::new(Vec::new())).collect(),
             idle_timeout,
         });
         let weak = Arc::downgrade(&pool);
@@ -103,9 +117,18 @@ impl Pool {
         let mut replayed = false;
         loop {
             let free = if replayed { None } else { self.take_free() };
-            let (mut sender, reused) = match free {
-                Some(sender) => (sender, true),
-                None => (self.connect().await.map_err(SendError::Connect)?, false),
+            let (Taken { mut sender, home }, reused) = match free {
+                Some(taken) => (taken, true),
+                None => {
+                    let sender = self.connect().await.map_err(SendError::Connect)?;
+                    (
+                        Taken {
+                            sender,
+                            home: self.here(),
+                        },
+                        false,
+                    )
+                }
             };
             // The head is copied only when a replay could happen.
             let replay = (reused && !replayed)
@@ -114,7 +137,7 @@ impl Pool {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                        self.keep(sender);
+                        self.keep(sender, home);
                     }
                     return Ok(response);
                 }
@@ -134,25 +157,21 @@ impl Pool {
         }
     }
 
-    /// A kept connection that can take a request now, forgetting closed ones
-    /// on the way. Newest first: the connection most likely still open.
-    fn take_free(&self) -> Option<SendRequest<Outgoing>> {
-        let mut kept = lock(&self.kept);
-        let mut index = kept.len();
-        while index > 0 {
-            index -= 1;
-            let sender = &kept[index].sender;
-            if sender.is_closed() {
-                kept.swap_remove(index);
-            } else if sender.is_ready() {
-                return Some(kept.swap_remove(index).sender);
-            }
-        }
-        None
+    /// A kept connection that can take a request now: the calling loop's
+    /// own first, then another loop's.
+    fn take_free(&self) -> Option<Taken> {
+        let here = self.here();
+        let loops = self.kept.len();
+        (0..loops)
+            .map(|step| (here + step) % loops)
+            .find_map(|home| {
+                let sender = take_ready(&mut lock(&self.kept[home]))?;
+                Some(Taken { sender, home })
+            })
     }
 
-    fn keep(&self, sender: SendRequest<Outgoing>) {
-        let mut kept = lock(&self.kept);
+    fn keep(&self, sender: SendRequest<Outgoing>, home: usize) {
+        let mut kept = lock(&self.kept[home % self.kept.len()]);
         if kept.len() < MAX_KEPT {
             kept.push(Kept {
                 sender,
@@ -164,11 +183,18 @@ impl Pool {
     /// Drops closed connections and free ones unused for `idle_timeout`;
     /// dropping the sender closes the connection.
     fn sweep(&self, now: Instant) {
-        let mut kept = lock(&self.kept);
-        kept.retain(|kept| {
-            let idle = kept.sender.is_ready() && now.duration_since(kept.since) > self.idle_timeout;
-            !(kept.sender.is_closed() || idle)
-        });
+        for kept in self.kept.iter() {
+            lock(kept).retain(|kept| {
+                let idle =
+                    kept.sender.is_ready() && now.duration_since(kept.since) > self.idle_timeout;
+                !(kept.sender.is_closed() || idle)
+            });
+        }
+    }
+
+    /// The calling event loop's list.
+    fn here(&self) -> usize {
+        event_loops::current() % self.kept.len()
     }
 
     async fn connect(&self) -> std::io::Result<SendRequest<Outgoing>> {
@@ -189,6 +215,22 @@ impl Pool {
         });
         Ok(sender)
     }
+}
+
+/// A kept connection that can take a request now, forgetting closed ones
+/// on the way. Newest first: the connection most likely still open.
+fn take_ready(kept: &mut Vec<Kept>) -> Option<SendRequest<Outgoing>> {
+    let mut index = kept.len();
+    while index > 0 {
+        index -= 1;
+        let sender = &kept[index].sender;
+        if sender.is_closed() {
+            kept.swap_remove(index);
+        } else if sender.is_ready() {
+            return Some(kept.swap_remove(index).sender);
+        }
+    }
+    None
 }
 
 /// A copy of `request` to send again, when sending it twice is harmless:

@@ -1,0 +1,119 @@
+//! The HTTP side's threads: one event loop per core, as nginx runs one
+//! worker per core.
+//!
+//! Owns: how many loops there are, binding one listener per loop on the
+//! same port (`SO_REUSEPORT`: the kernel spreads new connections over them),
+//! starting each loop on a thread of its own with a current-thread tokio
+//! runtime, and telling code which loop it runs on ([`current`]), so the
+//! proxy can keep each loop's dashboard connections on that loop.
+//!
+//! Why: a proxied request touches two sockets, the client's and the
+//! dashboard's. On one multi-thread runtime their tasks may sit on
+//! different workers and wake each other across threads for every request
+//! (a futex wake and a context switch each way; ~13% of the proxy's time in
+//! a profile). On a loop of its own, a connection, the requests it carries
+//! and the dashboard connections they use stay on one thread, and a wake is
+//! a push onto that thread's own queue.
+//!
+//! Does not own: what a loop does with a connection (`server`), or the
+//! broadcaster's WebSocket clients, which run on a runtime of their own
+//! (see `main`).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use tokio::net::TcpSocket;
+
+/// Pending connections each listener's kernel queue holds (tokio's default).
+const BACKLOG: u32 = 1024;
+
+/// Longest a loop's runtime waits for its tasks at exit; what is left is
+/// cut (the grace period is over by then).
+const EXIT_LIMIT: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// 1 + this thread's loop number; 0 on any other thread.
+    static LOOP: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many loops serve HTTP: TOKIO_WORKER_THREADS when set to a positive
+/// number (the variable that sizes tokio's own runtimes), else one per
+/// CPU the process may use.
+pub fn count() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(NonZeroUsize::get)
+        })
+        .unwrap_or(1)
+}
+
+/// Which loop the calling thread is: `1..=count()` on a loop's thread, `0`
+/// anywhere else (the main runtime, the broadcaster's, a test's).
+pub fn current() -> usize {
+    LOOP.with(Cell::get)
+}
+
+/// `loops` listeners on `addr`, all on one port (the first one's, when
+/// `addr` asks for port 0). With more than one, each has `SO_REUSEPORT`.
+///
+/// `SO_REUSEPORT` would also let a second process of the same user join
+/// the port silently, so a plain bind checks first that the port is free:
+/// a second gateway on a taken port fails to start, as it did with one
+/// listener. Call it inside a tokio runtime (see [`listen`]).
+pub fn bind(addr: SocketAddr, loops: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let loops = loops.max(1);
+    if loops > 1 && addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let mut at = addr;
+    let mut listeners = Vec::with_capacity(loops);
+    for _ in 0..loops {
+        let socket = match at {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        if loops > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(at)?;
+        at = socket.local_addr()?;
+        listeners.push(listen(socket)?);
+    }
+    Ok(listeners)
+}
+
+/// `listen(2)`, handing the listener back to std: tokio registers a
+/// listening socket with the calling runtime (so `bind` must run inside
+/// one), and `into_std` takes it off again for the loop that will serve it.
+fn listen(socket: TcpSocket) -> io::Result<std::net::TcpListener> {
+    socket.listen(BACKLOG)?.into_std()
+}
+
+/// A loop's thread: runs `serve` on a current-thread runtime and returns
+/// when it does, then cuts whatever tasks are left.
+pub fn start<F, Fut>(number: usize, serve: F) -> io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("http-loop-{number}"))
+        .spawn(move || {
+            LOOP.with(|cell| cell.set(number));
+            runtime.block_on(serve());
+            runtime.shutdown_timeout(EXIT_LIMIT);
+        })
+}
