@@ -50,10 +50,10 @@ pub struct Pool {
     /// free, the most recently kept last; one list per event loop (index
     /// [`event_loops::current`]), the loop whose thread runs the
     /// connection's task. A request takes a free connection of its own
-    /// loop first, so under load nothing wakes another thread; only when
-    /// its loop has none free does it borrow another loop's rather than
-    /// open one more (a dashboard sees as few connections as with one
-    /// pool).
+    /// loop, so under load nothing wakes another thread; a loop with no
+    /// connection of its own yet borrows another's rather than open one
+    /// (so a dashboard that sees one request at a time sees one
+    /// connection, as with one pool).
     kept: Box<[Mutex<Vec<Kept>>]>,
     idle_timeout: Duration,
 }
@@ -158,11 +158,23 @@ impl Pool {
     }
 
     /// A kept connection that can take a request now: the calling loop's
-    /// own first, then another loop's.
+    /// own; another loop's only while this loop has none of its own (say,
+    /// the first requests it serves). Once it has one, a loop opens a new
+    /// connection rather than borrow: a borrowed connection's task runs on
+    /// the other thread, and every exchange on it wakes that thread.
     fn take_free(&self) -> Option<Taken> {
         let here = self.here();
+        {
+            let mut own = lock(&self.kept[here]);
+            if let Some(sender) = take_ready(&mut own) {
+                return Some(Taken { sender, home: here });
+            }
+            if !own.is_empty() {
+                return None;
+            }
+        }
         let loops = self.kept.len();
-        (0..loops)
+        (1..loops)
             .map(|step| (here + step) % loops)
             .find_map(|home| {
                 let sender = take_ready(&mut lock(&self.kept[home]))?;
