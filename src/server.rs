@@ -58,7 +58,7 @@ use crate::proxy::Proxy;
 use crate::response::{self, Body, BoxError};
 use crate::shutdown::Shutdown;
 use crate::upstream::UpstreamHealth;
-use crate::watchdog::{self, Watchdog};
+use crate::watchdog::{self, ConnectionHandle, Watchdog};
 use crate::{assets, cors, event_loops, health, public_config, publish, sse, state, ws};
 
 /// A client sending its request head slower than this is dropped (slowloris).
@@ -233,9 +233,8 @@ async fn accept_loop(
                 peer,
             });
         let request_handle = handle.clone();
-        let service = service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(request_handle.clone());
-            dispatch(router.clone(), peer, request)
+        let service = service_fn(move |request: Request<Incoming>| {
+            dispatch(router.clone(), peer, &request_handle, request)
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = connections.watch(connection.into_owned());
@@ -334,7 +333,25 @@ type ConnectionBody = Either<Body, tower_http::body::UnsyncBoxBody<bytes::Bytes,
 /// in-flight bound) measured about 4% more CPU per proxied request
 /// (benches/proxy.sh, two runs), over the 2% a layer may cost on that
 /// path. Everything else goes through [`Router`].
-async fn dispatch(
+///
+/// Only routed requests carry the connection's [`ConnectionHandle`] (the
+/// SSE handler registers with it): the extension costs a proxied request
+/// three allocations for nothing.
+fn dispatch(
+    router: CatchPanic<Router, layers::panic::PanicAnswer>,
+    peer: SocketAddr,
+    connection: &ConnectionHandle,
+    mut request: Request<Incoming>,
+) -> impl Future<Output = Result<Response<ConnectionBody>, Infallible>> {
+    let gateway = &router.get_ref().app.gateway;
+    let proxied = gateway.proxy.is_some() && is_proxied(gateway, request.uri().path());
+    if !proxied {
+        request.extensions_mut().insert(connection.clone());
+    }
+    forward_or_route(router, peer, request)
+}
+
+async fn forward_or_route(
     router: CatchPanic<Router, layers::panic::PanicAnswer>,
     peer: SocketAddr,
     request: Request<Incoming>,
