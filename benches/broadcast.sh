@@ -40,7 +40,10 @@
 # /proc/PID/stat CPU and VmRSS). For each measurement, switchyard, uWS and
 # Node ws run back to back in this invocation:
 #   a. 10,000 clients x 10 ev/s x 256 B, DURATION s: server CPU per delivered
-#      message, publish->receive p99, loss
+#      message, publish->receive p99, loss. Latency runs from the publish
+#      request's send; a publish that waited for one of the 4 connections (a
+#      server that answers only after its fan-out) did not start its clock
+#      while waiting, so its p99 compares fairly only when none had to wait
 #   b. 10,000 clients x 100 ev/s x 256 B, DURATION s: delivered messages/s
 #      over publishing + drain. The publisher has 4 keep-alive connections, so
 #      a server that falls behind slows the schedule down; publishing stops at
@@ -56,6 +59,8 @@
 # DURATION=10. Needs node and npm;
 # runs `npm ci` in benches/peers/ when its node_modules is missing.
 # PEERS="switchyard uws" limits the servers (the table shows "-" for the rest).
+# ROUNDS=3 repeats the whole interleaved sequence and the table shows each
+# figure's median over the rounds (a noisy machine moves single runs a lot).
 #
 # What to trust: this machine has 2 cores, shared by the server, the load
 # generator and anything else running. Each table shows the background load
@@ -95,6 +100,7 @@ HOSTILE_PHASE=$(( DURATION / 2 > 10 ? DURATION / 2 : 10 ))
 SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
 # issue12 only
 PEERS=${PEERS:-"switchyard uws ws"}
+ROUNDS=${ROUNDS:-1}
 IDLE_CONNS=${IDLE_CONNS:-15000}
 ACCEPT_CONNS=${ACCEPT_CONNS:-15000}
 ACCEPT_INFLIGHT=${ACCEPT_INFLIGHT:-256}
@@ -114,6 +120,7 @@ case " $SCENARIOS " in
         for p in $PEERS; do
             case $p in switchyard|uws|ws) ;; *) die "unknown peer $p in PEERS (switchyard uws ws)" ;; esac
         done
+        case $ROUNDS in ''|*[!0-9]*|0) die "ROUNDS must be a whole number >= 1" ;; esac
         if [ ! -d "$ROOT/benches/peers/node_modules" ]; then
             command -v npm >/dev/null 2>&1 ||
                 die "npm not found: needed once to install benches/peers/ (npm ci)"
@@ -191,30 +198,43 @@ result() {
     grep '^result:' "$f" | tail -n1 | tr ' ' '\n' | sed -n "s/^$1=//p"
 }
 
+# results KEY ID: KEY of every round of ID, space-separated ("-" for a round
+# without the figure)
+results() {
+    local r v out=""
+    for r in $(seq "$ROUNDS"); do
+        v=$(result "$1" "$2.r$r")
+        out="$out ${v:--}"
+    done
+    echo "$out"
+}
+
 issue12() {
-    local p
-    for p in $PEERS; do
-        # shellcheck disable=SC2046 # word splitting of the server arguments is wanted
-        run "12a.$p" "$(server_name "$p"): 10,000 clients x 10 ev/s x 256 B" \
-            $(server_args "$p") --clients 10000 --rate 10 --size 256 --duration "$DURATION" \
-            --target-zero-loss
-    done
-    for p in $PEERS; do
-        # shellcheck disable=SC2046
-        run "12b.$p" "$(server_name "$p"): 10,000 clients x 100 ev/s x 256 B (saturated)" \
-            $(server_args "$p") --clients 10000 --rate 100 --size 256 --duration "$DURATION" \
-            --cutoff $((DURATION * 3))
-    done
-    for p in $PEERS; do
-        # shellcheck disable=SC2046
-        run "12c.$p" "$(server_name "$p"): $IDLE_CONNS idle connections, tiny hello" \
-            $(server_args "$p") --idle --clients "$IDLE_CONNS" --duration 5
-    done
-    for p in $PEERS; do
-        # shellcheck disable=SC2046
-        run "12d.$p" "$(server_name "$p"): accept rate, $ACCEPT_CONNS connections, $ACCEPT_INFLIGHT in flight" \
-            $(server_args "$p") --accept --clients "$ACCEPT_CONNS" \
-            --connect-concurrency "$ACCEPT_INFLIGHT"
+    local p r
+    for r in $(seq "$ROUNDS"); do
+        for p in $PEERS; do
+            # shellcheck disable=SC2046 # word splitting of the server arguments is wanted
+            run "12a.$p.r$r" "$(server_name "$p"): 10,000 clients x 10 ev/s x 256 B (round $r)" \
+                $(server_args "$p") --clients 10000 --rate 10 --size 256 --duration "$DURATION" \
+                --target-zero-loss
+        done
+        for p in $PEERS; do
+            # shellcheck disable=SC2046
+            run "12b.$p.r$r" "$(server_name "$p"): 10,000 clients x 100 ev/s x 256 B, saturated (round $r)" \
+                $(server_args "$p") --clients 10000 --rate 100 --size 256 --duration "$DURATION" \
+                --cutoff $((DURATION * 3))
+        done
+        for p in $PEERS; do
+            # shellcheck disable=SC2046
+            run "12c.$p.r$r" "$(server_name "$p"): $IDLE_CONNS idle connections, tiny hello (round $r)" \
+                $(server_args "$p") --idle --clients "$IDLE_CONNS" --duration 5
+        done
+        for p in $PEERS; do
+            # shellcheck disable=SC2046
+            run "12d.$p.r$r" "$(server_name "$p"): accept rate, $ACCEPT_CONNS connections, $ACCEPT_INFLIGHT in flight (round $r)" \
+                $(server_args "$p") --accept --clients "$ACCEPT_CONNS" \
+                --connect-concurrency "$ACCEPT_INFLIGHT"
+        done
     done
     issue12_table
 }
@@ -226,14 +246,25 @@ issue12() {
 row() {
     local metric=$1 key=$2 id=$3 scale=$4 fmt=$5 cmp=$6 target=$7
     local sy uw nw
-    sy=$(result "$key" "$id.switchyard")
-    uw=$(result "$key" "$id.uws")
-    nw=$(result "$key" "$id.ws")
+    sy=$(results "$key" "$id.switchyard")
+    uw=$(results "$key" "$id.uws")
+    nw=$(results "$key" "$id.ws")
     awk -v metric="$metric" -v sy="$sy" -v uw="$uw" -v nw="$nw" -v scale="$scale" \
         -v fmt="$fmt" -v cmp="$cmp" -v target="$target" -v summary="$SUMMARY" '
         function num(v) { return v != "" && v != "-" && v != "nan" && v != "NaN" }
         function show(v) { return num(v) ? sprintf(fmt, v / scale) : "-" }
+        # the median of the rounds that have a figure ("" if none has)
+        function median(list,    a, n, i, j, k, t, m) {
+            n = split(list, a, " ")
+            m = 0
+            for (i = 1; i <= n; i++) if (num(a[i])) v[++m] = a[i] + 0
+            for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+            if (m == 0) return ""
+            k = int((m + 1) / 2)
+            return m % 2 ? v[k] : (v[k] + v[k + 1]) / 2
+        }
         BEGIN {
+            sy = median(sy); uw = median(uw); nw = median(nw)
             ratio = (cmp != "-" && num(sy) && num(uw) && uw + 0 != 0) ? sprintf("%.2fx", sy / uw) : "-"
             verdict = "-"
             if (cmp == "<=" || cmp == ">=") {
@@ -251,12 +282,14 @@ issue12_table() {
     local table="$TMP/issue12.txt"
     {
         echo
-        echo "## issue 12: switchyard vs uWebSockets.js vs Node ws (this run; DURATION=$DURATION)"
+        echo "## issue 12: switchyard vs uWebSockets.js vs Node ws (this run; DURATION=$DURATION;" \
+            "$( [ "$ROUNDS" -gt 1 ] && echo "median of $ROUNDS interleaved rounds" || echo "one round"))"
         printf "%-46s %11s %11s %11s %8s  %-22s %s\n" \
             "metric" "switchyard" "uWS" "Node ws" "sy/uWS" "target" "verdict"
         row "server CPU per delivered msg, 10k x 10/s (us)" cpu_us_per_msg 12a 1 "%.2f" "<=" "<= uWS"
         row "p99 publish->receive, 10k x 10/s (ms)" p99_us 12a 1000 "%.1f" "<=" "<= uWS (keep the lead)"
         row "events missing, 10k x 10/s" missing 12a 1 "%d" - "0 (zero loss)"
+        row "publishes that had to wait, 10k x 10/s" waited 12a 1 "%d" - "0: else p99 flatters"
         row "idle connection, server RSS (KiB per conn)" rss_per_conn_kib 12c 1 "%.2f" "<=" "<= uWS"
         row "WebSocket accepts/s (connect+upgrade+hello)" accepts_per_s 12d 1 "%.0f" ">=" ">= uWS"
         row "server CPU per accepted connection (us)" cpu_us_per_accept 12d 1 "%.1f" info "-"

@@ -835,6 +835,8 @@ pub(crate) async fn broadcast_run(
         ("published", published.to_string()),
         ("failed", report.failed_events.to_string()),
         ("not_sent", report.not_sent.to_string()),
+        ("waited", report.had_to_wait.to_string()),
+        ("requests", report.requests.to_string()),
         ("events_per_s", format!("{events_per_s:.0}")),
         ("delivered", delivered.to_string()),
         (
