@@ -32,6 +32,36 @@
 #        answered; zero loss for the 1,000 clients. The table also says how
 #        the flooder was answered (subscribed / error frames, closed or not).
 #
+#
+# SCENARIOS=issue12: issue 12's side-by-side comparison with two peer servers
+# (benches/peers/: uWebSockets.js and Node `ws`, speaking the subset of the
+# protocol the load generator uses; see the header of each), run by the same
+# load generator and measured the same way (the server process's own
+# /proc/PID/stat CPU and VmRSS). For each measurement, switchyard, uWS and
+# Node ws run back to back in this invocation:
+#   a. 10,000 clients x 10 ev/s x 256 B, DURATION s: server CPU per delivered
+#      message, publish->receive p99, loss. Latency runs from the publish
+#      request's send; a publish that waited for one of the 4 connections (a
+#      server that answers only after its fan-out) did not start its clock
+#      while waiting, so its p99 compares fairly only when none had to wait
+#   b. 10,000 clients x 100 ev/s x 256 B, DURATION s: delivered messages/s
+#      over publishing + drain. The publisher has 4 keep-alive connections, so
+#      a server that falls behind slows the schedule down; publishing stops at
+#      3 x DURATION (--cutoff) whatever is left, so a server below a third of
+#      the offered rate is measured over that window (Node ws, here)
+#   c. IDLE_CONNS (15,000) idle connections after a tiny hello: server RSS per
+#      connection
+#   d. accept rate: ACCEPT_CONNS (15,000) WebSockets opened as fast as the
+#      server takes them, ACCEPT_INFLIGHT (256) in flight, each counted at its
+#      hello and kept open: connections/s and server CPU per connection
+# then ONE table: rows = metrics, columns = switchyard, uWS, Node ws, the
+# ratio switchyard/uWS, the target and PASS/MISS. About 6-9 minutes at
+# DURATION=10. Needs node and npm;
+# runs `npm ci` in benches/peers/ when its node_modules is missing.
+# PEERS="switchyard uws" limits the servers (the table shows "-" for the rest).
+# ROUNDS=3 repeats the whole interleaved sequence and the table shows each
+# figure's median over the rounds (a noisy machine moves single runs a lot).
+#
 # What to trust: this machine has 2 cores, shared by the server, the load
 # generator and anything else running. Each table shows the background load
 # seen just before the run, both processes' CPU and how busy the machine
@@ -51,8 +81,10 @@
 #        SCENARIOS="3 4" DURATION=10 benches/broadcast.sh
 #        SCENARIOS=6 benches/broadcast.sh        (the hostile scenario alone)
 #        SCENARIOS=4b benches/broadcast.sh       (the 60 KB hello alone)
-# Needs: cargo; a hard fd limit of at least ~15,100 for scenario 4 (the load
-# generator raises its soft limit itself; the server inherits it).
+#        SCENARIOS=issue12 DURATION=10 benches/broadcast.sh   (switchyard vs uWS vs Node ws)
+# Needs: cargo; a hard fd limit of at least ~15,100 for scenario 4 and
+# issue12 (the load generator raises its soft limit itself; the server
+# inherits it); node and npm for issue12.
 # Loopback only; nothing leaves 127.0.0.0/8.
 set -euo pipefail
 
@@ -66,6 +98,12 @@ STALL_DURATION=$(( DURATION > 20 ? DURATION : 20 ))
 # up to 10 s more per phase when the server falls behind.
 HOSTILE_PHASE=$(( DURATION / 2 > 10 ? DURATION / 2 : 10 ))
 SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
+# issue12 only
+PEERS=${PEERS:-"switchyard uws ws"}
+ROUNDS=${ROUNDS:-1}
+IDLE_CONNS=${IDLE_CONNS:-15000}
+ACCEPT_CONNS=${ACCEPT_CONNS:-15000}
+ACCEPT_INFLIGHT=${ACCEPT_INFLIGHT:-256}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -74,6 +112,23 @@ die() { echo "broadcast.sh: error: $*" >&2; exit 1; }
 say() { echo "broadcast.sh: $*" >&2; }
 
 command -v cargo >/dev/null 2>&1 || die "cargo not found"
+
+case " $SCENARIOS " in
+    *" issue12 "*)
+        command -v node >/dev/null 2>&1 ||
+            die "node not found: SCENARIOS=issue12 runs the peer servers in benches/peers/ (Node.js >= 18 and npm)"
+        for p in $PEERS; do
+            case $p in switchyard|uws|ws) ;; *) die "unknown peer $p in PEERS (switchyard uws ws)" ;; esac
+        done
+        case $ROUNDS in ''|*[!0-9]*|0) die "ROUNDS must be a whole number >= 1" ;; esac
+        if [ ! -d "$ROOT/benches/peers/node_modules" ]; then
+            command -v npm >/dev/null 2>&1 ||
+                die "npm not found: needed once to install benches/peers/ (npm ci)"
+            say "installing the peer servers' packages (npm ci in benches/peers)"
+            (cd "$ROOT/benches/peers" && npm ci --no-audit --no-fund >&2) ||
+                die "npm ci in benches/peers failed"
+        fi ;;
+esac
 
 # ---------------------------------------------------------------- build
 # shellcheck source=benches/lib.sh
@@ -100,7 +155,7 @@ SUMMARY="$TMP/summary"
 status=0
 RUNS=0
 
-# run NUMBER "description" loadgen-args...
+# run ID "description" loadgen-args...   (ID names the output file too)
 run() {
     local n=$1 what=$2 out="$TMP/scenario$1.txt"
     shift 2
@@ -120,6 +175,130 @@ run() {
         status=1
     fi
     grep '^target:' "$out" | sed "s/^target:/scenario $n:/" >>"$SUMMARY" || true
+}
+
+# ---------------------------------------------------------------- issue12
+
+# loadgen arguments that pick the server
+server_args() {
+    case $1 in
+        switchyard) ;;
+        uws) echo "--server node:benches/peers/uws.js" ;;
+        ws) echo "--server node:benches/peers/ws.js" ;;
+    esac
+}
+server_name() {
+    case $1 in switchyard) echo switchyard ;; uws) echo uWS ;; ws) echo "Node ws" ;; esac
+}
+
+# result KEY ID: the value of KEY in run ID's `result:` line, or nothing
+result() {
+    local f="$TMP/scenario$2.txt"
+    [ -f "$f" ] || return 0
+    grep '^result:' "$f" | tail -n1 | tr ' ' '\n' | sed -n "s/^$1=//p"
+}
+
+# results KEY ID: KEY of every round of ID, space-separated ("-" for a round
+# without the figure)
+results() {
+    local r v out=""
+    for r in $(seq "$ROUNDS"); do
+        v=$(result "$1" "$2.r$r")
+        out="$out ${v:--}"
+    done
+    echo "$out"
+}
+
+issue12() {
+    local p r
+    for r in $(seq "$ROUNDS"); do
+        for p in $PEERS; do
+            # shellcheck disable=SC2046 # word splitting of the server arguments is wanted
+            run "12a.$p.r$r" "$(server_name "$p"): 10,000 clients x 10 ev/s x 256 B (round $r)" \
+                $(server_args "$p") --clients 10000 --rate 10 --size 256 --duration "$DURATION" \
+                --target-zero-loss
+        done
+        for p in $PEERS; do
+            # shellcheck disable=SC2046
+            run "12b.$p.r$r" "$(server_name "$p"): 10,000 clients x 100 ev/s x 256 B, saturated (round $r)" \
+                $(server_args "$p") --clients 10000 --rate 100 --size 256 --duration "$DURATION" \
+                --cutoff $((DURATION * 3))
+        done
+        for p in $PEERS; do
+            # shellcheck disable=SC2046
+            run "12c.$p.r$r" "$(server_name "$p"): $IDLE_CONNS idle connections, tiny hello (round $r)" \
+                $(server_args "$p") --idle --clients "$IDLE_CONNS" --duration 5
+        done
+        for p in $PEERS; do
+            # shellcheck disable=SC2046
+            run "12d.$p.r$r" "$(server_name "$p"): accept rate, $ACCEPT_CONNS connections, $ACCEPT_INFLIGHT in flight (round $r)" \
+                $(server_args "$p") --accept --clients "$ACCEPT_CONNS" \
+                --connect-concurrency "$ACCEPT_INFLIGHT"
+        done
+    done
+    issue12_table
+}
+
+# One row: metric, the key and run of the figure, unit scale (values are
+# divided by it), printf format, the comparison ("<=" or ">=" switchyard vs
+# uWS: PASS/MISS; "info": ratio only; "-": neither) and the target's text.
+# PASS/MISS rows also go to the summary.
+row() {
+    local metric=$1 key=$2 id=$3 scale=$4 fmt=$5 cmp=$6 target=$7
+    local sy uw nw
+    sy=$(results "$key" "$id.switchyard")
+    uw=$(results "$key" "$id.uws")
+    nw=$(results "$key" "$id.ws")
+    awk -v metric="$metric" -v sy="$sy" -v uw="$uw" -v nw="$nw" -v scale="$scale" \
+        -v fmt="$fmt" -v cmp="$cmp" -v target="$target" -v summary="$SUMMARY" '
+        function num(v) { return v != "" && v != "-" && v != "nan" && v != "NaN" }
+        function show(v) { return num(v) ? sprintf(fmt, v / scale) : "-" }
+        # the median of the rounds that have a figure ("" if none has)
+        function median(list,    a, n, i, j, k, t, m) {
+            n = split(list, a, " ")
+            m = 0
+            for (i = 1; i <= n; i++) if (num(a[i])) v[++m] = a[i] + 0
+            for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+            if (m == 0) return ""
+            k = int((m + 1) / 2)
+            return m % 2 ? v[k] : (v[k] + v[k + 1]) / 2
+        }
+        BEGIN {
+            sy = median(sy); uw = median(uw); nw = median(nw)
+            ratio = (cmp != "-" && num(sy) && num(uw) && uw + 0 != 0) ? sprintf("%.2fx", sy / uw) : "-"
+            verdict = "-"
+            if (cmp == "<=" || cmp == ">=") {
+                if (!num(sy) || !num(uw)) verdict = "n/a (no figure)"
+                else if (cmp == "<=") verdict = (sy + 0 <= uw + 0) ? "PASS" : "MISS"
+                else verdict = (sy + 0 >= uw + 0) ? "PASS" : "MISS"
+            }
+            printf "%-46s %11s %11s %11s %8s  %-22s %s\n", metric, show(sy), show(uw), show(nw), ratio, target, verdict
+            if (verdict != "-")
+                printf "issue12: %s  %s: switchyard %s, uWS %s (%s), target %s\n", verdict, metric, show(sy), show(uw), ratio, target >>summary
+        }'
+}
+
+issue12_table() {
+    local table="$TMP/issue12.txt"
+    {
+        echo
+        echo "## issue 12: switchyard vs uWebSockets.js vs Node ws (this run; DURATION=$DURATION;" \
+            "$( [ "$ROUNDS" -gt 1 ] && echo "median of $ROUNDS interleaved rounds" || echo "one round"))"
+        printf "%-46s %11s %11s %11s %8s  %-22s %s\n" \
+            "metric" "switchyard" "uWS" "Node ws" "sy/uWS" "target" "verdict"
+        row "server CPU per delivered msg, 10k x 10/s (us)" cpu_us_per_msg 12a 1 "%.2f" "<=" "<= uWS"
+        row "p99 publish->receive, 10k x 10/s (ms)" p99_us 12a 1000 "%.1f" "<=" "<= uWS (keep the lead)"
+        row "events missing, 10k x 10/s" missing 12a 1 "%d" - "0 (zero loss)"
+        row "publishes that had to wait, 10k x 10/s" waited 12a 1 "%d" - "0: else p99 flatters"
+        row "idle connection, server RSS (KiB per conn)" rss_per_conn_kib 12c 1 "%.2f" "<=" "<= uWS"
+        row "WebSocket accepts/s (connect+upgrade+hello)" accepts_per_s 12d 1 "%.0f" ">=" ">= uWS"
+        row "server CPU per accepted connection (us)" cpu_us_per_accept 12d 1 "%.1f" info "-"
+        row "10k x 100/s delivered (msgs/s, saturated)" delivered_per_s 12b 1 "%.0f" ">=" ">= uWS (keep the lead)"
+        row "not delivered by drain end, 10k x 100/s" missing 12b 1 "%d" - "-"
+        row "events left unsent at the cutoff, 10k x 100/s" not_sent 12b 1 "%d" - "-"
+        row "other processes' CPU, 10k x 10/s run (%)" others_pct 12a 1 "%d" - "< 10 for a quiet run"
+    } >"$table"
+    cat "$table"
 }
 
 for s in $SCENARIOS; do
@@ -150,7 +329,8 @@ for s in $SCENARIOS; do
                --hostile --clients 1000 --rate 100 --size 256 --duration "$HOSTILE_PHASE" \
                --flood-frames 30 --flood-patterns 3600 \
                --target-flood-ratio 2 --target-zero-loss ;;
-        *) die "unknown scenario $s (1-6, 4a, 4b)" ;;
+        issue12) issue12 ;;
+        *) die "unknown scenario $s (1-6, 4a, 4b, issue12)" ;;
     esac
 done
 

@@ -16,6 +16,10 @@ load:
   --stall-at F           when the stall starts, as a fraction of --duration (default 0.5)
   --stall-rcvbuf B       SO_RCVBUF of stalled clients' sockets (default 65536)
   --idle                 only connect, hold, report RSS per connection
+  --accept               accept rate: open --clients WebSockets as fast as the server takes
+                         them, --connect-concurrency in flight, each done when its hello
+                         arrives and then kept open until the end (no retries); reports
+                         connections/s and server CPU per accepted connection
   --retained N           before the clients connect, publish N retained topics
                          bench/retained/0..N-1 (one request each), so every hello
                          carries them (default 0: a tiny hello)
@@ -28,11 +32,20 @@ load:
   --flood-patterns N     distinct patterns per frame, flood/<n in base 36>/+/x
                          (default 3600; a frame must fit MAX_MESSAGE_BYTES)
   --server-env K=V       extra environment for the server(s) (repeatable)
+  --server KIND          the server under test: `switchyard` (default, SWITCHYARD_BIN) or
+                         `node:SCRIPT`, a peer such as benches/peers/uws.js run by `node`
+                         (NODE_BIN, default node from PATH) with the same PORT, HOST and
+                         --server-env; measured the same way (its one process's
+                         /proc/PID/stat and VmRSS). Not with --replicas, --redis-url, --hostile
   --throughput           (alias --max-rate) publish as fast as possible for --duration instead
                          of --rate: --pool closed-loop connections per replica, --batch events
                          per request; reports accepted events/s and whether every subscriber
                          got every seq exactly once
   --batch N              events per request with --throughput (default 50)
+  --cutoff S             rate mode: nothing is published, and no answer waited for, after S
+                         seconds from the schedule's start (default: none, the whole schedule
+                         is sent however long it takes); a server slower than the schedule is
+                         then measured over S s instead of holding the run for minutes
 replicas:
   --replicas N           switchyard processes (default 1); clients are spread evenly over
                          them (client i -> replica i mod N), publishes go round-robin;
@@ -65,13 +78,16 @@ report:
 
 The last line of the report is `result: key=value ...` for scripts (benches/redis.sh).
 
-env: SWITCHYARD_BIN (default <crate>/target/release/switchyard)
+env: SWITCHYARD_BIN (default <crate>/target/release/switchyard), NODE_BIN (default node)
 ";
 
 // ---------------------------------------------------------------- arguments
 
 #[derive(Clone, Debug)]
 pub(crate) struct Args {
+    pub(crate) server: ServerKind,
+    pub(crate) accept: bool,
+    pub(crate) cutoff: Option<f64>,
     pub(crate) clients: usize,
     pub(crate) rate: f64,
     pub(crate) duration: f64,
@@ -117,6 +133,9 @@ impl Args {
     /// Every flag at its default (what `--help` lists).
     pub(crate) fn defaults() -> Args {
         Args {
+            server: ServerKind::Switchyard,
+            accept: false,
+            cutoff: None,
             clients: 1000,
             rate: 100.0,
             duration: 20.0,
@@ -182,6 +201,9 @@ impl Args {
                 "--stall-at" => args.stall_at = num(&flag, value()?)?,
                 "--stall-rcvbuf" => args.stall_rcvbuf = num(&flag, value()?)?,
                 "--idle" => args.idle = true,
+                "--accept" => args.accept = true,
+                "--cutoff" => args.cutoff = Some(num(&flag, value()?)?),
+                "--server" => args.server = ServerKind::parse(&value()?)?,
                 "--retained" => args.retained = num(&flag, value()?)?,
                 "--retained-size" => args.retained_size = num(&flag, value()?)?,
                 "--hostile" => args.hostile = true,
@@ -225,7 +247,7 @@ impl Args {
             return Err("--clients must be at least 1 (0 only with --throughput)".into());
         }
         let not_positive = |x: f64| x.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater);
-        if !args.idle && (not_positive(args.rate) || not_positive(args.duration)) {
+        if !args.idle && !args.accept && (not_positive(args.rate) || not_positive(args.duration)) {
             return Err("--rate and --duration must be positive".into());
         }
         if args.stall > args.clients {
@@ -272,6 +294,34 @@ impl Args {
         }
         if args.hostile && (args.flood_frames == 0 || args.flood_patterns == 0) {
             return Err("--flood-frames and --flood-patterns must be at least 1".into());
+        }
+        if matches!(args.server, ServerKind::Node(_))
+            && (args.hostile || args.replicas > 1 || args.redis_url.is_some())
+        {
+            return Err(
+                "--server node:... does not combine with --hostile, --replicas or --redis-url \
+                 (a peer has no subscribe frames and no backplane)"
+                    .into(),
+            );
+        }
+        if args.accept
+            && (args.idle || args.hostile || args.throughput || args.stall > 0 || args.replicas > 1)
+        {
+            return Err(
+                "--accept does not combine with --idle, --hostile, --throughput, --stall or --replicas"
+                    .into(),
+            );
+        }
+        if let Some(cutoff) = args.cutoff {
+            if args.idle || args.accept || args.hostile || args.throughput {
+                return Err(
+                    "--cutoff is for the rate mode (not --idle, --accept, --hostile, --throughput)"
+                        .into(),
+                );
+            }
+            if not_positive(cutoff) || cutoff < args.duration {
+                return Err("--cutoff must be at least --duration".into());
+            }
         }
         if args.retained > 0 && args.retained_size < 16 {
             return Err("--retained-size must be at least 16".into());
@@ -336,3 +386,39 @@ impl Args {
 }
 
 // ---------------------------------------------------------------- latency histogram
+
+/// `--server`: what runs under test.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ServerKind {
+    Switchyard,
+    /// A peer server: `node SCRIPT` (benches/peers/).
+    Node(PathBuf),
+}
+
+impl ServerKind {
+    pub(crate) fn parse(text: &str) -> Result<ServerKind, String> {
+        match text.split_once(':') {
+            None if text == "switchyard" => Ok(ServerKind::Switchyard),
+            Some(("node", script)) if !script.is_empty() => {
+                Ok(ServerKind::Node(PathBuf::from(script)))
+            }
+            _ => Err(format!(
+                "--server wants `switchyard` or `node:SCRIPT`, got `{text}`"
+            )),
+        }
+    }
+
+    /// For titles: "switchyard" or the script's file name.
+    pub(crate) fn name(&self) -> String {
+        match self {
+            ServerKind::Switchyard => "switchyard".into(),
+            ServerKind::Node(script) => format!(
+                "node {}",
+                script.file_name().map_or_else(
+                    || script.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            ),
+        }
+    }
+}

@@ -127,7 +127,9 @@ pub(crate) async fn broadcast_run(
         args: args.clone(),
         servers: servers.iter().map(|s| s.addr).collect(),
         start,
-        cutoff: None,
+        cutoff: args
+            .cutoff
+            .map(|secs| start + Duration::from_secs_f64(secs)),
         log: false,
     })
     .await;
@@ -355,6 +357,16 @@ pub(crate) async fn broadcast_run(
                 .map(|(i, (sent, ok))| format!("replica {i}: {ok}/{sent} requests accepted"))
                 .collect::<Vec<_>>()
                 .join(", "),
+        );
+    }
+    if let Some(cutoff) = args.cutoff {
+        table.row(
+            "publish cutoff",
+            format!(
+                "at t+{cutoff} s: {} events of the schedule not sent, {} requests ({} events) unanswered \
+                 (counted as failed)",
+                report.not_sent, report.unanswered, report.unanswered_events
+            ),
         );
     }
     if let Some(e) = &report.first_error {
@@ -822,7 +834,16 @@ pub(crate) async fn broadcast_run(
         ("clients", live.to_string()),
         ("published", published.to_string()),
         ("failed", report.failed_events.to_string()),
+        ("not_sent", report.not_sent.to_string()),
+        ("waited", report.had_to_wait.to_string()),
+        ("requests", report.requests.to_string()),
         ("events_per_s", format!("{events_per_s:.0}")),
+        ("delivered", delivered.to_string()),
+        (
+            "delivered_per_s",
+            format!("{:.0}", delivered as f64 / window),
+        ),
+        ("cpu_us_per_msg", format!("{:.2}", per_msg(server_cpu))),
         ("p50_us", quantile(0.5)),
         ("p99_us", quantile(0.99)),
         ("p999_us", quantile(0.999)),

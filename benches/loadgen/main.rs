@@ -49,6 +49,14 @@
 //! after `--duration + --drain` from a phase's start: an unanswered publish
 //! then counts as failed, with its age as its RTT (a lower bound).
 //!
+//! `--accept`: opens `--clients` WebSockets as fast as the server takes
+//! them (`--connect-concurrency` in flight, each done at its hello, all kept
+//! open), and reports connections/s and server CPU per accepted connection.
+//!
+//! `--server node:SCRIPT`: the server under test is a peer (benches/peers/,
+//! uWebSockets.js or Node `ws` speaking the subset of the protocol used here)
+//! instead of switchyard; started, probed and measured the same way.
+//!
 //! `--replicas N --redis-url URL`: starts N servers sharing one Redis
 //! backplane under one `REDIS_PREFIX` unique to the run (`--redis-prefix`),
 //! each only once its `/health` says `"redis":"up"`; client i connects to
@@ -78,12 +86,13 @@
 //!
 //! Modules: `main` (this: start the servers, pick the scenario, clean up);
 //! one per scenario, `broadcast` (the default, with `--stall`,
-//! `--replicas`, `--throughput`), `idle` and `hostile`; shared by them,
-//! `args`, `server` (a switchyard under test), `client` (WebSocket clients
+//! `--replicas`, `--throughput`), `idle`, `accept` and `hostile`; shared by them,
+//! `args`, `server` (the server under test), `client` (WebSocket clients
 //! and their counters), `publisher` (the publish schedule), `hist`
 //! (latency histograms), `machine` (CPU / RSS readings), `redis_admin`
 //! (INFO and key cleanup) and `table` (the report); `self_check`.
 
+mod accept;
 mod args;
 mod broadcast;
 mod client;
@@ -121,6 +130,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 pub(crate) type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
+use accept::*;
 use args::*;
 use broadcast::*;
 use client::*;
@@ -280,6 +290,17 @@ async fn run_servers(args: &Args, fd_limit: u64) -> (i32, Option<Table>) {
         args: args.clone(),
     });
 
+    if args.accept {
+        let mut table = Table::new(args, &servers, &ctx, fd_limit);
+        table.head.push(format!(
+            "background: {background:.0} % of {} cores busy before the run (other processes on this machine)",
+            cores()
+        ));
+        let code = accept_run(args, &servers, &ctx, &mut table, clk_tck, rss_before).await;
+        let all_alive = stop_servers(args, &mut servers, &mut table);
+        return (if all_alive { code } else { 1 }, Some(table));
+    }
+
     // ---- connect
     let connect_start = Instant::now();
     let mut handles = Vec::with_capacity(args.clients);
@@ -389,6 +410,15 @@ async fn run_servers(args: &Args, fd_limit: u64) -> (i32, Option<Table>) {
         .await
     };
 
+    let all_alive = stop_servers(args, &mut servers, &mut table);
+    for h in &handles {
+        h.abort();
+    }
+    (if all_alive { code } else { 1 }, Some(table))
+}
+
+/// Stops every server, with a row each saying how; false if one had died.
+fn stop_servers(args: &Args, servers: &mut [Server], table: &mut Table) -> bool {
     let mut all_alive = true;
     for (i, server) in servers.iter_mut().enumerate() {
         let alive = server.alive();
@@ -415,8 +445,5 @@ async fn run_servers(args: &Args, fd_limit: u64) -> (i32, Option<Table>) {
             let _ = std::fs::remove_file(&server.log);
         }
     }
-    for h in &handles {
-        h.abort();
-    }
-    (if all_alive { code } else { 1 }, Some(table))
+    all_alive
 }

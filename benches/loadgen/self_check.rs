@@ -69,6 +69,18 @@ pub(crate) fn self_check() {
         256
     );
 
+    // --server: switchyard or a node peer, nothing else
+    assert_eq!(ServerKind::parse("switchyard"), Ok(ServerKind::Switchyard));
+    let peer = ServerKind::parse("node:benches/peers/uws.js");
+    assert_eq!(
+        peer,
+        Ok(ServerKind::Node(PathBuf::from("benches/peers/uws.js")))
+    );
+    assert_eq!(peer.map(|k| k.name()), Ok("node uws.js".to_owned()));
+    for bad in ["", "node", "node:", "nginx", "python:x.py", "switchyard:x"] {
+        assert!(ServerKind::parse(bad).is_err(), "--server {bad}");
+    }
+
     // the flood: valid subscribe frames of distinct patterns that fit the
     // default MAX_MESSAGE_BYTES at the default 3,600 per frame
     assert_eq!(

@@ -1,4 +1,7 @@
-//! One switchyard server under test: started on a free port, stopped at the end.
+//! One server under test, switchyard or a peer (`--server node:SCRIPT`):
+//! started on a free port, stopped at the end. A peer is started, watched and
+//! measured exactly like switchyard (same PORT/HOST environment, same
+//! readiness probe, its one process's /proc figures); only the command differs.
 
 use super::*;
 
@@ -6,8 +9,37 @@ pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) pid: u32,
     pub(crate) addr: SocketAddr,
+    /// What runs, for the table: the binary, or `node` and the script.
     pub(crate) bin: PathBuf,
     pub(crate) log: PathBuf,
+}
+
+/// The program and its arguments for `--server`.
+fn command_for(kind: &ServerKind) -> Result<(PathBuf, Vec<PathBuf>), String> {
+    match kind {
+        ServerKind::Switchyard => {
+            let bin = std::env::var_os("SWITCHYARD_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/switchyard")
+                });
+            if !bin.is_file() {
+                return Err(format!(
+                    "{} not found: run `cargo build --release` first, or set SWITCHYARD_BIN",
+                    bin.display()
+                ));
+            }
+            Ok((bin, Vec::new()))
+        }
+        ServerKind::Node(script) => {
+            let script = script
+                .canonicalize()
+                .map_err(|e| format!("--server node:{}: {e}", script.display()))?;
+            let node =
+                std::env::var_os("NODE_BIN").map_or_else(|| PathBuf::from("node"), PathBuf::from);
+            Ok((node, vec![script]))
+        }
+    }
 }
 
 impl Server {
@@ -15,17 +47,7 @@ impl Server {
     /// with Redis, until its `/health` says `"redis":"up"`: its listener has
     /// the epoch, so a hello cannot race the first catch-up).
     pub(crate) fn start(args: &Args, replica: usize) -> Result<Server, String> {
-        let bin = std::env::var_os("SWITCHYARD_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/switchyard")
-            });
-        if !bin.is_file() {
-            return Err(format!(
-                "{} not found: run `cargo build --release` first, or set SWITCHYARD_BIN",
-                bin.display()
-            ));
-        }
+        let (bin, bin_args) = command_for(&args.server)?;
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
             probe.local_addr().map_err(|e| e.to_string())?.port()
@@ -37,7 +59,8 @@ impl Server {
         let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&bin);
-        cmd.env("PORT", port.to_string())
+        cmd.args(&bin_args)
+            .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")
             .env(
                 "MAX_CONNECTIONS",
@@ -70,11 +93,16 @@ impl Server {
         }
         let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
         let pid = child.id();
+        let mut shown = bin.into_os_string();
+        for a in &bin_args {
+            shown.push(" ");
+            shown.push(a);
+        }
         let mut server = Server {
             child,
             pid,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            bin,
+            bin: PathBuf::from(shown),
             log,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);

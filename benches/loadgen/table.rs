@@ -38,7 +38,16 @@ impl Table {
             None => String::new(),
         };
         let title = args.label.clone().unwrap_or_else(|| {
-            if args.idle {
+            let server = match args.server {
+                ServerKind::Switchyard => String::new(),
+                ServerKind::Node(_) => format!(" — {}", args.server.name()),
+            };
+            let title = if args.accept {
+                format!(
+                    "accept rate, {} connections, {} in flight",
+                    args.clients, args.connect_concurrency
+                )
+            } else if args.idle {
                 format!("{} idle connections{hub}", args.clients)
             } else if args.throughput {
                 format!(
@@ -57,7 +66,8 @@ impl Table {
                         String::new()
                     }
                 ) + &hub
-            }
+            };
+            title + &server
         });
         let extra = args
             .server_env
