@@ -99,6 +99,27 @@ fn listen(socket: TcpSocket) -> io::Result<std::net::TcpListener> {
     socket.listen(BACKLOG)?.into_std()
 }
 
+/// Keeps a timer at most [`ANCHOR`] away in the loop's timer wheel.
+///
+/// Why: when a timer is armed earlier than the earliest one the driver
+/// went to sleep with, tokio wakes the driver through its eventfd, even
+/// from the driver's own thread while it runs. Every proxied request arms
+/// two (hyper's header-read timeout, the dashboard timeout), seconds
+/// away; with no nearer timer in the wheel, a quarter of the requests at
+/// 64 connections paid a `write(2)` to the eventfd (`perf stat -e
+/// syscalls:sys_enter_write`: 0.26 per request, 0.00 with this tick,
+/// two runs each). It costs one wake-up a second.
+async fn anchor_timers() {
+    let mut ticks = tokio::time::interval(ANCHOR);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+    }
+}
+
+/// See [`anchor_timers`]: nearer than any timeout the proxy arms.
+const ANCHOR: Duration = Duration::from_secs(1);
+
 /// A loop's thread: runs `serve` on a current-thread runtime and returns
 /// when it does, then cuts whatever tasks are left.
 pub fn start<F, Fut>(number: usize, serve: F) -> io::Result<std::thread::JoinHandle<()>>
@@ -113,6 +134,7 @@ where
         .name(format!("http-loop-{number}"))
         .spawn(move || {
             LOOP.with(|cell| cell.set(number));
+            runtime.spawn(anchor_timers());
             runtime.block_on(serve());
             runtime.shutdown_timeout(EXIT_LIMIT);
         })
