@@ -43,7 +43,7 @@ use tokio::sync::Notify;
 
 use super::dedup::{Check, RecentIds};
 use super::retained::RetainedState;
-use super::subscribers::{distinct_patterns, log_cut_offs, Subscribers};
+use super::subscribers::{distinct_patterns, AfterUnlock, Subscribers};
 use super::topics::{Pattern, PatternIndex};
 use super::{
     Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Limits, Publication, Receipt,
@@ -54,6 +54,11 @@ use crate::shutdown::Shutdown;
 /// With this many events waiting for the fan-out task, a publisher fans
 /// out itself before it is answered: backpressure instead of a growing list.
 const PENDING_LIMIT: usize = 1024;
+
+/// Most events fanned out before the writes to idle clients go out: a
+/// client gets what piled up in one write, and the first of them waits
+/// for at most this many events' fan-out (each a pointer push per client).
+const FAN_OUT_BATCH: usize = 16;
 
 pub struct MemoryHub {
     epoch: Epoch,
@@ -140,7 +145,7 @@ impl MemoryHub {
                     tokio::select! {
                         _ = wanted.notified() => {
                             let Some(hub) = weak.upgrade() else { return };
-                            while hub.fan_out_one() {
+                            while hub.fan_out_batch() {
                                 tokio::task::yield_now().await;
                             }
                         }
@@ -187,26 +192,33 @@ impl MemoryHub {
         while self.fan_out_next(&one_at_a_time) {}
     }
 
-    /// One event's fan-out, for the task, which yields between events: to
-    /// thousands of subscribers one event is already a millisecond of work.
-    fn fan_out_one(&self) -> bool {
+    /// Up to [`FAN_OUT_BATCH`] events' fan-out, for the task, which yields
+    /// between batches: to thousands of subscribers one event is already a
+    /// millisecond of work.
+    fn fan_out_batch(&self) -> bool {
         let one_at_a_time = lock(&self.fan_out);
         self.fan_out_next(&one_at_a_time)
     }
 
-    /// Fans out the oldest pending event; false when none was pending.
-    /// Only for a caller holding `fan_out` (the guard proves it).
+    /// Fans out the oldest pending events, up to [`FAN_OUT_BATCH`] of them
+    /// (one subscribers lock each), then writes them to idle clients'
+    /// sockets once (see `subscribers`): a client gets the events that
+    /// piled up in one write. False when none was pending. Only for a
+    /// caller holding `fan_out` (the guard proves it).
     fn fan_out_next(&self, _one_at_a_time: &MutexGuard<'_, ()>) -> bool {
-        let Some(event) = lock(&self.state).pending.pop_front() else {
-            return false;
-        };
-        let cut_offs = {
+        let mut after_unlock = AfterUnlock::default();
+        let mut any = false;
+        for _ in 0..FAN_OUT_BATCH {
+            let Some(event) = lock(&self.state).pending.pop_front() else {
+                break;
+            };
+            any = true;
             let mut subscribers = lock(&self.subscribers);
-            subscribers.deliver(&event);
-            subscribers.take_cut_offs()
-        };
-        log_cut_offs(cut_offs);
-        true
+            subscribers.deliver(&event, true);
+            after_unlock.absorb(subscribers.take_after_unlock());
+        }
+        after_unlock.run();
+        any
     }
 
     /// `patterns` (distinct, within the limit) and `matcher` (an index of
