@@ -177,8 +177,17 @@ impl ClientQueue {
     }
 
     /// The transport writes: no direct write until [`ClientQueue::end_write`].
-    pub fn begin_write(&self) {
-        self.lock().writing = true;
+    /// Answers the first delivery if a direct write left it part-written,
+    /// with the bytes of it already out: the transport must write its rest
+    /// before anything else.
+    pub fn begin_write(&self) -> Option<(Delivery, usize)> {
+        let mut state = self.lock();
+        state.writing = true;
+        if state.skip == 0 {
+            return None;
+        }
+        let skip = std::mem::take(&mut state.skip);
+        state.items.pop_front().map(|first| (first, skip))
     }
 
     /// The transport has written everything it took.

@@ -101,12 +101,6 @@ impl AfterUnlock {
         }
     }
 
-    /// Adds `later`'s work to this.
-    pub fn absorb(&mut self, mut later: AfterUnlock) {
-        self.cut_offs.append(&mut later.cut_offs);
-        self.flushes.append(&mut later.flushes);
-    }
-
     /// The cut-offs in it (tests).
     pub fn cut_offs(&self) -> &[CutOff] {
         &self.cut_offs
@@ -283,7 +277,9 @@ impl Subscribers {
     /// Queues `event` for every matching subscriber; cuts off the ones whose
     /// queue is full. Returns how many queues it reached. With `direct`,
     /// idle clients get it written to their socket by the owner's
-    /// [`AfterUnlock::run`], with whatever else it delivered before that.
+    /// [`AfterUnlock::run`] (for when the fan-out keeps up: with events
+    /// piling up, waking each client's task to write them in one go is
+    /// cheaper).
     pub fn deliver(&mut self, event: &Arc<Event>, direct: bool) -> usize {
         let mut delivered = 0;
         let mut too_slow = Vec::new();

@@ -320,6 +320,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// One vectored write of what is pending. The slices are built on the
     /// stack at each poll, so they are never part of a suspended future:
     /// every client task is as large as its largest await, idle or not.
+    /// Makes `frame`, of which the first `skip` bytes are out already (a
+    /// direct write stopped inside it), the next thing written. Only when
+    /// nothing else is pending: while the task writes, nobody else does.
+    pub fn resume(&mut self, frame: Frame, skip: usize) {
+        if self.done >= self.pending.len() {
+            self.pending = vec![frame];
+            self.done = 0;
+            self.offset = 0;
+            self.advance(skip);
+        }
+    }
+
     /// What it writes to.
     pub fn io(&self) -> &W {
         &self.io

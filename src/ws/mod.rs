@@ -508,8 +508,15 @@ impl Client {
             Ok(mut stream) => {
                 let ending = self.serve(writer, frames, &mut stream).await;
                 // The close (and whatever an interrupted write left) is the
-                // task's alone to write.
+                // task's alone to write; a frame a direct write stopped
+                // inside is finished before it.
                 drop(stream.queue().detach_sink());
+                if let Some((delivery, skip)) = stream.queue().begin_write() {
+                    writer.resume(
+                        Frame::new(codec::OP_TEXT, Bytes::from(delivery.frame())),
+                        skip,
+                    );
+                }
                 ending
             }
             Err(HubError::TooManyPatterns { .. }) => Ending::TooManyPatterns,
@@ -802,10 +809,15 @@ async fn close(writer: &mut Writer, ending: Ending) {
 async fn write(
     writer: &mut Writer,
     stream: &mut ClientStream,
-    out: Vec<Frame>,
-    skip: usize,
+    mut out: Vec<Frame>,
+    mut skip: usize,
 ) -> Result<(), Ending> {
-    stream.queue().begin_write();
+    // A frame a direct write stopped inside goes first (its rest), or the
+    // client would get our frame in the middle of it.
+    if let Some((delivery, done)) = stream.queue().begin_write() {
+        out.insert(0, Frame::new(codec::OP_TEXT, Bytes::from(delivery.frame())));
+        skip = done;
+    }
     // Boxed: see `connect`.
     match Box::pin(stream.guard(writer.send_skipping(out, skip))).await {
         Ok(Ok(())) => {
