@@ -129,6 +129,14 @@ pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
     )
 }
 
+impl<T> Watched<T> {
+    /// The socket itself, for a connection that leaves hyper (an upgraded
+    /// WebSocket bounds its own writes).
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -50,6 +50,8 @@ pub struct ClientStream {
     subscription: Subscription,
     hello_given: bool,
     batch: Vec<Delivery>,
+    /// Bytes of `batch[0]` already written directly (see `hub::queue`).
+    skip: usize,
     /// The keepalive clock; one per client, polled for an atomic load.
     pings: Signal,
     /// The drain; one per client, polled for an atomic load.
@@ -62,6 +64,7 @@ impl ClientStream {
             subscription,
             hello_given: false,
             batch: Vec::new(),
+            skip: 0,
             pings,
             stop,
         }
@@ -76,6 +79,13 @@ impl ClientStream {
     /// client at once, even while its socket is full).
     pub fn queue(&self) -> &Arc<ClientQueue> {
         &self.subscription.queue
+    }
+
+    /// Bytes of the first delivery of the last `Step::Deliveries` that
+    /// were already written to the socket directly (a transport that
+    /// attached a sink to its queue skips them).
+    pub fn skip(&self) -> usize {
+        self.skip
     }
 
     /// Runs `work` (a write) unless the client is cut off or the gateway
@@ -116,7 +126,7 @@ impl ClientStream {
             biased;
             _ = &mut self.stop => Step::End(End::Shutdown),
             _ = &mut self.pings => Step::Keepalive,
-            received = queue.recv_many(&mut self.batch, BATCH) => {
+            received = queue.recv_many(&mut self.batch, BATCH, &mut self.skip) => {
                 if received == 0 {
                     Step::End(End::CutOff)
                 } else {

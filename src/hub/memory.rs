@@ -43,7 +43,7 @@ use tokio::sync::Notify;
 
 use super::dedup::{Check, RecentIds};
 use super::retained::RetainedState;
-use super::subscribers::{distinct_patterns, log_cut_offs, Subscribers};
+use super::subscribers::{distinct_patterns, Subscribers};
 use super::topics::{Pattern, PatternIndex};
 use super::{
     Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Limits, Publication, Receipt,
@@ -195,17 +195,28 @@ impl MemoryHub {
     }
 
     /// Fans out the oldest pending event; false when none was pending.
-    /// Only for a caller holding `fan_out` (the guard proves it).
+    /// When it was the only one pending (the fan-out keeps up), idle
+    /// clients get it written to their sockets right here (see
+    /// `subscribers`); with more waiting, each client's task is woken and
+    /// writes what piled up in one go, on every core. (Fanning out a batch
+    /// and then writing it directly, on the fan-out's task, halved the
+    /// saturated throughput at 10k clients x 100 ev/s.) Only for a caller
+    /// holding `fan_out` (the guard proves it).
     fn fan_out_next(&self, _one_at_a_time: &MutexGuard<'_, ()>) -> bool {
-        let Some(event) = lock(&self.state).pending.pop_front() else {
+        let (event, more) = {
+            let mut state = lock(&self.state);
+            let event = state.pending.pop_front();
+            (event, !state.pending.is_empty())
+        };
+        let Some(event) = event else {
             return false;
         };
-        let cut_offs = {
+        let after_unlock = {
             let mut subscribers = lock(&self.subscribers);
-            subscribers.deliver(&event);
-            subscribers.take_cut_offs()
+            subscribers.deliver(&event, !more);
+            subscribers.take_after_unlock()
         };
-        log_cut_offs(cut_offs);
+        after_unlock.run();
         true
     }
 

@@ -163,6 +163,14 @@ impl Delivery {
         }
     }
 
+    /// The frame's bytes, borrowed.
+    pub fn frame_bytes(&self) -> &[u8] {
+        match self {
+            Delivery::Event(event) => event.frame.as_bytes(),
+            Delivery::Reset(reset) => reset.frame.as_bytes(),
+        }
+    }
+
     /// The frame to send, shared, not copied.
     pub fn frame(&self) -> Utf8Frame {
         match self {

@@ -16,9 +16,15 @@
 //! that pattern does not deliver them again. That is what lets a hub add
 //! patterns without first draining the events still waiting for fan-out.
 //!
+//! Direct writes: [`Subscribers::deliver`] with `direct` queues with
+//! [`ClientQueue::push_direct`] and collects the queues that owe a flush;
+//! the owner runs them ([`AfterUnlock::run`]) once its lock is released, so
+//! the writes to idle clients' sockets happen under no hub lock.
+//!
 //! Does not own: locking, or logging. The owner (a hub) keeps this inside
-//! its lock; cut-offs are collected ([`Subscribers::take_cut_offs`]) so the
-//! owner logs them after releasing it.
+//! its lock; cut-offs and flushes are collected
+//! ([`Subscribers::take_after_unlock`]) so the owner logs and writes them
+//! after releasing it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -54,14 +60,50 @@ pub struct CutOff {
     pub seq: Seq,
 }
 
-/// Logs cut-offs; call with no hub lock held.
-pub fn log_cut_offs(cut_offs: Vec<CutOff>) {
-    for cut_off in cut_offs {
-        warn!(
-            subscriber = cut_off.subscriber,
-            seq = cut_off.seq,
-            "client queue full; cutting it off"
-        );
+/// With this many direct writes owed after one fan-out, half are handed
+/// to another task (see [`AfterUnlock::run`]).
+const SPLIT_FLUSHES: usize = 1024;
+
+/// What the owner does once it has released its lock: log the cut-offs
+/// and write queued deliveries straight to idle clients' sockets.
+#[derive(Default)]
+pub struct AfterUnlock {
+    cut_offs: Vec<CutOff>,
+    flushes: Vec<Arc<ClientQueue>>,
+}
+
+impl AfterUnlock {
+    /// Call with no hub lock held. A long list of writes is split: half
+    /// goes to a task of its own, so both cores of a busy runtime write
+    /// (the last client's latency is that of the longest half). Order
+    /// holds: a client's writes are serialised by its queue's lock, and a
+    /// later event finds the flush still owed and rides along with it.
+    pub fn run(mut self) {
+        if self.flushes.len() >= SPLIT_FLUSHES {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let half = self.flushes.split_off(self.flushes.len() / 2);
+                runtime.spawn(async move {
+                    for queue in &half {
+                        queue.flush();
+                    }
+                });
+            }
+        }
+        for queue in &self.flushes {
+            queue.flush();
+        }
+        for cut_off in self.cut_offs {
+            warn!(
+                subscriber = cut_off.subscriber,
+                seq = cut_off.seq,
+                "client queue full; cutting it off"
+            );
+        }
+    }
+
+    /// The cut-offs in it (tests).
+    pub fn cut_offs(&self) -> &[CutOff] {
+        &self.cut_offs
     }
 }
 
@@ -90,8 +132,8 @@ pub struct Subscribers {
     next_serial: u64,
     /// MAX_PATTERNS_PER_CLIENT.
     max_patterns: usize,
-    /// Cut off since the owner last took them.
-    cut_offs: Vec<CutOff>,
+    /// Cut off, and queues owing a flush, since the owner last took them.
+    after_unlock: AfterUnlock,
     /// Deliveries queued since start.
     pub delivered_total: u64,
     /// Deliveries that found a full queue since start.
@@ -115,7 +157,7 @@ impl Subscribers {
             index: PatternIndex::default(),
             next_serial: 0,
             max_patterns,
-            cut_offs: Vec::new(),
+            after_unlock: AfterUnlock::default(),
             delivered_total: 0,
             dropped_total: 0,
             cut_off_total: 0,
@@ -233,11 +275,16 @@ impl Subscribers {
     }
 
     /// Queues `event` for every matching subscriber; cuts off the ones whose
-    /// queue is full. Returns how many queues it reached.
-    pub fn deliver(&mut self, event: &Arc<Event>) -> usize {
+    /// queue is full. Returns how many queues it reached. With `direct`,
+    /// idle clients get it written to their socket by the owner's
+    /// [`AfterUnlock::run`] (for when the fan-out keeps up: with events
+    /// piling up, waking each client's task to write them in one go is
+    /// cheaper).
+    pub fn deliver(&mut self, event: &Arc<Event>, direct: bool) -> usize {
         let mut delivered = 0;
         let mut too_slow = Vec::new();
         let slots = &mut self.slots;
+        let flushes = &mut self.after_unlock.flushes;
         self.index.for_each_match(&event.topic, |(slot, added_at)| {
             // The pattern's state, answered when it was added, covers it.
             if event.seq <= added_at {
@@ -250,8 +297,19 @@ impl Subscribers {
                 return;
             }
             subscriber.last_seq = event.seq;
-            match subscriber.queue.push(Delivery::Event(event.clone())) {
-                Ok(()) => delivered += 1,
+            let delivery = Delivery::Event(event.clone());
+            let pushed = if direct {
+                subscriber.queue.push_direct(delivery)
+            } else {
+                subscriber.queue.push(delivery).map(|()| false)
+            };
+            match pushed {
+                Ok(owed) => {
+                    delivered += 1;
+                    if owed {
+                        flushes.push(subscriber.queue.clone());
+                    }
+                }
                 Err(PushError::Full) => too_slow.push(slot),
                 // The transport is gone and will unsubscribe; nothing to do.
                 Err(PushError::Closed) => {}
@@ -323,7 +381,7 @@ impl Subscribers {
     fn cut_off(&mut self, too_slow: Vec<usize>, seq: Seq) {
         for slot in too_slow {
             if let Some(subscriber) = self.slots.get(slot) {
-                self.cut_offs.push(CutOff {
+                self.after_unlock.cut_offs.push(CutOff {
                     subscriber: subscriber.serial,
                     seq,
                 });
@@ -333,10 +391,10 @@ impl Subscribers {
         }
     }
 
-    /// The subscribers cut off since the last call, to log once the owner's
-    /// lock is released (see [`log_cut_offs`]).
-    pub fn take_cut_offs(&mut self) -> Vec<CutOff> {
-        std::mem::take(&mut self.cut_offs)
+    /// The subscribers cut off and the queues owing a flush since the last
+    /// call, to run once the owner's lock is released.
+    pub fn take_after_unlock(&mut self) -> AfterUnlock {
+        std::mem::take(&mut self.after_unlock)
     }
 
     /// Totals for metrics; the owner knows what it published and keeps.
@@ -407,8 +465,8 @@ mod tests {
             .as_str()
             .contains(r#""state":{"b":{"seq":7,"data":7}}"#));
         // Events the reset already covers are not delivered again.
-        assert_eq!(subscribers.deliver(&event(6, "a/y")), 0);
-        assert_eq!(subscribers.deliver(&event(8, "a/y")), 1);
+        assert_eq!(subscribers.deliver(&event(6, "a/y"), false), 0);
+        assert_eq!(subscribers.deliver(&event(8, "a/y"), false), 1);
         assert_eq!(a.queue.try_pop().map(|d| d.seq()), Some(8));
     }
 
@@ -422,9 +480,9 @@ mod tests {
             .unwrap();
         subscribers.reset(&Epoch::from_string("new"), 0, &RetainedState::default());
         for seq in 1..=3 {
-            assert_eq!(subscribers.deliver(&event(seq, "a")), 1);
+            assert_eq!(subscribers.deliver(&event(seq, "a"), false), 1);
         }
-        assert_eq!(subscribers.deliver(&event(4, "b")), 1);
+        assert_eq!(subscribers.deliver(&event(4, "b"), false), 1);
         let seqs: Vec<Seq> = std::iter::from_fn(|| client.queue.try_pop())
             .map(|d| d.seq())
             .collect();
@@ -433,7 +491,7 @@ mod tests {
         subscribers
             .remove_patterns(client.id, &patterns(["a".to_owned()]))
             .unwrap();
-        assert_eq!(subscribers.deliver(&event(5, "a")), 0);
+        assert_eq!(subscribers.deliver(&event(5, "a"), false), 0);
     }
 
     fn patterns(texts: impl IntoIterator<Item = String>) -> Vec<Pattern> {
@@ -467,13 +525,13 @@ mod tests {
             "too many patterns: at most 4 per client (MAX_PATTERNS_PER_CLIENT)"
         );
         assert_eq!(subscribers.pattern_count(client.id), Some(2));
-        assert_eq!(subscribers.deliver(&event(1, "c")), 0);
+        assert_eq!(subscribers.deliver(&event(1, "c"), false), 0);
         // Held ones do not count again; up to the limit is fine.
         let two = patterns(["a", "c", "d", "c"].map(String::from));
         let added = subscribers.add_patterns(client.id, &two, 1).unwrap();
         assert_eq!(added.len(), 2);
         assert_eq!(subscribers.pattern_count(client.id), Some(4));
-        assert_eq!(subscribers.deliver(&event(2, "d")), 1);
+        assert_eq!(subscribers.deliver(&event(2, "d"), false), 1);
         // Removing makes room again.
         subscribers
             .remove_patterns(client.id, &patterns(["a".to_owned()]))
@@ -497,9 +555,9 @@ mod tests {
         subscribers
             .add_patterns(client.id, &patterns(["b".to_owned()]), 5)
             .unwrap();
-        assert_eq!(subscribers.deliver(&event(3, "a")), 1);
-        assert_eq!(subscribers.deliver(&event(4, "b")), 0);
-        assert_eq!(subscribers.deliver(&event(6, "b")), 1);
+        assert_eq!(subscribers.deliver(&event(3, "a"), false), 1);
+        assert_eq!(subscribers.deliver(&event(4, "b"), false), 0);
+        assert_eq!(subscribers.deliver(&event(6, "b"), false), 1);
         let seqs: Vec<Seq> = std::iter::from_fn(|| client.queue.try_pop())
             .map(|d| d.seq())
             .collect();
@@ -510,12 +568,12 @@ mod tests {
     fn cut_offs_are_handed_to_the_owner_to_log() {
         let mut subscribers = Subscribers::default();
         let slow = subscribers.add(&[Pattern::everything()], 0, 1).unwrap();
-        subscribers.deliver(&event(1, "t"));
-        subscribers.deliver(&event(2, "t"));
+        subscribers.deliver(&event(1, "t"), false);
+        subscribers.deliver(&event(2, "t"), false);
         assert!(slow.queue.is_closed());
-        let cut = subscribers.take_cut_offs();
-        assert_eq!(cut.len(), 1);
-        assert_eq!(cut[0].seq, 2);
-        assert!(subscribers.take_cut_offs().is_empty());
+        let cut = subscribers.take_after_unlock();
+        assert_eq!(cut.cut_offs().len(), 1);
+        assert_eq!(cut.cut_offs()[0].seq, 2);
+        assert!(subscribers.take_after_unlock().cut_offs().is_empty());
     }
 }

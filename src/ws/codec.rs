@@ -170,21 +170,7 @@ pub struct Frame {
 impl Frame {
     pub fn new(opcode: u8, payload: impl Into<Bytes>) -> Frame {
         let payload = payload.into();
-        let mut header = [0u8; 10];
-        header[0] = 0x80 | opcode;
-        let len = payload.len();
-        let header_len = if len < 126 {
-            header[1] = len as u8;
-            2
-        } else if let Ok(short) = u16::try_from(len) {
-            header[1] = 126;
-            header[2..4].copy_from_slice(&short.to_be_bytes());
-            4
-        } else {
-            header[1] = 127;
-            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        };
+        let (header, header_len) = header(opcode, payload.len());
         Frame {
             header,
             header_len,
@@ -199,6 +185,26 @@ impl Frame {
     fn len(&self) -> usize {
         usize::from(self.header_len) + self.payload.len()
     }
+}
+
+/// The header of an unmasked, final frame of `len` payload bytes, and how
+/// many of its 10 bytes it uses.
+pub fn header(opcode: u8, len: usize) -> ([u8; 10], u8) {
+    let mut header = [0u8; 10];
+    header[0] = 0x80 | opcode;
+    let used = if len < 126 {
+        header[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (header, used)
 }
 
 /// A close frame: the code, then the reason.
@@ -272,17 +278,31 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// restarts the clock. A timer exists only while the socket is full.
     /// Cancel-safe: dropped midway, the rest stays pending.
     pub async fn send(&mut self, frames: Vec<Frame>) -> Result<(), WriteError> {
+        self.send_skipping(frames, 0).await
+    }
+
+    /// [`Writer::send`], the first `skip` bytes of `frames` being out
+    /// already (written by the fan-out, see `socket`). Only after a
+    /// complete write: an interrupted one ends the connection.
+    pub async fn send_skipping(
+        &mut self,
+        frames: Vec<Frame>,
+        skip: usize,
+    ) -> Result<(), WriteError> {
         if self.done >= self.pending.len() {
             self.pending = frames;
             self.done = 0;
             self.offset = 0;
+            self.advance(skip);
         } else {
             self.pending.extend(frames);
         }
         while self.done < self.pending.len() {
             let written = match self.write_some().now_or_never() {
                 Some(written) => written,
-                None => tokio::time::timeout(self.write_timeout, self.write_some())
+                // Boxed: the timer exists only while the socket is full,
+                // and is then no part of every idle client's task.
+                None => Box::pin(tokio::time::timeout(self.write_timeout, self.write_some()))
                     .await
                     .map_err(|_| WriteError::Stalled)?,
             };
@@ -300,6 +320,23 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// One vectored write of what is pending. The slices are built on the
     /// stack at each poll, so they are never part of a suspended future:
     /// every client task is as large as its largest await, idle or not.
+    /// Makes `frame`, of which the first `skip` bytes are out already (a
+    /// direct write stopped inside it), the next thing written. Only when
+    /// nothing else is pending: while the task writes, nobody else does.
+    pub fn resume(&mut self, frame: Frame, skip: usize) {
+        if self.done >= self.pending.len() {
+            self.pending = vec![frame];
+            self.done = 0;
+            self.offset = 0;
+            self.advance(skip);
+        }
+    }
+
+    /// What it writes to.
+    pub fn io(&self) -> &W {
+        &self.io
+    }
+
     fn write_some(&mut self) -> impl Future<Output = std::io::Result<usize>> + '_ {
         let Writer {
             io,

@@ -3,7 +3,10 @@
 //! Owns: the handshake checks (enabled, Origin, the access token,
 //! MAX_CONNECTIONS, query), one task per client that encodes what its
 //! [`ClientStream`] yields (the hello and catch-up, then each batch of
-//! deliveries as one vectored write sequence from the shared event bytes)
+//! deliveries as one vectored write sequence from the shared event bytes;
+//! once the hello is out, events for a client whose task is not writing
+//! are written to its [`socket`] by the hub's fan-out instead, and the task
+//! is woken only for what the socket did not take)
 //! and reads the client's frames (auth / subscribe / unsubscribe /
 //! publish, pings, close) — fairly: a steady flow of events never starves
 //! reading them; keepalive pings; WRITE_TIMEOUT_SECS on every write; and
@@ -25,6 +28,7 @@
 //! allows (`auth`), framing ([`codec`]).
 
 pub mod codec;
+pub mod socket;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -37,9 +41,9 @@ use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming as IncomingBody;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{ReadHalf, WriteHalf};
+use hyper_util::server::conn::auto::upgrade::downcast;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, warn};
@@ -51,12 +55,15 @@ use crate::cors;
 use crate::hub::{Catchup, HubError, Pattern, ResumePoint, Topic};
 use crate::protocol::{self, code, ClientFrame, SubscriptionQuery};
 use crate::response::{self, Body};
-use crate::watchdog::DRAIN_STALL;
+use crate::watchdog::{Watched, DRAIN_STALL};
 use bytes::Bytes;
 use codec::{Frame, Incoming, ReadError, WriteError};
+use socket::{Socket, SocketReader, SocketWriter};
 
-type Io = TokioIo<Upgraded>;
-type Writer = codec::Writer<WriteHalf<Io>>;
+/// What `server` hands hyper for each accepted socket; taken back whole
+/// after the upgrade.
+type Accepted = TokioIo<Watched<TcpStream>>;
+type Writer = codec::Writer<SocketWriter>;
 type ClientFrames = Pin<Box<dyn Stream<Item = Result<Incoming, ReadError>> + Send>>;
 
 /// Every this many turns of a client's loop its socket is read before its
@@ -173,13 +180,26 @@ pub fn upgrade(
                 return;
             }
         };
+        // The bare socket back from hyper: none of its connection's
+        // machinery stays allocated, and the fan-out can write to it.
+        let parts = match downcast::<Accepted>(upgraded) {
+            Ok(parts) => parts,
+            Err(_) => {
+                warn!(%peer, "websocket upgrade on an unexpected transport");
+                return;
+            }
+        };
+        let socket = Socket::new(parts.io.into_inner().into_inner());
         let limits = client.broadcaster.limits;
-        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        let mut writer = codec::Writer::new(write, limits.write_timeout);
-        let reader = codec::Reader::new(read, limits.max_message_bytes);
+        let mut writer =
+            codec::Writer::new(SocketWriter::new(socket.clone()), limits.write_timeout);
+        let reader = codec::Reader::new(
+            SocketReader::new(socket, parts.read_buf),
+            limits.max_message_bytes,
+        );
         let mut frames: ClientFrames = Box::pin(futures_util::stream::unfold(
             reader,
-            |mut reader: codec::Reader<ReadHalf<Io>>| async move {
+            |mut reader: codec::Reader<SocketReader>| async move {
                 let next = reader.next().await;
                 Some((next, reader))
             },
@@ -188,9 +208,12 @@ pub fn upgrade(
         // The queue is freed already; the grant and its timer go too
         // before a close that may take a while.
         drop(client.grant.take());
-        close(&mut writer, ending).await;
+        // Boxed: its timers would otherwise be part of the task's size for
+        // as long as the client is connected.
+        Box::pin(close(&mut writer, ending)).await;
         debug!(%peer, ending = ?ending, "websocket client disconnected");
     };
+    debug!(%peer, task_bytes = std::mem::size_of_val(&task), "websocket client task");
     broadcaster
         .shutdown
         .spawn_on(task, &broadcaster.client_runtime);
@@ -477,10 +500,25 @@ impl Client {
             debug!(peer = %self.peer, subject = ?grant.subject, admin = grant.admin, "websocket client authorized");
         }
         self.grant = LiveGrant::new(reader, &patterns);
-        let stream = self.broadcaster.subscribe(patterns, resume).await;
+        // Boxed, like every await but the idle one: the task is as large as
+        // its largest await, and it is idle almost all the time.
+        let stream = Box::pin(self.broadcaster.subscribe(patterns, resume)).await;
         debug!(peer = %self.peer, ok = stream.is_ok(), "websocket client connected");
         match stream {
-            Ok(mut stream) => self.serve(writer, frames, &mut stream).await,
+            Ok(mut stream) => {
+                let ending = self.serve(writer, frames, &mut stream).await;
+                // The close (and whatever an interrupted write left) is the
+                // task's alone to write; a frame a direct write stopped
+                // inside is finished before it.
+                drop(stream.queue().detach_sink());
+                if let Some((delivery, skip)) = stream.queue().begin_write() {
+                    writer.resume(
+                        Frame::new(codec::OP_TEXT, Bytes::from(delivery.frame())),
+                        skip,
+                    );
+                }
+                ending
+            }
             Err(HubError::TooManyPatterns { .. }) => Ending::TooManyPatterns,
             Err(_) => Ending::HubUnavailable,
         }
@@ -587,12 +625,14 @@ impl Client {
                             Ok(frame) => vec![Frame::new(codec::OP_TEXT, frame.into_bytes())],
                             Err(ending) => return ending,
                         };
-                        if let Err(ending) = write(writer, stream, out).await {
+                        if let Err(ending) = write(writer, stream, out, 0).await {
                             return ending;
                         }
                         continue;
                     }
                     step = stream.next() => {
+                        let hello = matches!(step, Step::Hello(_));
+                        let deliveries = matches!(step, Step::Deliveries(_));
                         let out = match encode_step(step) {
                             Encoded::Frames(frames) => frames,
                             Encoded::Keepalive => {
@@ -603,8 +643,15 @@ impl Client {
                             }
                             Encoded::End(end) => return end.into(),
                         };
-                        if let Err(ending) = write(writer, stream, out).await {
+                        let skip = if deliveries { stream.skip() } else { 0 };
+                        if let Err(ending) = write(writer, stream, out, skip).await {
                             return ending;
+                        }
+                        if hello {
+                            // From now on the fan-out writes events to an
+                            // idle client itself (see `socket`).
+                            let sink: Arc<Socket> = writer.io().socket().clone();
+                            stream.queue().attach_sink(sink);
                         }
                         continue;
                     }
@@ -616,8 +663,7 @@ impl Client {
                 return ending;
             }
             let reply = match message {
-                Some(Ok(Incoming::Text(text))) => self
-                    .client_frame(&text, stream)
+                Some(Ok(Incoming::Text(text))) => Box::pin(self.client_frame(&text, stream))
                     .await
                     .map(|reply| (codec::OP_TEXT, reply.into_bytes())),
                 Some(Ok(Incoming::Binary)) => Some((
@@ -633,8 +679,8 @@ impl Client {
                 _ => None,
             };
             if let Some((opcode, payload)) = reply {
-                if let Err(ending) = write(writer, stream, vec![Frame::new(opcode, payload)]).await
-                {
+                let out = vec![Frame::new(opcode, payload)];
+                if let Err(ending) = write(writer, stream, out, 0).await {
                     return ending;
                 }
             }
@@ -756,14 +802,28 @@ async fn close(writer: &mut Writer, ending: Ending) {
     writer.finish(frame, limit).await;
 }
 
-/// Writes `out` unless the client is cut off or the gateway drains first.
+/// Writes `out` (its first `skip` bytes were written by the fan-out)
+/// unless the client is cut off or the gateway drains first. While it
+/// writes, the fan-out leaves the socket to it; after a failed write it
+/// never writes to it again.
 async fn write(
     writer: &mut Writer,
     stream: &mut ClientStream,
-    out: Vec<Frame>,
+    mut out: Vec<Frame>,
+    mut skip: usize,
 ) -> Result<(), Ending> {
-    match stream.guard(writer.send(out)).await {
-        Ok(Ok(())) => Ok(()),
+    // A frame a direct write stopped inside goes first (its rest), or the
+    // client would get our frame in the middle of it.
+    if let Some((delivery, done)) = stream.queue().begin_write() {
+        out.insert(0, Frame::new(codec::OP_TEXT, Bytes::from(delivery.frame())));
+        skip = done;
+    }
+    // Boxed: see `connect`.
+    match Box::pin(stream.guard(writer.send_skipping(out, skip))).await {
+        Ok(Ok(())) => {
+            stream.queue().end_write();
+            Ok(())
+        }
         Ok(Err(error)) => Err(error.into()),
         Err(end) => Err(end.into()),
     }

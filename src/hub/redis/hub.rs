@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::snapshot::{Kind, RemoteSnapshot};
 use super::{lock, RedisHub, ID_WINDOW, LISTENER_WAIT, SUBSCRIBE_ATTEMPTS};
-use crate::hub::subscribers::{distinct_patterns, log_cut_offs, Registration};
+use crate::hub::subscribers::{distinct_patterns, Registration};
 use crate::hub::topics::{Pattern, PatternIndex};
 use crate::hub::{
     Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Publication, Receipt, ResumePoint,
@@ -53,9 +53,9 @@ impl RedisHub {
                     local.subscribers.deliver_to(registration.id, event);
                 }
             }
-            (registration, local.subscribers.take_cut_offs())
+            (registration, local.subscribers.take_after_unlock())
         };
-        log_cut_offs(cut_offs);
+        cut_offs.run();
         Ok(Some(registration))
     }
 

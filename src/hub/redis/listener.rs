@@ -19,7 +19,6 @@ use super::{
     lock, Local, RedisHub, CHECK_EVERY, FIRST_BACKOFF, HEALTHY_PERIOD, MAX_BACKOFF, REDIS_TIMEOUT,
 };
 use crate::hub::retained::RetainedState;
-use crate::hub::subscribers::log_cut_offs;
 use crate::hub::{Epoch, Event, ResumePoint, Seq};
 
 impl RedisHub {
@@ -199,9 +198,9 @@ impl RedisHub {
             for event in replay {
                 self.deliver_locked(&mut local, event);
             }
-            local.subscribers.take_cut_offs()
+            local.subscribers.take_after_unlock()
         };
-        log_cut_offs(cut_offs);
+        cut_offs.run();
     }
 
     /// Delivers events of `epoch` in seq order, skipping what was already
@@ -216,9 +215,9 @@ impl RedisHub {
             for event in events {
                 self.deliver_locked(&mut local, event);
             }
-            local.subscribers.take_cut_offs()
+            local.subscribers.take_after_unlock()
         };
-        log_cut_offs(cut_offs);
+        cut_offs.run();
     }
 
     pub(super) fn deliver_locked(&self, local: &mut Local, event: &Arc<Event>) {
@@ -226,7 +225,7 @@ impl RedisHub {
             return;
         }
         local.seq = event.seq;
-        local.subscribers.deliver(event);
+        local.subscribers.deliver(event, true);
         if self.limits.history_size == 0 {
             return;
         }

@@ -1,0 +1,183 @@
+//! The upgraded client socket, shared by the client's task and the hub's
+//! fan-out.
+//!
+//! Owns: [`Socket`], the bare `TcpStream` taken back from hyper once the
+//! upgrade is done (hyper's `Upgraded` box, its `Rewind` and the watchdog
+//! wrapper are dropped: nothing of the HTTP connection stays allocated for
+//! a WebSocket); the task's reading and writing ends over it
+//! ([`SocketReader`], which first hands out any bytes hyper had read past
+//! the request, and [`SocketWriter`]); and its [`Sink`] side: the fan-out
+//! writes a delivery straight to the socket, without waiting, while the
+//! client's task is not writing (see `hub::queue`), so an idle client's
+//! task is not woken for each event.
+//!
+//! Does not own: when the fan-out may write (the queue decides, under its
+//! lock), framing rules (`codec`), or any timeout (the task's writer).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::codec;
+use crate::hub::queue::Sink;
+use crate::hub::Delivery;
+
+/// Most deliveries one direct write takes; the rest wait for the next.
+const DIRECT_FRAMES: usize = 32;
+
+pub struct Socket {
+    stream: TcpStream,
+}
+
+impl Socket {
+    pub fn new(stream: TcpStream) -> Arc<Socket> {
+        Arc::new(Socket { stream })
+    }
+}
+
+impl Sink for Socket {
+    fn write_now(&self, items: &VecDeque<Delivery>, skip: usize) -> io::Result<usize> {
+        let count = items.len().min(DIRECT_FRAMES);
+        let mut headers = [([0u8; 10], 0u8); DIRECT_FRAMES];
+        for (header, delivery) in headers.iter_mut().zip(items.iter().take(count)) {
+            *header = codec::header(codec::OP_TEXT, delivery.frame_bytes().len());
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * DIRECT_FRAMES];
+        let mut used = 0;
+        let mut skip = skip;
+        for ((header, len), delivery) in headers.iter().zip(items.iter().take(count)) {
+            for part in [&header[..usize::from(*len)], delivery.frame_bytes()] {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                slices[used] = IoSlice::new(&part[skip..]);
+                used += 1;
+                skip = 0;
+            }
+        }
+        match self.stream.try_write_vectored(&slices[..used]) {
+            Ok(written) => Ok(written),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn wire_len(&self, delivery: &Delivery) -> usize {
+        let len = delivery.frame_bytes().len();
+        usize::from(codec::header(codec::OP_TEXT, len).1) + len
+    }
+}
+
+/// The task's reading end: the bytes hyper read past the upgrade request
+/// first, then the socket.
+pub struct SocketReader {
+    early: Bytes,
+    socket: Arc<Socket>,
+}
+
+impl SocketReader {
+    pub fn new(socket: Arc<Socket>, early: Bytes) -> SocketReader {
+        // Copied (or dropped): even an empty `Bytes` from hyper can keep
+        // its whole read buffer (kilobytes) alive for as long as we hold it.
+        let early = if early.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&early)
+        };
+        SocketReader { early, socket }
+    }
+}
+
+impl AsyncRead for SocketReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early[..n]);
+            this.early.advance(n);
+            if this.early.is_empty() {
+                this.early = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.socket.stream.poll_read_ready(cx))?;
+            match this.socket.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; `try_read` cleared it.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+/// The task's writing end (the fan-out writes through [`Sink`] only while
+/// the task does not).
+pub struct SocketWriter(Arc<Socket>);
+
+impl SocketWriter {
+    pub fn new(socket: Arc<Socket>) -> SocketWriter {
+        SocketWriter(socket)
+    }
+
+    pub fn socket(&self) -> &Arc<Socket> {
+        &self.0
+    }
+}
+
+impl AsyncWrite for SocketWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let stream = &self.0.stream;
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write_vectored(bufs) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                // Readiness was stale; `try_write_vectored` cleared it.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends FIN (the socket is shared, so this is `shutdown(2)` on it, not
+    /// a drop).
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = rustix::net::shutdown(&self.0.stream, rustix::net::Shutdown::Write);
+        Poll::Ready(outcome.map_err(io::Error::from))
+    }
+}
