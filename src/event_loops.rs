@@ -28,7 +28,10 @@ use std::time::Duration;
 
 use tokio::net::TcpSocket;
 
-/// Pending connections each listener's kernel queue holds (tokio's default).
+/// Pending connections each listener's kernel queue holds (capped by
+/// `net.core.somaxconn`). `TcpListener::bind` asked for 128: a burst of
+/// WebSocket connects (256 in flight in `benches/broadcast.sh`) overflowed
+/// it and waited out a 1 s SYN retransmit; nginx and uWS ask for 511/512.
 const BACKLOG: u32 = 1024;
 
 /// Longest a loop's runtime waits for its tasks at exit; what is left is
