@@ -98,13 +98,7 @@ impl ClientQueue {
     /// Queues one delivery without waiting; wakes the reader if it waits.
     pub fn push(&self, delivery: Delivery) -> Result<(), PushError> {
         let mut state = self.lock();
-        if state.closed {
-            return Err(PushError::Closed);
-        }
-        if state.items.len() >= self.capacity {
-            return Err(PushError::Full);
-        }
-        state.items.push_back(delivery);
+        state.append(delivery, self.capacity)?;
         let reader = state.reader.take();
         drop(state);
         if let Some(reader) = reader {
@@ -119,13 +113,7 @@ impl ClientQueue {
     /// reader was woken, or a flush is owed already).
     pub fn push_direct(&self, delivery: Delivery) -> Result<bool, PushError> {
         let mut state = self.lock();
-        if state.closed {
-            return Err(PushError::Closed);
-        }
-        if state.items.len() >= self.capacity {
-            return Err(PushError::Full);
-        }
-        state.items.push_back(delivery);
+        state.append(delivery, self.capacity)?;
         if state.sink.is_some() && !state.writing {
             let owe = !state.flush_owed;
             state.flush_owed = true;
@@ -270,6 +258,19 @@ impl ClientQueue {
 }
 
 impl State {
+    /// Queues `delivery` at the back, unless the queue is closed or holds
+    /// `capacity` already.
+    fn append(&mut self, delivery: Delivery, capacity: usize) -> Result<(), PushError> {
+        if self.closed {
+            return Err(PushError::Closed);
+        }
+        if self.items.len() >= capacity {
+            return Err(PushError::Full);
+        }
+        self.items.push_back(delivery);
+        Ok(())
+    }
+
     /// `written` more bytes of the queue are out: drops the items wholly
     /// written and remembers how much of the next one is.
     fn advance(&mut self, sink: &dyn Sink, mut written: usize) {
