@@ -40,6 +40,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// after their exchange. Far above what a dashboard needs; it only bounds memory.
 const MAX_KEPT: usize = 512;
 
+/// How long a loop with no connection of its own waits for another loop's
+/// busy one to finish its exchange before opening one (see `take_free`).
+const FINISHING: Duration = Duration::from_millis(20);
+
 /// How often connections idle longer than the idle timeout are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
@@ -116,7 +120,11 @@ impl Pool {
     ) -> Result<Response<Incoming>, SendError> {
         let mut replayed = false;
         loop {
-            let free = if replayed { None } else { self.take_free() };
+            let free = if replayed {
+                None
+            } else {
+                self.take_free().await
+            };
             let (Taken { mut sender, home }, reused) = match free {
                 Some(taken) => (taken, true),
                 None => {
@@ -162,7 +170,7 @@ impl Pool {
     /// the first requests it serves). Once it has one, a loop opens a new
     /// connection rather than borrow: a borrowed connection's task runs on
     /// the other thread, and every exchange on it wakes that thread.
-    fn take_free(&self) -> Option<Taken> {
+    async fn take_free(&self) -> Option<Taken> {
         let here = self.here();
         {
             let mut own = lock(&self.kept[here]);
@@ -174,12 +182,31 @@ impl Pool {
             }
         }
         let loops = self.kept.len();
-        (1..loops)
-            .map(|step| (here + step) % loops)
-            .find_map(|home| {
-                let sender = take_ready(&mut lock(&self.kept[home]))?;
-                Some(Taken { sender, home })
-            })
+        let others = || (1..loops).map(|step| (here + step) % loops);
+        let ready = others().find_map(|home| {
+            let sender = take_ready(&mut lock(&self.kept[home]))?;
+            Some(Taken { sender, home })
+        });
+        if ready.is_some() {
+            return ready;
+        }
+        // Another loop's connection may be finishing the previous exchange
+        // (its thread has not yet run the step that frees it, while the
+        // client already has the answer and asked again here): wait for it
+        // briefly rather than open a second connection.
+        let (mut sender, home) = others().find_map(|home| {
+            let mut kept = lock(&self.kept[home]);
+            let open = kept.iter().rposition(|kept| !kept.sender.is_closed())?;
+            Some((kept.swap_remove(open).sender, home))
+        })?;
+        match tokio::time::timeout(FINISHING, sender.ready()).await {
+            Ok(Ok(())) => Some(Taken { sender, home }),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                self.keep(sender, home);
+                None
+            }
+        }
     }
 
     fn keep(&self, sender: SendRequest<Outgoing>, home: usize) {
