@@ -80,6 +80,17 @@ async fn two_replicas_share_seqs_state_and_resume() {
         json!({"positions/X": {"seq": 4, "data": {"qty": 7}}})
     );
 
+    // `?history=N` reads Redis's history: the same on either replica.
+    let history = json_body(get(&b.url("/_switchyard/state?topics=t&history=2")).await).await;
+    let seqs: Vec<u64> = history["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2, 3], "{history}");
+    assert_eq!(history["epoch"], epoch.as_str());
+
     // Resume on B after leaving A: nothing lost.
     assert_eq!(next_json(&mut on_a).await["seq"], 4);
     drop(on_a);
