@@ -34,6 +34,15 @@ CLIENT_JS = "/_switchyard/client.js?esm"
 
 _PATTERN = re.compile(r"^[A-Za-z0-9_.:/+#-]{1,256}$")
 
+#: Most events ``history=`` may ask for (the gateway's own limit).
+MAX_HISTORY = 1000
+
+
+def _history(history: int) -> int:
+    if isinstance(history, bool) or not isinstance(history, int) or not 0 <= history <= MAX_HISTORY:
+        raise ValueError(f"history: give a whole number of events from 0 to {MAX_HISTORY}")
+    return history
+
 
 def _asset(name: str) -> str:
     """A component's module text: ``common.js`` (what both share) then ``name``."""
@@ -99,6 +108,7 @@ def live(
     *,
     key: str,
     max_reruns_per_sec: float = 4,
+    history: int = 0,
     url: str | None = None,
     token: str | None = None,
 ) -> LiveState:
@@ -115,6 +125,10 @@ def live(
     later in the fragment, that run's events are not handed out again (the
     state always is).
 
+    ``history=N`` starts with the last N matching events the gateway still
+    holds (published before the page opened): the first ``.events`` lists
+    them, oldest first, each with ``history=True``, before any live event.
+
     ``key`` names the subscription: it stays open across reruns. ``url`` is
     the full URL of the gateway's ``client.js`` when the page is not served
     through the gateway. ``token`` is an access token to use as is; without
@@ -126,6 +140,7 @@ def live(
     patterns = _topics(topics)
     if not max_reruns_per_sec > 0:
         raise ValueError("max_reruns_per_sec must be positive")
+    history = _history(history)
     element_key = f"switchyard-live-{key}"
     slot = f"_switchyard_live_feed_{key}"
     # Taken on a copy, kept only once the element is out: Streamlit stops a
@@ -151,6 +166,7 @@ def live(
             "topics": patterns,
             "client_js": _client_js(url),
             "max_reruns_per_sec": max_reruns_per_sec,
+            "history": history,
             "ack": feed.acknowledgement(),
             "token": session_token,
         },
@@ -173,6 +189,7 @@ def live_table(
     columns: Sequence[str] | None = None,
     max_rows: int = 200,
     latest: bool = False,
+    history: int = 0,
     url: str | None = None,
     token: str | None = None,
     height: int | None = None,
@@ -180,7 +197,9 @@ def live_table(
     """A table of ``topics``' events drawn in the browser, with no Python rerun.
 
     Newest first, at most ``max_rows`` rows, seeded with the retained state;
-    ``latest=True`` keeps one row per topic, updated in place. ``columns``
+    ``latest=True`` keeps one row per topic, updated in place;
+    ``history=N`` starts with the last N matching events published before
+    the page opened (a trade tape that is not empty on a new page). ``columns``
     picks fields of dict payloads (default: the first event's keys). ``url``
     and ``token`` as for :func:`live`; a minted token is refreshed by a single
     rerun shortly before it expires.
@@ -188,6 +207,7 @@ def live_table(
     patterns = _topics(topics)
     if max_rows < 1:
         raise ValueError("max_rows must be at least 1")
+    history = _history(history)
     element_key = f"switchyard-table-{key}"
     feed = _feed(f"_switchyard_table_feed_{key}")
     stored = st.session_state.get(element_key)
@@ -206,6 +226,7 @@ def live_table(
             "columns": list(columns) if columns is not None else None,
             "max_rows": max_rows,
             "latest": latest,
+            "history": history,
             "token": session_token,
         },
         height=height if height is not None else "content",

@@ -99,6 +99,7 @@ def _event(raw: Mapping[str, Any]) -> Event:
         epoch=epoch if isinstance(epoch, str) else "",
         retain=bool(raw.get("retain", False)),
         ts=ts if isinstance(ts, str) else None,
+        history=raw.get("history") is True,
     )
 
 
