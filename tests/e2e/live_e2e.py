@@ -279,6 +279,7 @@ def main():
 
             run_test("history_starts_the_page", history_starts_the_page)
 
+
             def publish_shows_within_1s():
                 runs_before = page_runs(page)
                 frag_before = int(stats(page)["fragment runs"])
@@ -407,6 +408,23 @@ def main():
                 return f"300 events in {took:.1f}s drawn, 50 rows kept, newest first; no page or fragment run"
 
             run_test("live_table_without_reruns", live_table_without_reruns)
+
+            def streamlit_own_port_says_where_to_go():
+                # The URL Streamlit prints (its own port): no /_switchyard/
+                # there, so the page says to open the gateway instead.
+                own = ctx.new_page()
+                try:
+                    own.goto(f"http://127.0.0.1:{gw.dash_port}/", wait_until="domcontentloaded", timeout=30000)
+                    want = f"Open http://localhost:{gw.port}/ instead"
+                    own.wait_for_function("t => document.body.innerText.includes(t)", arg=want,
+                                          timeout=20000, polling=100)
+                    text = own.evaluate("() => document.body.innerText")
+                    assert "status: wrong-port" in text, f"status not wrong-port: {text[-300:]!r}"
+                    return f"page on Streamlit's port {gw.dash_port} shows status wrong-port and {want!r}"
+                finally:
+                    own.close()
+
+            run_test("streamlit_own_port_says_where_to_go", streamlit_own_port_says_where_to_go)
 
             def screenshot():
                 path = OUT / "live.png"

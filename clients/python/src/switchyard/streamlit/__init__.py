@@ -18,7 +18,9 @@ side is ``live.js`` and ``table.js`` next to this file.
 
 from __future__ import annotations
 
+import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from importlib import resources
@@ -89,6 +91,17 @@ def _client_js(url: str | None) -> str:
     if not url.startswith(("http://", "https://", "/")):
         raise ValueError(f"url: {url!r} is not http(s)://…/_switchyard/client.js")
     return url if "?" in url else url + "?esm"
+
+
+def _gateway_page() -> str | None:
+    """Where the page should be opened: the gateway's public address, from the
+    ``WEBSOCKET_PUBLIC_URI`` the gateway gives the dashboard it runs (``None``
+    when something else runs it). Shown when the page was opened on
+    Streamlit's own port."""
+    parts = urllib.parse.urlsplit(os.environ.get("WEBSOCKET_PUBLIC_URI", ""))
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        return None
+    return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}/"
 
 
 def _feed(slot: str) -> Feed:
@@ -167,6 +180,7 @@ def live(
             "client_js": _client_js(url),
             "max_reruns_per_sec": max_reruns_per_sec,
             "history": history,
+            "gateway": _gateway_page(),
             "ack": feed.acknowledgement(),
             "token": session_token,
         },
@@ -179,6 +193,8 @@ def live(
         # page gets this acknowledgement with the next run.
         state = feed.take(mounted)
     st.session_state[slot] = feed
+    if state.status == "wrong-port" and state.error:
+        st.warning(state.error)  # nothing on this page can be live: say why
     return state
 
 
@@ -227,6 +243,7 @@ def live_table(
             "max_rows": max_rows,
             "latest": latest,
             "history": history,
+            "gateway": _gateway_page(),
             "token": session_token,
         },
         height=height if height is not None else "content",

@@ -109,8 +109,9 @@ function createEntry(data) {
       }
     },
     (error) => {
-      entry.status = "failed";
-      entry.error = "cannot load " + src + ": " + error;
+      const failure = loadFailure(src, error, data.gateway);
+      entry.status = failure.status;
+      entry.error = failure.error;
       changed(entry);
     }
   );

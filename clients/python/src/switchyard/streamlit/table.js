@@ -93,7 +93,8 @@ function createTable(data) {
       });
     },
     (error) => {
-      entry.statusText = "cannot load " + src + ": " + error;
+      const failure = loadFailure(src, error, data.gateway);
+      entry.statusText = failure.status + ": " + failure.error;
       draw(entry);
     }
   );
