@@ -21,7 +21,7 @@ use switchyard::hub::topics::Pattern;
 
 pub const USAGE: &str = "\
 switchyard: one port for a real-time dashboard (WebSocket broadcaster, health
-check and reverse proxy), configured by environment variables (see README).
+check and reverse proxy), configured by environment variables (listed below).
 
 Usage:
   switchyard                  serve
@@ -74,6 +74,10 @@ pub fn run(mut args: impl Iterator<Item = OsString>) -> Command {
         "hash-password" if rest.is_empty() => hash_password(),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
+            println!(
+                "\nEnvironment variables, with their defaults (docs/configuration.md has more):"
+            );
+            print!("{}", switchyard::config::help_text());
             ExitCode::SUCCESS
         }
         "--version" | "-V" | "version" => {

@@ -17,40 +17,133 @@ use http::Uri;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-/// Every variable switchyard reads, exactly as SPEC.md names them.
-pub const VARIABLES: &[&str] = &[
-    "PORT",
-    "HOST",
-    "WEBSOCKET_ENABLED",
-    "WEBSOCKET_PATH",
-    "DASHBOARD_URL",
-    "DASHBOARD_COMMAND",
-    "UPSTREAM_TIMEOUT_SECS",
-    "TRUSTED_PROXIES",
-    "PUBLISH_TOKEN",
-    "AUTH_SECRET",
-    "BASIC_AUTH",
-    "CORS_ORIGINS",
-    "HISTORY_SIZE",
-    "MAX_CONNECTIONS",
-    "MAX_MESSAGE_BYTES",
-    "CLIENT_QUEUE",
-    "PING_INTERVAL_SECS",
-    "SHUTDOWN_GRACE_SECS",
-    "WRITE_TIMEOUT_SECS",
-    "MAX_PATTERNS_PER_CLIENT",
-    "MAX_RETAINED_BYTES",
-    "HISTORY_MAX_BYTES",
-    "MAX_TUNNELS",
-    "TUNNEL_IDLE_SECS",
-    "REDIS_URL",
-    "REDIS_PREFIX",
-    "RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
-    "LOG_FORMAT",
-    "RAILWAY_PUBLIC_DOMAIN",
-    "RAILWAY_STATIC_URL",
-    "PUBLIC_URL",
+/// One variable switchyard reads: its name (exactly as SPEC.md has it), its
+/// default as a user would write it, and one line on what it does.
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> Variable {
+    Variable {
+        name,
+        default,
+        meaning,
+    }
+}
+
+/// Every variable switchyard reads, grouped as docs/configuration.md groups
+/// them; `switchyard --help` prints this table, and `from_env` reads only
+/// these names. (`RUST_LOG` and `TOKIO_WORKER_THREADS` are read by the
+/// logging setup and the runtimes, not here, but listed for the reader.)
+pub const GROUPS: &[(&str, &[Variable])] = &[
+    (
+        "Serving",
+        &[
+            var("PORT", "8080", "public port (Railway sets it); 0 picks a free one"),
+            var("HOST", "::", "bind address; :: is dual-stack"),
+            var("WEBSOCKET_ENABLED", "true", "false: /ws answers 404; SSE and polling keep working"),
+            var("WEBSOCKET_PATH", "/ws", "where the broadcaster lives"),
+        ],
+    ),
+    (
+        "Dashboard and engine",
+        &[
+            var("DASHBOARD_URL", "unset", "the dashboard every other path is proxied to (http://host:port)"),
+            var("DASHBOARD_COMMAND", "unset", "shell command started and supervised as the dashboard (its $PORT: the dashboard's)"),
+            var("UPSTREAM_TIMEOUT_SECS", "60", "the dashboard kept us waiting this long: 504"),
+            var("MAX_TUNNELS", "10000", "proxied WebSocket upgrades open at once; past it 503"),
+            var("TUNNEL_IDLE_SECS", "600", "a proxied tunnel silent both ways this long is closed"),
+        ],
+    ),
+    (
+        "Access",
+        &[
+            var("PUBLISH_TOKEN", "unset", "bearer token for publishing; unset: only the same machine (loopback) publishes"),
+            var("AUTH_SECRET", "unset", "HS256 key (>= 32 bytes): readers need a signed, topic-scoped token"),
+            var("BASIC_AUTH", "unset", "user:bcrypt-hash[,...]: a site password in front of all but /health"),
+            var("TRUSTED_PROXIES", "loopback + private", "peers whose X-Forwarded-* are believed (IPs/CIDRs)"),
+            var("CORS_ORIGINS", "unset", "origins allowed for CORS and the WebSocket Origin check; unset: same origin"),
+        ],
+    ),
+    (
+        "Limits",
+        &[
+            var("HISTORY_SIZE", "1000", "events kept for resume"),
+            var("HISTORY_MAX_BYTES", "16777216", "bytes of history kept for resume"),
+            var("MAX_RETAINED_BYTES", "67108864", "retained state cap; a publish past it answers 507"),
+            var("MAX_PATTERNS_PER_CLIENT", "256", "topic patterns one client may hold"),
+            var("MAX_CONNECTIONS", "100000", "WebSocket + SSE clients + waiting long-polls; past it 503"),
+            var("MAX_MESSAGE_BYTES", "65536", "largest publish body or client frame (413 / close 1009)"),
+            var("CLIENT_QUEUE", "1024", "messages queued per client before it is cut off (close 1008)"),
+            var("WRITE_TIMEOUT_SECS", "30", "a client that accepts no bytes this long is closed"),
+            var("PING_INTERVAL_SECS", "25", "server pings; a client silent for 3 intervals is closed"),
+        ],
+    ),
+    (
+        "Several replicas",
+        &[
+            var("REDIS_URL", "unset", "redis:// or rediss://: replicas share events, state and history"),
+            var("REDIS_PREFIX", "switchyard:", "key prefix, so several apps can share one Redis"),
+        ],
+    ),
+    (
+        "Shutdown and logs",
+        &[
+            var("SHUTDOWN_GRACE_SECS", "10", "drain time after SIGTERM/SIGINT"),
+            var("RAILWAY_DEPLOYMENT_DRAINING_SECONDS", "unset", "Railway's SIGTERM-to-SIGKILL gap; the grace fits inside it"),
+            var("LOG_FORMAT", "pretty", "json: one JSON object per line"),
+        ],
+    ),
+    (
+        "Public address (for the WebSocket URI given to pages)",
+        &[
+            var("RAILWAY_PUBLIC_DOMAIN", "unset", "wss://DOMAIN/ws (Railway sets it)"),
+            var("RAILWAY_STATIC_URL", "unset", "the same, older Railway name"),
+            var("PUBLIC_URL", "unset", "the same for anywhere else (http:// gives ws://)"),
+        ],
+    ),
 ];
+
+/// Read by the logging setup and the runtimes rather than by `Config`.
+pub const OTHER_VARIABLES: &[Variable] = &[
+    var(
+        "RUST_LOG",
+        "info",
+        "log filter, e.g. debug or switchyard=debug,hyper=info",
+    ),
+    var(
+        "TOKIO_WORKER_THREADS",
+        "CPU count",
+        "HTTP event loops (one thread each)",
+    ),
+];
+
+/// Whether `name` is one of the variables `Config` reads.
+pub fn is_variable(name: &str) -> bool {
+    GROUPS
+        .iter()
+        .flat_map(|(_, vars)| vars.iter())
+        .any(|variable| variable.name == name)
+}
+
+/// The variables for `--help`: each group, then one line per variable.
+pub fn help_text() -> String {
+    let mut text = String::new();
+    let others = [("Runtime", OTHER_VARIABLES)];
+    for (group, vars) in GROUPS.iter().chain(others.iter()) {
+        text.push_str(&format!("\n{group}:\n"));
+        for v in vars.iter() {
+            text.push_str(&format!(
+                "  {:<36} {}\n",
+                format!("{}={}", v.name, v.default),
+                v.meaning
+            ));
+        }
+    }
+    text
+}
 
 /// Where Streamlit listens unless told otherwise; the upstream when only
 /// `DASHBOARD_COMMAND` is given.
@@ -243,7 +336,7 @@ impl Config {
         let mut problems = Vec::new();
         for (name, value) in std::env::vars_os() {
             let Some(name) = name.to_str() else { continue };
-            if !VARIABLES.contains(&name) {
+            if !is_variable(name) {
                 continue;
             }
             match value.into_string() {

@@ -32,8 +32,13 @@ fn bad(field: &str, problem: impl std::fmt::Display) -> BadInput {
 fn from_json<'a, T: Deserialize<'a>>(text: &'a str, context: &str) -> Result<T, BadInput> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        if error.inner().is_syntax() || error.inner().is_eof() {
+            // Say where the text stops being JSON, not which field the
+            // parser was in (`?` for a broken key).
+            return bad(context, format!("not valid JSON ({})", error.into_inner()));
+        }
         let path = error.path().to_string();
-        let field = if path == "." {
+        let field = if path == "." || path.contains('?') {
             context.to_owned()
         } else if context.starts_with('[') {
             format!("{context}.{path}")
@@ -42,7 +47,9 @@ fn from_json<'a, T: Deserialize<'a>>(text: &'a str, context: &str) -> Result<T, 
         };
         bad(&field, error.into_inner())
     })?;
-    deserializer.end().map_err(|error| bad(context, error))?;
+    deserializer
+        .end()
+        .map_err(|error| bad(context, format!("not valid JSON ({error})")))?;
     Ok(value)
 }
 
@@ -180,12 +187,32 @@ impl PublishFields {
     }
 }
 
+/// An event must be a JSON object; anything else (a number, a string,
+/// `null`) is named in the publisher's terms rather than serde's
+/// (`expected struct PublishFields`).
+fn expect_object(text: &str, context: &str) -> Result<(), BadInput> {
+    let kind = match text.trim_start().bytes().next() {
+        Some(b'{') | None => return Ok(()),
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        Some(_) => return Ok(()), // not JSON at all: from_json says where
+    };
+    Err(bad(
+        context,
+        format!(r#"expected an event object {{"topic": …, "data": …}}, got {kind}"#),
+    ))
+}
+
 /// A publish body: one event object, or a non-empty array of them. The
 /// whole body is validated before anything is applied.
 pub fn parse_publish_body(body: &[u8]) -> Result<(Vec<Publication>, bool), BadInput> {
     let text = std::str::from_utf8(body).map_err(|_| BadInput("body: not valid UTF-8".into()))?;
     let is_array = text.trim_start().starts_with('[');
     if !is_array {
+        expect_object(text, "body")?;
         let fields: PublishFields = from_json(text, "body")?;
         return Ok((vec![fields.validate("")?], false));
     }
@@ -197,6 +224,7 @@ pub fn parse_publish_body(body: &[u8]) -> Result<(Vec<Publication>, bool), BadIn
     let mut ids = HashSet::new();
     for (i, item) in items.iter().enumerate() {
         let prefix = format!("[{i}].");
+        expect_object(item.get(), &format!("[{i}]"))?;
         let fields: PublishFields = from_json(item.get(), &format!("[{i}]"))?;
         let publication = fields.validate(&prefix)?;
         if let Some(id) = publication.id.as_deref() {
@@ -491,6 +519,24 @@ mod tests {
                 .starts_with("[1].retain")
         );
         assert!(err("[]").contains("empty"));
+        // In the publisher's terms, not serde's.
+        assert_eq!(
+            err(r#"{"topic":"a", 1:2}"#),
+            "body: not valid JSON (key must be a string at line 1 column 15)"
+        );
+        assert_eq!(
+            err("42"),
+            r#"body: expected an event object {"topic": …, "data": …}, got a number"#
+        );
+        assert!(
+            err(r#"[{"topic":"a","data":1}, "x"]"#).starts_with("[1]: expected an event object")
+        );
+        assert!(err(r#"{"topic":"a","data":1"#).starts_with("body: not valid JSON (EOF"));
+        assert_eq!(
+            err(r#"{"topic":"prices/#","data":1}"#),
+            "topic: publish to a concrete topic, not a pattern (`#` and `+` are for subscribing)"
+        );
+        assert!(err(r#"{"topic":"a b","data":1}"#).contains("[A-Za-z0-9_.:/-]"));
         assert!(err(r#"{"topic":"a","data":1,"id":""}"#).starts_with("id: must be 1 to 128"));
         let long = format!(r#"{{"topic":"a","data":1,"id":"{}"}}"#, "é".repeat(129));
         assert!(err(&long).starts_with("id: must be 1 to 128 characters, got 129"));

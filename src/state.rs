@@ -5,6 +5,11 @@
 //! serve that point, else `{"epoch","seq","resumed":false,"state":{...}}`,
 //! the full retained state the client must replace its own with.
 //!
+//! `?history=N` (1 to MAX_HISTORY) answers instead the last N events in
+//! history that match the topics, oldest first, read-only:
+//! `{"epoch","seq","history":[event frames]}`; a page starts its trade tape
+//! with them (client.js's `history` option). It takes no resume point.
+//!
 //! `&wait=N` (at most 30 s) long-polls: when the resume point is current and
 //! nothing new matches yet, the answer waits for the first event (or N s).
 //! A waiting long-poll counts against MAX_CONNECTIONS (503 past it) and in
@@ -31,12 +36,16 @@ use std::time::Duration;
 
 use crate::auth::Access;
 use crate::broadcast::{self, Broadcaster, Step, Transport};
-use crate::hub::{Catchup, Delivery, Epoch, HubError, Seq, Snapshot};
+use crate::hub::{Catchup, Delivery, Epoch, Event, HubError, Recent, Seq, Snapshot};
 use crate::protocol::{StateMap, SubscriptionQuery};
 use crate::response::{self, Body};
 
 /// Longest long-poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Most events `?history=N` answers (HISTORY_SIZE's default: a page wants
+/// a tape, not the whole history).
+pub const MAX_HISTORY: usize = 1000;
 
 pub async fn handle(
     broadcaster: &Arc<Broadcaster>,
@@ -57,10 +66,25 @@ pub async fn handle(
         Ok(wait) => wait,
         Err(message) => return response::json_error(StatusCode::BAD_REQUEST, message),
     };
+    let history =
+        match parse_history(request.uri().query()) {
+            Ok(Some(_)) if query.resume.is_some() || wait.is_some() => return response::json_error(
+                StatusCode::BAD_REQUEST,
+                "history: takes no since, epoch or wait (it is a read of the past, not a resume)",
+            ),
+            Ok(history) => history,
+            Err(message) => return response::json_error(StatusCode::BAD_REQUEST, message),
+        };
     let reader = match broadcast::admit(access, request.headers(), &mut query) {
         Ok(reader) => reader,
         Err(refusal) => return refusal.response(),
     };
+    if let Some(limit) = history {
+        return match broadcaster.hub.recent(query.patterns, limit).await {
+            Ok(recent) => json_answer(history_body(&recent)),
+            Err(error) => response::hub_error(&error),
+        };
+    }
     // Never wait past the grant (exp + LEEWAY).
     let wait = match (wait, reader.grant()) {
         (Some(wait), Some(grant)) => Some(wait.min(grant.remaining())),
@@ -101,23 +125,42 @@ pub async fn handle(
             .unwrap_or_default()
         }
         Catchup::Resumed(events) => {
-            // The event frames are already JSON: splice them in as they are.
-            let mut out = BytesMut::new();
             let head =
                 serde_json::json!({"epoch": snapshot.epoch, "seq": snapshot.seq, "resumed": true});
-            let head = head.to_string();
-            out.put_slice(&head.as_bytes()[..head.len() - 1]);
-            out.put_slice(b",\"events\":[");
-            for (i, event) in events.iter().enumerate() {
-                if i > 0 {
-                    out.put_u8(b',');
-                }
-                out.put_slice(event.frame.as_bytes());
-            }
-            out.put_slice(b"]}");
-            out.freeze()
+            with_frames(head, "events", events)
         }
     };
+    json_answer(body)
+}
+
+/// `{"epoch","seq","history":[…]}` for `?history=N`.
+fn history_body(recent: &Recent) -> Bytes {
+    let head = serde_json::json!({"epoch": recent.epoch, "seq": recent.seq});
+    with_frames(head, "history", &recent.events)
+}
+
+/// `head` (a JSON object) with `field` added: the events' frames, which
+/// are already JSON, spliced in as they are.
+fn with_frames(head: serde_json::Value, field: &str, events: &[Arc<Event>]) -> Bytes {
+    let head = head.to_string();
+    let mut out = BytesMut::with_capacity(
+        head.len() + field.len() + 8 + events.iter().map(|e| e.frame.len() + 1).sum::<usize>(),
+    );
+    out.put_slice(&head.as_bytes()[..head.len() - 1]);
+    out.put_slice(b",\"");
+    out.put_slice(field.as_bytes());
+    out.put_slice(b"\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(event.frame.as_bytes());
+    }
+    out.put_slice(b"]}");
+    out.freeze()
+}
+
+fn json_answer(body: Bytes) -> Response<Body> {
     let mut answer = response::with_type(
         StatusCode::OK,
         HeaderValue::from_static("application/json"),
@@ -128,6 +171,21 @@ pub async fn handle(
         HeaderValue::from_static("no-store"),
     );
     answer
+}
+
+/// `history=N`: 1 to MAX_HISTORY events.
+fn parse_history(query: Option<&str>) -> Result<Option<usize>, &'static str> {
+    let Some(value) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("history="))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<usize>() {
+        Ok(n) if (1..=MAX_HISTORY).contains(&n) => Ok(Some(n)),
+        _ => Err("history: must be a whole number of events from 1 to 1000"),
+    }
 }
 
 /// `wait=N`: whole seconds, 0 to 30.

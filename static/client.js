@@ -5,6 +5,8 @@
  *
  *   const sy = Switchyard.connect({ topics: ["positions/#"], token: "<jwt>" });
  *                                       // no topics: all (a scoped token: its own patterns)
+ *                                       // history: N  starts with the last N matching events
+ *                                       //   (handlers see them first, with event.history = true)
  *   sy.on("positions/+", (data, event) => { ... });
  *   sy.onStatus((status) => { ... });   // connecting | open | fallback-sse | fallback-poll | closed
  *                                       // | unauthorized | forbidden  (final: no reconnect)
@@ -45,6 +47,12 @@
   "use strict";
 
   var MIN_BACKOFF_MS = 500;
+  // `history`: at most this many events (the gateway's own limit), read
+  // for at most this long before live events go ahead without them; live
+  // frames held back meanwhile are bounded too.
+  var MAX_HISTORY = 1000;
+  var HISTORY_WAIT_MS = 5000;
+  var MAX_HELD = 10000;
   var MAX_BACKOFF_MS = 30000;
   var POLL_WAIT_SECS = 25;
 
@@ -152,6 +160,10 @@
     // (the gateway decides; no `topics` parameter is sent).
     var topics = options.topics && options.topics.length ? options.topics.slice() : null;
     var tokens = tokenSource(options.token);
+    var historyWanted = Math.max(0, Math.min(MAX_HISTORY, Math.floor(Number(options.history) || 0)));
+    // Frames that arrive while the history is read, applied after it in
+    // order (null: not reading), so handlers see events in seq order.
+    var held = null;
 
     var handlers = []; // [pattern, fn]
     var statusHandlers = [];
@@ -236,14 +248,75 @@
       }
     }
 
+    /** Hands one event to the handlers that match its topic. */
+    function deliver(frame) {
+      handlers.forEach(function (h) {
+        if (matches(h[0], frame.topic)) {
+          try {
+            h[1](frame.data, frame);
+          } catch (e) {
+            if (root.console) root.console.error("switchyard handler failed", e);
+          }
+        }
+      });
+    }
+
+    /** `history`: once, after the first fresh hello, the last N matching
+     *  events up to that hello's seq (`?history=N`), handed to the handlers
+     *  with `history: true` before any live event. The state is not touched:
+     *  the hello's state already holds their effect. */
+    function readHistory(atEpoch, atSeq) {
+      var limit = historyWanted;
+      historyWanted = 0; // once per connect()
+      held = [];
+      var done = false;
+      var finish = function (answer) {
+        if (done) return;
+        done = true;
+        if (answer && answer.epoch === atEpoch) {
+          (answer.history || []).forEach(function (frame) {
+            if (frame.type === "event" && frame.seq <= atSeq) {
+              frame.history = true;
+              deliver(frame);
+            }
+          });
+        }
+        var waiting = held;
+        held = null;
+        (waiting || []).forEach(apply);
+      };
+      setTimeout(finish, HISTORY_WAIT_MS);
+      var params = { topics: topics ? topics.join(",") : null, history: limit };
+      tokens
+        .usable()
+        .then(function (token) {
+          var headers = {};
+          if (token && authOn()) headers.authorization = "Bearer " + token;
+          return fetch(origin + (config.state_url || "/_switchyard/state") + query(params), { headers: headers });
+        })
+        .then(function (r) {
+          return r.ok ? r.json() : null;
+        })
+        .then(finish, function () {
+          finish(null);
+        });
+    }
+
     /** Applies one server frame, whatever transport carried it. */
     function apply(frame) {
+      if (held !== null) {
+        if (held.length < MAX_HELD) return held.push(frame);
+        var waiting = held; // too much at once: live events go ahead
+        held = null;
+        waiting.forEach(apply);
+      }
       switch (frame.type) {
         case "hello":
           if (!(frame.resumed && frame.epoch === epoch)) {
             // A fresh start: what we had is replaced (resumed: the missed
             // events follow as ordinary event frames).
             replaceState(frame.epoch, frame.seq, frame.state, false);
+            if (historyWanted) readHistory(frame.epoch, frame.seq);
           }
           break;
         case "reset":
@@ -259,15 +332,7 @@
             if (frame.data === null) delete client.state[frame.topic];
             else client.state[frame.topic] = { seq: frame.seq, data: frame.data };
           }
-          handlers.forEach(function (h) {
-            if (matches(h[0], frame.topic)) {
-              try {
-                h[1](frame.data, frame);
-              } catch (e) {
-                if (root.console) root.console.error("switchyard handler failed", e);
-              }
-            }
-          });
+          deliver(frame);
           break;
         case "error":
           if (root.console) root.console.warn("switchyard:", frame.code || "error", frame.message);
@@ -610,7 +675,9 @@
           if (everOpened.sse) misses.sse = 0;
           if (answer.resumed) {
             (answer.events || []).forEach(apply);
-            if (answer.epoch === epoch) seq = Math.max(seq, answer.seq);
+            // (While the history is read the events wait in `held`; the
+            // next poll then asks from the last one applied.)
+            if (answer.epoch === epoch && held === null) seq = Math.max(seq, answer.seq);
           } else {
             replaceState(answer.epoch, answer.seq, answer.state, false);
           }

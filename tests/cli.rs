@@ -165,6 +165,22 @@ fn help_and_unknown_commands() {
         assert!(stdout(&output).contains("switchyard token"));
         assert!(stdout(&output).contains("hash-password"));
     }
+    // Every variable, with its default, under its group.
+    let help = stdout(&switchyard(&["--help"], &[], b""));
+    for (group, vars) in switchyard::config::GROUPS {
+        assert!(
+            help.contains(&format!("\n{group}:\n")),
+            "{group} missing:\n{help}"
+        );
+        for v in vars.iter() {
+            assert!(
+                help.contains(&format!("{}={}", v.name, v.default)),
+                "{} missing:\n{help}",
+                v.name
+            );
+        }
+    }
+    assert!(help.contains("PORT=8080"), "{help}");
     let output = switchyard(&["frobnicate"], &[], b"");
     assert_eq!(output.status.code(), Some(2));
     assert!(stdout(&output).is_empty());

@@ -409,6 +409,10 @@ async fn wait_for_redis(gateway: &Gateway) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn the_retained_cap_holds_through_redis() {
     let Some(url) = redis_url("the Redis retained cap") else {
         return;
@@ -493,6 +497,10 @@ async fn history_is_bounded_in_bytes_in_memory() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn history_is_bounded_in_bytes_through_redis() {
     let Some(url) = redis_url("the Redis history bound") else {
         return;
@@ -512,6 +520,10 @@ async fn history_is_bounded_in_bytes_through_redis() {
 /// counted once, on the first publish (each entry as topic + stored frame),
 /// and deleting such a topic frees exactly what it was counted as.
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn an_older_redis_state_is_counted_once() {
     let Some(url) = redis_url("the Redis state migration") else {
         return;

@@ -72,7 +72,10 @@ fn railway_json_checks_health_and_sizes_the_drain() {
 #[test]
 fn example_env_lists_every_variable() {
     let example = repo_file("config/example.env");
-    for name in switchyard::config::VARIABLES {
+    let names = switchyard::config::GROUPS
+        .iter()
+        .flat_map(|(_, vars)| vars.iter().map(|v| v.name));
+    for name in names {
         let listed = example.lines().any(|line| {
             line.trim_start_matches("# ")
                 .starts_with(&format!("{name}="))
@@ -119,4 +122,19 @@ async fn railway_draining_seconds_bound_the_shutdown() {
         "grace of 2 s not used: {took:?}"
     );
     let _ = slow.await;
+}
+
+#[test]
+fn the_configuration_page_documents_every_variable() {
+    let page = repo_file("docs/configuration.md");
+    let groups = switchyard::config::GROUPS
+        .iter()
+        .flat_map(|(_, vars)| vars.iter());
+    for v in groups.chain(switchyard::config::OTHER_VARIABLES) {
+        assert!(
+            page.contains(&format!("`{}`", v.name)),
+            "{} missing from docs/configuration.md",
+            v.name
+        );
+    }
 }

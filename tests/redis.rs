@@ -42,6 +42,10 @@ async fn hello(client: &mut Client) -> Value {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn two_replicas_share_seqs_state_and_resume() {
     let Some(url) = redis_url("Redis backplane tests") else {
         return;
@@ -76,6 +80,17 @@ async fn two_replicas_share_seqs_state_and_resume() {
         json!({"positions/X": {"seq": 4, "data": {"qty": 7}}})
     );
 
+    // `?history=N` reads Redis's history: the same on either replica.
+    let history = json_body(get(&b.url("/_switchyard/state?topics=t&history=2")).await).await;
+    let seqs: Vec<u64> = history["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2, 3], "{history}");
+    assert_eq!(history["epoch"], epoch.as_str());
+
     // Resume on B after leaving A: nothing lost.
     assert_eq!(next_json(&mut on_a).await["seq"], 4);
     drop(on_a);
@@ -91,6 +106,10 @@ async fn two_replicas_share_seqs_state_and_resume() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn four_publishers_across_two_replicas_give_one_order() {
     let Some(url) = redis_url("Redis backplane tests") else {
         return;
@@ -178,6 +197,10 @@ impl OwnRedis {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn redis_lost_then_back_empty_means_503s_then_one_new_epoch_and_resets() {
     let Some(_) = redis_url("Redis backplane tests") else {
         return;
@@ -254,6 +277,10 @@ async fn redis_lost_then_back_empty_means_503s_then_one_new_epoch_and_resets() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn a_replica_that_missed_messages_fills_the_gap_from_history() {
     let Some(url) = redis_url("Redis backplane tests") else {
         return;
@@ -293,6 +320,10 @@ async fn a_replica_that_missed_messages_fills_the_gap_from_history() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn an_unreadable_history_entry_means_a_reset_never_a_hole_or_a_stall() {
     let Some(url) = redis_url("Redis backplane tests") else {
         return;

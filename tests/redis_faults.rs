@@ -258,6 +258,10 @@ async fn command<T: redis::FromRedisValue>(redis: &PrivateRedis, args: &[&str]) 
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn a_restore_from_an_older_snapshot_starts_one_new_epoch() {
     if !support::redis_server_installed("the restore test") {
         return;
@@ -387,6 +391,10 @@ async fn pipe(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn a_failover_to_a_lagging_replica_starts_one_new_epoch() {
     if !support::redis_server_installed("the failover test") {
         return;
@@ -451,6 +459,10 @@ async fn a_failover_to_a_lagging_replica_starts_one_new_epoch() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn a_flush_without_publishing_is_noticed_within_three_seconds() {
     if !support::redis_server_installed("the flush test") {
         return;
@@ -501,6 +513,10 @@ async fn a_flush_without_publishing_is_noticed_within_three_seconds() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn a_publish_whose_reply_was_lost_is_applied_once_when_retried() {
     if !support::redis_server_installed("the lost-reply test") {
         return;
@@ -576,6 +592,10 @@ async fn a_publish_whose_reply_was_lost_is_applied_once_when_retried() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn two_replicas_noticing_one_loss_together_create_one_epoch() {
     if !support::redis_server_installed("the simultaneous-loss test") {
         return;
@@ -625,6 +645,10 @@ async fn two_replicas_noticing_one_loss_together_create_one_epoch() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_test_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6379 and install redis-server"
+)]
 async fn redis_restarted_empty_under_load_delivers_every_event_of_the_new_epoch() {
     if !support::redis_server_installed("the restart-under-load test") {
         return;

@@ -329,3 +329,48 @@ async fn waiting_long_polls_count_against_max_connections() {
     assert_eq!(waiting.await.unwrap(), 200);
     assert_eq!(gateway.health().await.1["connections"], 0);
 }
+
+/// `?history=N`: the last N matching events, oldest first, so a page opened
+/// after 7 trades starts its tape with them.
+#[tokio::test]
+async fn history_answers_the_last_matching_events() {
+    let gateway = Gateway::start(&[("HISTORY_SIZE", "50")]).await;
+    for i in 1..=7 {
+        publish_one(&gateway, &format!("trades/{i}"), json!({"n": i})).await;
+        publish_one(&gateway, "ticks/A", json!(i)).await;
+    }
+    let answer =
+        json_body(get(&gateway.url("/_switchyard/state?topics=trades/%23&history=5")).await).await;
+    assert_eq!(answer["seq"], 14);
+    assert!(answer["epoch"].is_string());
+    let seqs: Vec<u64> = answer["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [5, 7, 9, 11, 13], "{answer}");
+    assert_eq!(answer["history"][4]["topic"], "trades/7");
+    assert_eq!(answer["history"][4]["type"], "event");
+    // Fewer than asked: what there is.
+    let all =
+        json_body(get(&gateway.url("/_switchyard/state?topics=trades/%23&history=1000")).await)
+            .await;
+    assert_eq!(all["history"].as_array().map(Vec::len), Some(7));
+    // Bad values and combinations name the problem.
+    for query in [
+        "history=0",
+        "history=1001",
+        "history=x",
+        "history=5&since=3",
+        "history=5&wait=5",
+    ] {
+        let response = get(&gateway.url(&format!("/_switchyard/state?{query}"))).await;
+        assert_eq!(response.status(), 400, "{query}");
+        let body = json_body(response).await;
+        assert!(
+            body["error"].as_str().unwrap().starts_with("history:"),
+            "{query}: {body}"
+        );
+    }
+}

@@ -47,7 +47,7 @@ use super::subscribers::{distinct_patterns, Subscribers};
 use super::topics::{Pattern, PatternIndex};
 use super::{
     Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Limits, Publication, Receipt,
-    ResumePoint, Seq, Snapshot, SubscriberId, Subscription,
+    Recent, ResumePoint, Seq, Snapshot, SubscriberId, Subscription,
 };
 use crate::shutdown::Shutdown;
 
@@ -419,6 +419,31 @@ impl Hub for MemoryHub {
         let snapshot =
             self.snapshot_locked(&lock(&self.state), &patterns, &matcher, resume.as_ref());
         ready(Ok(snapshot))
+    }
+
+    fn recent(&self, patterns: Vec<Pattern>, limit: usize) -> HubFuture<'_, Recent> {
+        let patterns = match distinct_patterns(patterns, self.limits.max_patterns_per_client) {
+            Ok(patterns) => patterns,
+            Err(error) => return ready(Err(error)),
+        };
+        let matcher = PatternIndex::of(&patterns);
+        let state = lock(&self.state);
+        let mut events: Vec<Arc<Event>> = state
+            .history
+            .iter()
+            .rev()
+            .filter(|event| matcher.matches(&event.topic))
+            .take(limit)
+            .cloned()
+            .collect();
+        let seq = state.seq;
+        drop(state);
+        events.reverse();
+        ready(Ok(Recent {
+            epoch: self.epoch.clone(),
+            seq,
+            events,
+        }))
     }
 }
 

@@ -215,6 +215,17 @@ pub struct Snapshot {
     pub catchup: Catchup,
 }
 
+/// The most recent events of some topics, for a page that starts with what
+/// came before it (a trade tape): read-only, no resume point.
+#[derive(Debug)]
+pub struct Recent {
+    pub epoch: Epoch,
+    /// The hub's seq when they were read: every event here is at or below it.
+    pub seq: Seq,
+    /// Oldest first.
+    pub events: Vec<Arc<Event>>,
+}
+
 /// Totals since start, for metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HubStats {
@@ -376,4 +387,8 @@ pub trait Hub: Send + Sync + 'static {
         patterns: Vec<Pattern>,
         resume: Option<ResumePoint>,
     ) -> HubFuture<'_, Snapshot>;
+
+    /// The last `limit` events in history that match `patterns`, oldest
+    /// first (`?history=N` on `/_switchyard/state`).
+    fn recent(&self, patterns: Vec<Pattern>, limit: usize) -> HubFuture<'_, Recent>;
 }

@@ -26,6 +26,9 @@ pub const MAX_TOPIC_LEN: usize = 256;
 pub enum TopicError {
     #[error("must be 1-256 characters of [A-Za-z0-9_.:/-]")]
     Topic,
+    /// A topic with `#` or `+`: those are for subscribing.
+    #[error("publish to a concrete topic, not a pattern (`#` and `+` are for subscribing)")]
+    NotConcrete,
     #[error("must be 1-256 characters of [A-Za-z0-9_.:/-], with + as a whole level and # only as the whole last level")]
     Pattern,
 }
@@ -44,6 +47,8 @@ impl Topic {
             !text.is_empty() && text.len() <= MAX_TOPIC_LEN && text.bytes().all(is_topic_byte);
         if valid {
             Ok(Topic(Arc::from(text)))
+        } else if text.len() <= MAX_TOPIC_LEN && Pattern::parse(text).is_ok() {
+            Err(TopicError::NotConcrete)
         } else {
             Err(TopicError::Topic)
         }

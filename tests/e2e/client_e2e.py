@@ -770,6 +770,20 @@ def check_console_screenshot(pw):
                     what="3 retained rows in #state")
         state_rows = page.eval_on_selector_all("#state tr", "rows => rows.map(r => r.children[0].textContent)")
         assert state_rows == sorted(state_rows) and len(state_rows) == 3, state_rows
+        # The log starts with what was published before the page opened
+        # (newest first), and retained data is pretty-printed.
+        br.wait_for("() => document.querySelectorAll('#log div.history').length === 5", timeout=5,
+                    what="5 history lines in #log")
+        history = page.eval_on_selector_all("#log div.history", "ds => ds.map(d => d.children[1].textContent)")
+        assert history == ["trades/2", "trades/1", "positions/RELIANCE", "positions/BANKNIFTY24DEC51000PE",
+                           "positions/NIFTY24DEC24000CE"], f"history lines {history}"
+        cell = page.text_content("#state tr:first-child td.data")
+        assert cell.startswith("{\n  "), f"retained data not indented: {cell!r}"
+        page.click("#log div.history >> nth=0")
+        expanded = page.text_content("#log div.history >> nth=0")
+        assert '"side": "SELL"' in expanded, f"a clicked line is not expanded: {expanded!r}"
+        br.wait_for("() => document.querySelector('#where').textContent.includes('No dashboard is configured')",
+                    timeout=5, what="the footer saying no dashboard is configured")
 
         token = uuid.uuid4().hex[:8]
         acks = []

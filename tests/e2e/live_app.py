@@ -79,5 +79,19 @@ def bulk() -> None:
 
 bulk()
 
+
+@st.fragment
+def trades() -> None:
+    # history=5: a page opened after some trades starts with the last five.
+    state = live(["trades/#"], key="trades", history=5)
+    earlier = [e.data.get("n") for e in state.events if e.history and isinstance(e.data, dict)]
+    ss.trade_history = ss.get("trade_history", []) + earlier
+    ss.trade_live = ss.get("trade_live", 0) + sum(1 for e in state.events if not e.history)
+    shown = ",".join(str(n) for n in ss.trade_history) or "none"
+    st.markdown(f"trade history: **{shown}** · trade live: **{ss.trade_live}**")
+
+
+trades()
+
 st.subheader("tape (drawn in the browser, no rerun)")
-live_table(["tape/#"], key="tape", columns=["i", "px"], max_rows=50, height=240)
+live_table(["tape/#"], key="tape", columns=["i", "px"], max_rows=50, height=240, history=20)

@@ -245,17 +245,40 @@ def main():
 
             def live_page_opens():
                 gw.start()
+                # Published before the page opens: live(history=5) and
+                # live_table(history=20) start with them.
+                for n in range(1, 8):
+                    gw.publish(f"trades/T{n}", {"n": n}, retain=False)
+                    gw.publish("tape/x", {"i": n - 8, "px": 99}, retain=False)
                 open_page(page, gw)
                 s = stats(page)
                 runs = page_runs(page)
                 assert runs == 1, f"page ran {runs} times on open"
                 ws = [u for u in sockets if u.startswith(f"ws://127.0.0.1:{gw.port}/ws")]
-                want = [f"ws://127.0.0.1:{gw.port}/ws?topics={t}%2F%23" for t in ("bulk", "live", "tape")]
+                want = [f"ws://127.0.0.1:{gw.port}/ws?topics={t}%2F%23" for t in ("bulk", "live", "tape", "trades")]
                 assert sorted(ws) == want, f"client.js WebSockets: {ws}"
                 return f"status {s['status']}, fragment runs {s['fragment runs']}, one /ws per live()/live_table()"
 
             if not run_test("live_page_opens", live_page_opens):
                 raise AssertionError("the page never opened")
+
+            def history_starts_the_page():
+                page.wait_for_function("() => /trade history: 3,4,5,6,7 /.test(document.body.innerText)",
+                                       timeout=10000, polling=50)
+                page.wait_for_function(
+                    "() => Array.from(document.querySelectorAll('*')).filter(e => e.shadowRoot).some(e => {"
+                    " const t = e.shadowRoot.querySelector('.sy-live-table');"
+                    " return t && t.querySelectorAll('tbody tr').length === 7; })",
+                    timeout=10000, polling=50,
+                )
+                first = page.locator(".sy-live-table tbody tr").first.locator("td").nth(2).text_content()
+                assert first == "-1", f"newest tape row has i={first}"
+                text = page.locator("text=/trade history:/").first.text_content(timeout=5000)
+                assert "trade live: 0" in text, text
+                return f"live(history=5): {text!r}; live_table(history=20): the 7 earlier rows, newest first"
+
+            run_test("history_starts_the_page", history_starts_the_page)
+
 
             def publish_shows_within_1s():
                 runs_before = page_runs(page)
@@ -385,6 +408,23 @@ def main():
                 return f"300 events in {took:.1f}s drawn, 50 rows kept, newest first; no page or fragment run"
 
             run_test("live_table_without_reruns", live_table_without_reruns)
+
+            def streamlit_own_port_says_where_to_go():
+                # The URL Streamlit prints (its own port): no /_switchyard/
+                # there, so the page says to open the gateway instead.
+                own = ctx.new_page()
+                try:
+                    own.goto(f"http://127.0.0.1:{gw.dash_port}/", wait_until="domcontentloaded", timeout=30000)
+                    want = f"Open http://localhost:{gw.port}/ instead"
+                    own.wait_for_function("t => document.body.innerText.includes(t)", arg=want,
+                                          timeout=20000, polling=100)
+                    text = own.evaluate("() => document.body.innerText")
+                    assert "status: wrong-port" in text, f"status not wrong-port: {text[-300:]!r}"
+                    return f"page on Streamlit's port {gw.dash_port} shows status wrong-port and {want!r}"
+                finally:
+                    own.close()
+
+            run_test("streamlit_own_port_says_where_to_go", streamlit_own_port_says_where_to_go)
 
             def screenshot():
                 path = OUT / "live.png"

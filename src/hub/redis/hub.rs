@@ -12,13 +12,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::warn;
 
-use super::snapshot::{Kind, RemoteSnapshot};
+use super::snapshot::{Fallback, Kind, RemoteSnapshot};
 use super::{lock, RedisHub, ID_WINDOW, LISTENER_WAIT, SUBSCRIBE_ATTEMPTS};
 use crate::hub::subscribers::{distinct_patterns, Registration};
 use crate::hub::topics::{Pattern, PatternIndex};
 use crate::hub::{
-    Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Publication, Receipt, ResumePoint,
-    Seq, Snapshot, SubscriberId, Subscription,
+    Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Publication, Receipt, Recent,
+    ResumePoint, Seq, Snapshot, SubscriberId, Subscription,
 };
 
 impl RedisHub {
@@ -276,6 +276,27 @@ impl Hub for RedisHub {
                 } else {
                     Catchup::Fresh(events)
                 },
+            })
+        })
+    }
+
+    fn recent(&self, patterns: Vec<Pattern>, limit: usize) -> HubFuture<'_, Recent> {
+        Box::pin(async move {
+            let patterns = distinct_patterns(patterns, self.limits.max_patterns_per_client)?;
+            let matcher = PatternIndex::of(&patterns);
+            let remote = self.remote_snapshot(None, Fallback::History).await?;
+            let mut events: Vec<Arc<Event>> = remote
+                .events
+                .into_iter()
+                .rev()
+                .filter(|e| matcher.matches(&e.topic))
+                .take(limit)
+                .collect();
+            events.reverse();
+            Ok(Recent {
+                epoch: remote.epoch,
+                seq: remote.seq,
+                events,
             })
         })
     }

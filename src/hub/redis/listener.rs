@@ -14,7 +14,7 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use tracing::warn;
 
-use super::snapshot::Kind;
+use super::snapshot::{Fallback, Kind};
 use super::{
     lock, Local, RedisHub, CHECK_EVERY, FIRST_BACKOFF, HEALTHY_PERIOD, MAX_BACKOFF, REDIS_TIMEOUT,
 };
@@ -134,7 +134,7 @@ impl RedisHub {
             seq: local_seq,
         });
         let remote = self
-            .remote_snapshot(point.as_ref(), true)
+            .remote_snapshot(point.as_ref(), Fallback::Restart)
             .await
             .map_err(|e| e.to_string())?;
         match remote.kind {
@@ -159,7 +159,7 @@ impl RedisHub {
         let fresh = if remote.kind == Kind::Fresh {
             remote
         } else {
-            self.remote_snapshot(None, false)
+            self.remote_snapshot(None, Fallback::State)
                 .await
                 .map_err(|e| e.to_string())?
         };

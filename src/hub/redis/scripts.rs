@@ -24,9 +24,10 @@ pub const CHECK: &str = include_str!("check.lua");
 
 /// ARGV 6: epoch to resume ('' = current), 7: since ('' = no resume
 /// point), 8: '1' to answer the epoch's whole history ('restart') when the
-/// point cannot be resumed but history still starts at seq 1.
-/// → {epoch, seq, rotated, 'resumed'|'restart'|'fresh', frames}: history
-/// frames after the point, all history frames, or the retained state.
+/// point cannot be resumed but history still starts at seq 1, 'history' for
+/// all history frames whatever the first seq (no resume point).
+/// → {epoch, seq, rotated, 'resumed'|'restart'|'history'|'fresh', frames}:
+/// history frames after the point, all history frames, or the retained state.
 pub const SNAPSHOT: &str = include_str!("snapshot.lua");
 
 /// ARGV 6: history size, 7: ts, 8: history max bytes, 9: retained max

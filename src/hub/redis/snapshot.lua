@@ -1,6 +1,10 @@
 -- A subscribe's, poll's or catch-up's snapshot: the history after a resume
--- point, the whole history ('restart'), or the retained state ('fresh').
+-- point, the whole history ('restart', or 'history' when asked for it
+-- whatever its first seq), or the retained state ('fresh').
 local epoch, seq, rotated = verify()
+if ARGV[8] == 'history' then
+  return {epoch, seq, rotated, 'history', redis.call('LRANGE', KEYS[3], 0, -1)}
+end
 local len = redis.call('LLEN', KEYS[3])
 local oldest = seq - len + 1
 if ARGV[7] ~= '' then

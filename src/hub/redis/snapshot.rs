@@ -25,6 +25,20 @@ pub(super) enum Kind {
     Restart,
     /// The retained state.
     Fresh,
+    /// The whole history as Redis holds it (for `recent`: no resume).
+    History,
+}
+
+/// What the snapshot script is asked for besides a resume point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fallback {
+    /// The retained state when the point cannot be resumed.
+    State,
+    /// The epoch's whole history when it still starts at seq 1, else the
+    /// retained state.
+    Restart,
+    /// The whole history, whatever its first seq (no resume point).
+    History,
 }
 
 /// What the snapshot script answers.
@@ -41,7 +55,7 @@ impl RedisHub {
     pub(super) async fn remote_snapshot(
         &self,
         resume: Option<&ResumePoint>,
-        restart: bool,
+        fallback: Fallback,
     ) -> Result<RemoteSnapshot, HubError> {
         let mut invocation = self.invocation(&self.snapshot);
         let epoch_arg = resume
@@ -52,7 +66,11 @@ impl RedisHub {
         invocation
             .arg(epoch_arg)
             .arg(since_arg)
-            .arg(if restart { "1" } else { "0" });
+            .arg(match fallback {
+                Fallback::State => "0",
+                Fallback::Restart => "1",
+                Fallback::History => "history",
+            });
         let (epoch, seq, rotated, kind, frames): (String, Seq, i64, String, Vec<Vec<u8>>) =
             self.run(&invocation, "snapshot").await?;
         let epoch = Epoch::from_string(&epoch);
@@ -61,6 +79,7 @@ impl RedisHub {
         let kind = match kind.as_str() {
             "resumed" => Kind::Resumed,
             "restart" => Kind::Restart,
+            "history" => Kind::History,
             _ => Kind::Fresh,
         };
         let total = frames.len();
@@ -73,6 +92,9 @@ impl RedisHub {
         let mut readable = events.len() == total;
         match kind {
             Kind::Fresh => events.sort_by_key(|event| event.seq),
+            // Read-only and possibly trimmed at the front: only the order
+            // matters (`recent` leaves unreadable entries out).
+            Kind::History => readable &= events.windows(2).all(|w| w[0].seq < w[1].seq),
             // History must be the unbroken run up to `seq`.
             Kind::Resumed | Kind::Restart => {
                 let first = seq + 1 - events.len() as Seq;
@@ -105,9 +127,9 @@ impl RedisHub {
         &self,
         resume: Option<&ResumePoint>,
     ) -> Result<RemoteSnapshot, HubError> {
-        let remote = self.remote_snapshot(resume, false).await?;
+        let remote = self.remote_snapshot(resume, Fallback::State).await?;
         if remote.kind == Kind::Resumed && !remote.readable {
-            return self.remote_snapshot(None, false).await;
+            return self.remote_snapshot(None, Fallback::State).await;
         }
         Ok(remote)
     }

@@ -57,6 +57,9 @@ class Event:
     epoch: str
     retain: bool = False
     ts: str | None = None
+    #: Published before the page subscribed: one of the last events that
+    #: ``live(..., history=N)`` starts with.
+    history: bool = False
 
 
 def matches(pattern: str, topic: str) -> bool:

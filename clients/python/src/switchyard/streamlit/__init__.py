@@ -18,7 +18,9 @@ side is ``live.js`` and ``table.js`` next to this file.
 
 from __future__ import annotations
 
+import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from importlib import resources
@@ -33,6 +35,15 @@ __all__ = ["TOKEN_REFRESH_SECS", "TOKEN_TTL_SECS", "LiveState", "live", "live_ta
 CLIENT_JS = "/_switchyard/client.js?esm"
 
 _PATTERN = re.compile(r"^[A-Za-z0-9_.:/+#-]{1,256}$")
+
+#: Most events ``history=`` may ask for (the gateway's own limit).
+MAX_HISTORY = 1000
+
+
+def _history(history: int) -> int:
+    if isinstance(history, bool) or not isinstance(history, int) or not 0 <= history <= MAX_HISTORY:
+        raise ValueError(f"history: give a whole number of events from 0 to {MAX_HISTORY}")
+    return history
 
 
 def _asset(name: str) -> str:
@@ -82,6 +93,17 @@ def _client_js(url: str | None) -> str:
     return url if "?" in url else url + "?esm"
 
 
+def _gateway_page() -> str | None:
+    """Where the page should be opened: the gateway's public address, from the
+    ``WEBSOCKET_PUBLIC_URI`` the gateway gives the dashboard it runs (``None``
+    when something else runs it). Shown when the page was opened on
+    Streamlit's own port."""
+    parts = urllib.parse.urlsplit(os.environ.get("WEBSOCKET_PUBLIC_URI", ""))
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        return None
+    return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}/"
+
+
 def _feed(slot: str) -> Feed:
     feed = st.session_state.get(slot)
     if not isinstance(feed, Feed):
@@ -99,6 +121,7 @@ def live(
     *,
     key: str,
     max_reruns_per_sec: float = 4,
+    history: int = 0,
     url: str | None = None,
     token: str | None = None,
 ) -> LiveState:
@@ -115,6 +138,10 @@ def live(
     later in the fragment, that run's events are not handed out again (the
     state always is).
 
+    ``history=N`` starts with the last N matching events the gateway still
+    holds (published before the page opened): the first ``.events`` lists
+    them, oldest first, each with ``history=True``, before any live event.
+
     ``key`` names the subscription: it stays open across reruns. ``url`` is
     the full URL of the gateway's ``client.js`` when the page is not served
     through the gateway. ``token`` is an access token to use as is; without
@@ -126,6 +153,7 @@ def live(
     patterns = _topics(topics)
     if not max_reruns_per_sec > 0:
         raise ValueError("max_reruns_per_sec must be positive")
+    history = _history(history)
     element_key = f"switchyard-live-{key}"
     slot = f"_switchyard_live_feed_{key}"
     # Taken on a copy, kept only once the element is out: Streamlit stops a
@@ -151,6 +179,8 @@ def live(
             "topics": patterns,
             "client_js": _client_js(url),
             "max_reruns_per_sec": max_reruns_per_sec,
+            "history": history,
+            "gateway": _gateway_page(),
             "ack": feed.acknowledgement(),
             "token": session_token,
         },
@@ -163,6 +193,8 @@ def live(
         # page gets this acknowledgement with the next run.
         state = feed.take(mounted)
     st.session_state[slot] = feed
+    if state.status == "wrong-port" and state.error:
+        st.warning(state.error)  # nothing on this page can be live: say why
     return state
 
 
@@ -173,6 +205,7 @@ def live_table(
     columns: Sequence[str] | None = None,
     max_rows: int = 200,
     latest: bool = False,
+    history: int = 0,
     url: str | None = None,
     token: str | None = None,
     height: int | None = None,
@@ -180,7 +213,9 @@ def live_table(
     """A table of ``topics``' events drawn in the browser, with no Python rerun.
 
     Newest first, at most ``max_rows`` rows, seeded with the retained state;
-    ``latest=True`` keeps one row per topic, updated in place. ``columns``
+    ``latest=True`` keeps one row per topic, updated in place;
+    ``history=N`` starts with the last N matching events published before
+    the page opened (a trade tape that is not empty on a new page). ``columns``
     picks fields of dict payloads (default: the first event's keys). ``url``
     and ``token`` as for :func:`live`; a minted token is refreshed by a single
     rerun shortly before it expires.
@@ -188,6 +223,7 @@ def live_table(
     patterns = _topics(topics)
     if max_rows < 1:
         raise ValueError("max_rows must be at least 1")
+    history = _history(history)
     element_key = f"switchyard-table-{key}"
     feed = _feed(f"_switchyard_table_feed_{key}")
     stored = st.session_state.get(element_key)
@@ -206,6 +242,8 @@ def live_table(
             "columns": list(columns) if columns is not None else None,
             "max_rows": max_rows,
             "latest": latest,
+            "history": history,
+            "gateway": _gateway_page(),
             "token": session_token,
         },
         height=height if height is not None else "content",

@@ -51,9 +51,15 @@ class LiveState(dict[str, Any]):
       ``events`` may hold events from before the reset.
     - ``missed``: events that never reached this run because more than the
       page's buffer (1000) arrived unacknowledged; the state is still exact.
-    - ``status``: client.js's status (``connecting``, ``open``,
-      ``fallback-sse``, ``fallback-poll``, ``unauthorized``, ``forbidden``…).
-    - ``error``: the code of the last ``error`` frame or load failure, or None.
+    - ``status``: where the page's subscription is. ``connecting``; ``open``
+      (WebSocket); ``fallback-sse`` / ``fallback-poll`` (WebSocket off or
+      blocked); ``unauthorized`` / ``forbidden`` (the token was refused /
+      does not cover the topics: final); ``closed``; ``wrong-port`` (the page
+      was opened on Streamlit's own port, not through the gateway: ``error``
+      says which address to open, and ``live()`` shows it as a warning);
+      ``failed`` (client.js could not be loaded for another reason).
+    - ``error``: the code of the last ``error`` frame, or the load failure's
+      message, or None.
     - ``epoch`` / ``seq``: the page's position in the gateway's history.
     """
 
@@ -99,6 +105,7 @@ def _event(raw: Mapping[str, Any]) -> Event:
         epoch=epoch if isinstance(epoch, str) else "",
         retain=bool(raw.get("retain", False)),
         ts=ts if isinstance(ts, str) else None,
+        history=raw.get("history") is True,
     )
 
 

@@ -70,3 +70,25 @@ function drain(lane) {
     setTimeout(() => drain(lane), 5);
   }
 }
+
+/** Status and message when client.js cannot be loaded. A page that did not
+ *  come through the gateway (Streamlit's own port, whose URL Streamlit
+ *  prints) has no /_switchyard/ routes: say where to open it instead. */
+function loadFailure(src, error, gateway) {
+  const here = window.location.origin;
+  let there = null;
+  try {
+    there = gateway ? new URL(gateway).origin : null;
+  } catch (e) {
+    there = null;
+  }
+  if (there && there !== here) {
+    return {
+      status: "wrong-port",
+      error:
+        "This page comes straight from Streamlit (" + here + "), not through switchyard, " +
+        "so live updates cannot connect. Open " + gateway + " instead.",
+    };
+  }
+  return { status: "failed", error: "cannot load " + src + ": " + error };
+}

@@ -25,11 +25,16 @@ function randomId() {
   return Math.random().toString(36).slice(2) + Date.now().toString(36);
 }
 
+/** What makes a new subscription necessary when it changes. */
+function signatureOf(data) {
+  return JSON.stringify([data.topics, data.client_js, data.history || 0]);
+}
+
 function createEntry(data) {
   const entry = {
     id: randomId(), // names this subscription to Python (acks are per id)
     key: data.key,
-    signature: JSON.stringify([data.topics, data.client_js]),
+    signature: signatureOf(data),
     maxRate: data.max_reruns_per_sec || 4,
     n: 0, // last number given to an event
     pending: [], // events Python has not acknowledged, oldest first
@@ -72,7 +77,7 @@ function createEntry(data) {
   loadClient(src).then(
     (Switchyard) => {
       if (entry.closed) return;
-      const options = { topics: data.topics, url: base };
+      const options = { topics: data.topics, url: base, history: data.history || 0 };
       if (entry.token) options.token = entry.tokenFn;
       const client = Switchyard.connect(options);
       entry.client = client;
@@ -83,6 +88,7 @@ function createEntry(data) {
           seq: frame.seq,
           ts: frame.ts || null,
           retain: !!frame.retain,
+          history: !!frame.history,
           epoch: client.position().epoch,
         });
       });
@@ -103,8 +109,9 @@ function createEntry(data) {
       }
     },
     (error) => {
-      entry.status = "failed";
-      entry.error = "cannot load " + src + ": " + error;
+      const failure = loadFailure(src, error, data.gateway);
+      entry.status = failure.status;
+      entry.error = failure.error;
       changed(entry);
     }
   );
@@ -241,7 +248,7 @@ export default function (component) {
   if (!data || !data.key) return undefined;
   const live = registry();
   let entry = live[data.key];
-  const signature = JSON.stringify([data.topics, data.client_js]);
+  const signature = signatureOf(data);
   if (entry && (entry.closed || entry.signature !== signature)) {
     shutdown(entry);
     entry = null;

@@ -23,6 +23,11 @@ function cellText(value) {
   return String(value);
 }
 
+/** What makes a new subscription necessary when it changes. */
+function signatureOf(data) {
+  return JSON.stringify([data.topics, data.client_js, data.latest, data.history || 0]);
+}
+
 function createTable(data) {
   const root = el("div", "sy-live-table");
   const status = el("div", "sy-status", "connecting");
@@ -34,7 +39,7 @@ function createTable(data) {
   const entry = {
     kind: "table",
     key: data.key,
-    signature: JSON.stringify([data.topics, data.client_js, data.latest]),
+    signature: signatureOf(data),
     root,
     status,
     head,
@@ -61,7 +66,7 @@ function createTable(data) {
   loadClient(src).then(
     (Switchyard) => {
       if (entry.closed) return;
-      const options = { topics: data.topics, url: base };
+      const options = { topics: data.topics, url: base, history: data.history || 0 };
       if (entry.token) options.token = () => tokenFor(entry);
       const client = Switchyard.connect(options);
       entry.client = client;
@@ -83,12 +88,13 @@ function createTable(data) {
       });
       client.onReset(seed);
       client.on("#", (payload, frame) => {
-        entry.received += 1;
+        if (!frame.history) entry.received += 1; // live events only
         add(entry, { topic: frame.topic, data: payload, ts: frame.ts });
       });
     },
     (error) => {
-      entry.statusText = "cannot load " + src + ": " + error;
+      const failure = loadFailure(src, error, data.gateway);
+      entry.statusText = failure.status + ": " + failure.error;
       draw(entry);
     }
   );
@@ -210,7 +216,7 @@ export default function (component) {
   const live = registry();
   const slot = "table:" + data.key; // live() uses the bare key
   let entry = live[slot];
-  const signature = JSON.stringify([data.topics, data.client_js, data.latest]);
+  const signature = signatureOf(data);
   if (entry && (entry.closed || entry.signature !== signature)) {
     shutdown(entry);
     entry = null;
