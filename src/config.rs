@@ -25,6 +25,7 @@ pub const VARIABLES: &[&str] = &[
     "WEBSOCKET_PATH",
     "DASHBOARD_URL",
     "DASHBOARD_COMMAND",
+    "WORKER_COMMAND",
     "UPSTREAM_TIMEOUT_SECS",
     "TRUSTED_PROXIES",
     "PUBLISH_TOKEN",
@@ -72,6 +73,9 @@ pub struct Config {
     pub dashboard_url: Option<UpstreamUrl>,
     /// Shell command that runs the dashboard, supervised by the gateway.
     pub dashboard_command: Option<String>,
+    /// Shell command of a background process (the trading engine) the
+    /// gateway runs and supervises beside the dashboard.
+    pub worker_command: Option<String>,
     /// How long the dashboard may take to send a response head before 504.
     pub upstream_timeout: Duration,
     /// Peers whose X-Forwarded-* and X-Real-IP headers are believed.
@@ -209,6 +213,7 @@ struct RawEnv {
     websocket_path: Option<String>,
     dashboard_url: Option<String>,
     dashboard_command: Option<String>,
+    worker_command: Option<String>,
     upstream_timeout_secs: Option<String>,
     trusted_proxies: Option<String>,
     publish_token: Option<String>,
@@ -329,12 +334,8 @@ impl Checker {
                 valid.then(|| v.to_owned())
             },
         );
-        let dashboard_command = raw
-            .dashboard_command
-            .as_deref()
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned);
+        let dashboard_command = non_empty(&raw.dashboard_command).map(str::to_owned);
+        let worker_command = non_empty(&raw.worker_command).map(str::to_owned);
         let dashboard_url = match non_empty(&raw.dashboard_url) {
             Some(value) => self.require(
                 "DASHBOARD_URL",
@@ -459,6 +460,7 @@ impl Checker {
             websocket_path,
             dashboard_url,
             dashboard_command,
+            worker_command,
             upstream_timeout,
             trusted_proxies,
             publish_token,

@@ -2,6 +2,7 @@
 //! upstream HTTP + WebSocket server, and a small HTTP client over real TCP.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod upstream;
 
 use std::net::SocketAddr;
