@@ -11,6 +11,7 @@ use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
 use crate::hub::Hub;
+use crate::lease::LeaseView;
 use crate::response::{self, Body};
 use crate::supervisor::{ChildState, ChildStatus};
 use crate::upstream::{UpstreamHealth, UpstreamState};
@@ -38,6 +39,10 @@ struct HealthReport {
 struct WorkerReport {
     state: ChildState,
     restarts: u64,
+    /// With REDIS_URL: the replica holding the worker's lease, as last
+    /// read from Redis (null before the first answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holder: Option<Option<String>>,
 }
 
 /// What `/health` reports on, each from the module that counts it.
@@ -50,6 +55,8 @@ pub struct Sources<'a> {
     pub dashboard: Option<&'a ChildStatus>,
     /// The supervised worker, if any.
     pub worker: Option<&'a ChildStatus>,
+    /// The worker's lease, with REDIS_URL.
+    pub worker_lease: Option<&'a LeaseView>,
     pub hub: &'a dyn Hub,
 }
 
@@ -74,6 +81,7 @@ pub fn respond(sources: Sources<'_>, method: &Method) -> Response<Body> {
         worker: sources.worker.map(|worker| WorkerReport {
             state: worker.state(),
             restarts: worker.restarts(),
+            holder: sources.worker_lease.map(LeaseView::holder),
         }),
     };
     let status = if starting {

@@ -13,6 +13,7 @@ pub mod event_loops;
 pub mod health;
 pub mod hub;
 pub mod layers;
+pub mod lease;
 pub mod linger;
 pub mod logging;
 pub mod metrics;
@@ -45,6 +46,7 @@ use crate::broadcast::Broadcaster;
 use crate::hub::memory::MemoryHub;
 use crate::hub::redis::RedisHub;
 use crate::hub::Hub;
+use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::Gateway;
@@ -93,14 +95,30 @@ pub async fn run(
         .map_or_else(|| "none".to_owned(), ToString::to_string);
     info!(%addr, dashboard, "listening");
 
-    let supervise = |kind, command: &Option<String>, upstream: Option<Arc<UpstreamHealth>>| {
+    // With Redis, the worker runs on one replica at a time: the lease opens
+    // its gate, and its shell kills it within the lease's own grace if
+    // the gateway dies (see `lease`).
+    let (lease, gate) = match (&config.worker_command, &config.redis_url) {
+        (Some(_), Some(url)) => {
+            let (lease, gate) =
+                Lease::start(url.expose(), &config.redis_prefix).map_err(std::io::Error::other)?;
+            (Some(lease), Some(gate))
+        }
+        _ => (None, None),
+    };
+    let worker_grace = match gate {
+        Some(_) => config.shutdown_grace.min(lease::KILL_GRACE),
+        None => config.shutdown_grace,
+    };
+    let supervise = |kind, command: &Option<String>, upstream, gate, grace| {
         command.clone().map(|command| {
             Supervisor::start(ChildSpec {
                 kind,
                 command,
                 env: child_environment(&config, addr, kind),
-                grace: config.shutdown_grace,
+                grace,
                 upstream,
+                gate,
             })
         })
     };
@@ -108,8 +126,16 @@ pub async fn run(
         ChildKind::Dashboard,
         &config.dashboard_command,
         Some(upstream.clone()),
+        None,
+        config.shutdown_grace,
     );
-    let worker = supervise(ChildKind::Worker, &config.worker_command, None);
+    let worker = supervise(
+        ChildKind::Worker,
+        &config.worker_command,
+        None,
+        gate,
+        worker_grace,
+    );
     let dashboard_status = dashboard.as_ref().map(|s| s.status.clone());
     let worker_status = worker.as_ref().map(|s| s.status.clone());
     let metrics = Metrics::new(
@@ -134,6 +160,7 @@ pub async fn run(
         upstream,
         dashboard: dashboard_status,
         worker: worker_status,
+        worker_lease: lease.as_ref().map(|lease| lease.view.clone()),
         metrics,
         shutdown,
         config,
@@ -162,6 +189,10 @@ pub async fn run(
             .map(|child| child.stop(signalled + grace)),
     )
     .await;
+    // Only once the worker is gone: another replica may start one at once.
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
     served
 }
 

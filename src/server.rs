@@ -52,6 +52,7 @@ use crate::auth::{self, Access};
 use crate::broadcast::Broadcaster;
 use crate::config::{Config, RESERVED_PREFIX};
 use crate::layers::{self, Peer};
+use crate::lease::LeaseView;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::response::{self, Body, BoxError};
@@ -89,6 +90,8 @@ pub struct Gateway {
     pub dashboard: Option<Arc<ChildStatus>>,
     /// The supervised worker's state and restarts, for `/health`.
     pub worker: Option<Arc<ChildStatus>>,
+    /// With REDIS_URL: who holds the worker's lease, for `/health`.
+    pub worker_lease: Option<Arc<LeaseView>>,
     /// Tells upgraded tasks to finish and waits for them.
     pub shutdown: Shutdown,
     /// What `/_switchyard/metrics` reports.
@@ -441,6 +444,7 @@ async fn route(
             upstream: &gateway.upstream,
             dashboard: gateway.dashboard.as_deref(),
             worker: gateway.worker.as_deref(),
+            worker_lease: gateway.worker_lease.as_deref(),
             hub: gateway.broadcaster.hub.as_ref(),
         };
         health::respond(sources, request.method())

@@ -28,6 +28,7 @@ use rustix::process::{Pid, Signal};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -93,12 +94,16 @@ pub enum ChildState {
     Running,
     /// Exited; waiting out the backoff before the next start.
     Restarting,
+    /// Not allowed to run here: another replica holds the worker's lease
+    /// (see `lease`), or this one has not got it yet.
+    Standby,
 }
 
 impl ChildState {
     fn from_u8(value: u8) -> ChildState {
         match value {
             1 => ChildState::Restarting,
+            2 => ChildState::Standby,
             _ => ChildState::Running,
         }
     }
@@ -126,6 +131,16 @@ impl ChildStatus {
     }
 }
 
+/// Whether a child may run now. Without a gate a child always may; the
+/// worker's lease (see `lease`) gates the worker when REDIS_URL is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permit {
+    /// Run it (start it if it is not running).
+    Run,
+    /// Do not run it: SIGTERM now, SIGKILL at `kill_at` at the latest.
+    Hold { kill_at: Instant },
+}
+
 /// One child to supervise.
 pub struct ChildSpec {
     pub kind: ChildKind,
@@ -139,6 +154,10 @@ pub struct ChildSpec {
     /// The dashboard's health, told when the process exits; `None` for the
     /// worker.
     pub upstream: Option<Arc<UpstreamHealth>>,
+    /// When present, the child runs only while it reads [`Permit::Run`].
+    /// The sender going away counts as `Hold` now: a child never runs
+    /// unchecked.
+    pub gate: Option<watch::Receiver<Permit>>,
 }
 
 /// What the gateway keeps of the supervisor.
@@ -152,9 +171,13 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts the child now and keeps it running until [`Supervisor::stop`].
+    /// Starts the child now (or when its gate opens) and keeps it running
+    /// until [`Supervisor::stop`].
     pub fn start(spec: ChildSpec) -> Supervisor {
         let status = Arc::new(ChildStatus::default());
+        if spec.gate.is_some() {
+            status.set(ChildState::Standby);
+        }
         let stop = CancellationToken::new();
         let stop_deadline = Arc::new(std::sync::Mutex::new(None));
         let task = tokio::spawn(supervise(
@@ -194,11 +217,30 @@ async fn supervise(
         env,
         grace,
         upstream,
+        mut gate,
     } = spec;
     let name = kind.name();
     let script = script(&command, grace);
     let mut backoff = FIRST_BACKOFF;
     loop {
+        if let Some(gate) = &mut gate {
+            if !gate_open(gate) {
+                status.set(ChildState::Standby);
+                child_log!(info, kind, "{name} on standby");
+                tokio::select! {
+                    opened = async { gate.wait_for(|permit| *permit == Permit::Run).await.is_ok() } => {
+                        if !opened {
+                            // The lease is gone for good: nothing will
+                            // open the gate again.
+                            stop.cancelled().await;
+                            return;
+                        }
+                    }
+                    _ = stop.cancelled() => return,
+                }
+                backoff = FIRST_BACKOFF;
+            }
+        }
         let started = Instant::now();
         status.set(ChildState::Running);
         match spawn(kind, &script, &env) {
@@ -223,6 +265,11 @@ async fn supervise(
                         terminate(kind, &mut child, deadline, started).await;
                         return;
                     }
+                    kill_at = closed(&mut gate) => {
+                        status.set(ChildState::Standby);
+                        terminate(kind, &mut child, kill_at, started).await;
+                        continue;
+                    }
                 }
             }
             Err(spawn_error) => {
@@ -244,8 +291,32 @@ async fn supervise(
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.cancelled() => return,
+            _ = closed(&mut gate) => continue,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Whether the gate reads `Run` (a gate whose sender is gone is closed).
+fn gate_open(gate: &mut watch::Receiver<Permit>) -> bool {
+    gate.has_changed().is_ok() && *gate.borrow_and_update() == Permit::Run
+}
+
+/// Resolves when the gate closes, with the SIGKILL deadline; never without
+/// a gate.
+async fn closed(gate: &mut Option<watch::Receiver<Permit>>) -> Instant {
+    let Some(gate) = gate else {
+        return std::future::pending().await;
+    };
+    match gate
+        .wait_for(|permit| matches!(permit, Permit::Hold { .. }))
+        .await
+    {
+        Ok(permit) => match *permit {
+            Permit::Hold { kill_at } => kill_at,
+            Permit::Run => Instant::now(),
+        },
+        Err(_) => Instant::now(),
     }
 }
 
