@@ -189,26 +189,23 @@ impl Claimer {
                         failing = false;
                     }
                     self.view.set_holder(&holder);
-                    if holder == self.view.replica {
-                        if valid_until.is_none() && Instant::now() >= closed_until {
+                    let ours = holder == self.view.replica;
+                    if ours && Instant::now() >= closed_until {
+                        if valid_until.is_none() {
                             info!(replica = %holder, "worker lease acquired; starting the worker");
                             self.gate.send_replace(Permit::Run);
                         }
-                        if Instant::now() >= closed_until {
-                            valid_until = Some(sent + LEASE_TTL);
-                        }
-                    } else if valid_until.take().is_some() {
+                        valid_until = Some(sent + LEASE_TTL);
+                    } else if !ours && valid_until.take().is_some() {
                         warn!(%holder, "worker lease taken by another replica; stopping the worker now");
                         closed_until = self.close(Instant::now());
                     }
                 }
-                Some(Err(error)) => {
-                    if !failing {
-                        warn!(%error, "worker lease: cannot reach redis; retrying");
-                        failing = true;
-                    }
+                Some(Err(error)) if !failing => {
+                    warn!(%error, "worker lease: cannot reach redis; retrying");
+                    failing = true;
                 }
-                None => {}
+                Some(Err(_)) | None => {}
             }
             if let Some(until) = valid_until {
                 if Instant::now() >= until - STOP_MARGIN {

@@ -190,8 +190,9 @@ pub async fn run(
     )
     .await;
     // Only once the worker is gone: another replica may start one at once.
+    // Within the grace; a lease not released lapses by itself.
     if let Some(lease) = lease {
-        lease.release().await;
+        let _ = tokio::time::timeout_at(signalled + grace, lease.release()).await;
     }
     served
 }

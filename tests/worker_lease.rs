@@ -77,9 +77,12 @@ impl Drop for WorkerDir {
     }
 }
 
+/// When, and which workers were alive then.
+type Sample = (Instant, Vec<u32>);
+
 /// Which workers were alive, every 100 ms.
 struct Sampler {
-    samples: Arc<Mutex<Vec<(Instant, Vec<u32>)>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -124,7 +127,7 @@ impl Sampler {
 
     /// Stops sampling; answers the number of samples and the most workers
     /// alive in one, with when.
-    fn finish(self) -> (usize, usize, Vec<(Instant, Vec<u32>)>) {
+    fn finish(self) -> (usize, usize, Vec<Sample>) {
         self.task.abort();
         let samples = self.samples.lock().unwrap().clone();
         let most = samples.iter().map(|(_, a)| a.len()).max().unwrap_or(0);
