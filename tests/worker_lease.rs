@@ -2,7 +2,8 @@
 //! gateways, one private `redis-server`, real worker processes (each writes
 //! its pid into a shared directory and publishes through its gateway), and
 //! a sampler that checks every 100 ms, for the whole test, that never two
-//! workers are alive.
+//! workers are alive. The workers ignore SIGTERM, the worst case: only the
+//! SIGKILL deadlines keep them from overlapping.
 
 mod support;
 
@@ -24,7 +25,9 @@ const LEASE_TTL: Duration = Duration::from_secs(10);
 struct WorkerDir(PathBuf);
 
 impl WorkerDir {
-    fn new(name: &str) -> WorkerDir {
+    /// `stubborn`: the worker ignores SIGTERM (and so do curl and sleep:
+    /// an ignored signal stays ignored across exec); only SIGKILL stops it.
+    fn new(name: &str, stubborn: bool) -> WorkerDir {
         let dir = std::env::temp_dir().join(format!(
             "switchyard-lease-{name}-{}-{}",
             std::process::id(),
@@ -34,12 +37,13 @@ impl WorkerDir {
         std::fs::create_dir_all(dir.join("pids")).unwrap();
         // Publishes its pid every 200 ms through its own gateway.
         let script = format!(
-            "echo $$ > {pids}/$$\n\
+            "{trap}echo $$ > {pids}/$$\n\
              while :; do\n\
              \x20 curl -s -o /dev/null -m 2 -H 'content-type: application/json' \
              -d \"{{\\\"topic\\\":\\\"engine/tick\\\",\\\"data\\\":$$}}\" \"$SWITCHYARD_PUBLISH_URL\"\n\
              \x20 sleep 0.2\n\
              done\n",
+            trap = if stubborn { "trap '' TERM\n" } else { "" },
             pids = dir.join("pids").display()
         );
         std::fs::write(dir.join("worker.sh"), script).unwrap();
@@ -210,7 +214,7 @@ async fn one_worker_across_three_replicas_and_a_new_one_soon_after_the_holder_di
     }
     let redis = PrivateRedis::start(&[]).await;
     let prefix = unique_prefix("lease");
-    let workers = WorkerDir::new("three");
+    let workers = WorkerDir::new("three", true);
     let sampler = Sampler::start(&workers.0);
     let mut gateways = Vec::new();
     for _ in 0..3 {
@@ -269,7 +273,7 @@ async fn a_holder_that_cannot_reach_redis_stops_its_worker_before_another_starts
     }
     let redis = PrivateRedis::start(&[]).await;
     let prefix = unique_prefix("lease-pause");
-    let workers = WorkerDir::new("pause");
+    let workers = WorkerDir::new("pause", true);
     let sampler = Sampler::start(&workers.0);
     let gateways = [
         replica(&redis, &prefix, &workers).await,
@@ -299,7 +303,7 @@ async fn a_holder_that_cannot_reach_redis_stops_its_worker_before_another_starts
     tokio::time::sleep((LEASE_TTL + Duration::from_secs(3)).saturating_sub(paused.elapsed())).await;
     let during_pause = sampler.now();
     assert!(signal("-CONT").success());
-    println!("redis paused: the holder stopped its worker after {stopped_after:?}");
+    println!("redis paused: the holder SIGKILLed its worker (which ignores SIGTERM) after {stopped_after:?}");
     assert!(!still_alive, "the worker ran on with no lease");
     assert!(stopped_after < LEASE_TTL, "{stopped_after:?}");
     assert_eq!(health["worker"]["state"], "standby", "{health}");
