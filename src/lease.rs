@@ -68,6 +68,16 @@ const KILL_MARGIN: Duration = Duration::from_secs(2);
 /// The worker gets SIGTERM this long before the lease can expire.
 const STOP_MARGIN: Duration = Duration::from_secs(KILL_GRACE.as_secs() + KILL_MARGIN.as_secs());
 
+// The holder survives a failed renewal or two (each bounded by twice
+// CALL_TIMEOUT) before it stops its worker, and the SIGKILL comes before
+// the lease can lapse.
+const _: () = assert!(
+    RENEW_EVERY.as_secs() + 2 * CALL_TIMEOUT.as_secs()
+        < LEASE_TTL.as_secs() - STOP_MARGIN.as_secs()
+        && KILL_MARGIN.as_secs() > 0
+        && STOP_MARGIN.as_secs() < LEASE_TTL.as_secs()
+);
+
 /// KEYS[1] the lease, ARGV[1] this replica, ARGV[2] the TTL in ms; answers
 /// the holder after the call.
 const CLAIM: &str = r"
