@@ -52,6 +52,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
         &[
             var("DASHBOARD_URL", "unset", "the dashboard every other path is proxied to (http://host:port)"),
             var("DASHBOARD_COMMAND", "unset", "shell command started and supervised as the dashboard (its $PORT: the dashboard's)"),
+            var("WORKER_COMMAND", "unset", "shell command started and supervised beside it: the engine (one replica at a time with REDIS_URL)"),
             var("UPSTREAM_TIMEOUT_SECS", "60", "the dashboard kept us waiting this long: 504"),
             var("MAX_TUNNELS", "10000", "proxied WebSocket upgrades open at once; past it 503"),
             var("TUNNEL_IDLE_SECS", "600", "a proxied tunnel silent both ways this long is closed"),
@@ -165,6 +166,9 @@ pub struct Config {
     pub dashboard_url: Option<UpstreamUrl>,
     /// Shell command that runs the dashboard, supervised by the gateway.
     pub dashboard_command: Option<String>,
+    /// Shell command of a background process (the trading engine) the
+    /// gateway runs and supervises beside the dashboard.
+    pub worker_command: Option<String>,
     /// How long the dashboard may take to send a response head before 504.
     pub upstream_timeout: Duration,
     /// Peers whose X-Forwarded-* and X-Real-IP headers are believed.
@@ -302,6 +306,7 @@ struct RawEnv {
     websocket_path: Option<String>,
     dashboard_url: Option<String>,
     dashboard_command: Option<String>,
+    worker_command: Option<String>,
     upstream_timeout_secs: Option<String>,
     trusted_proxies: Option<String>,
     publish_token: Option<String>,
@@ -422,12 +427,8 @@ impl Checker {
                 valid.then(|| v.to_owned())
             },
         );
-        let dashboard_command = raw
-            .dashboard_command
-            .as_deref()
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned);
+        let dashboard_command = non_empty(&raw.dashboard_command).map(str::to_owned);
+        let worker_command = non_empty(&raw.worker_command).map(str::to_owned);
         let dashboard_url = match non_empty(&raw.dashboard_url) {
             Some(value) => self.require(
                 "DASHBOARD_URL",
@@ -552,6 +553,7 @@ impl Checker {
             websocket_path,
             dashboard_url,
             dashboard_command,
+            worker_command,
             upstream_timeout,
             trusted_proxies,
             publish_token,

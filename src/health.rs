@@ -2,16 +2,18 @@
 //!
 //! 200 `{"status":"healthy",…}` normally; 503 `{"status":"starting",…}` while
 //! a configured dashboard has not answered once, so a deployment is not
-//! marked ready before its dashboard is.
+//! marked ready before its dashboard is. The worker (`WORKER_COMMAND`) is
+//! reported but never holds readiness back.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
 use crate::hub::Hub;
+use crate::lease::LeaseView;
 use crate::response::{self, Body};
+use crate::supervisor::{ChildState, ChildStatus};
 use crate::upstream::{UpstreamHealth, UpstreamState};
 
 #[derive(Serialize)]
@@ -28,6 +30,19 @@ struct HealthReport {
     /// Only when REDIS_URL is set: "up" or "down".
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<&'static str>,
+    /// Only when WORKER_COMMAND is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker: Option<WorkerReport>,
+}
+
+#[derive(Serialize)]
+struct WorkerReport {
+    state: ChildState,
+    restarts: u64,
+    /// With REDIS_URL: the replica holding the worker's lease, as last
+    /// read from Redis (null before the first answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holder: Option<Option<String>>,
 }
 
 /// What `/health` reports on, each from the module that counts it.
@@ -36,7 +51,12 @@ pub struct Sources<'a> {
     pub connections: usize,
     pub websocket_enabled: bool,
     pub upstream: &'a UpstreamHealth,
-    pub restarts: Option<&'a AtomicU64>,
+    /// The supervised dashboard, if any.
+    pub dashboard: Option<&'a ChildStatus>,
+    /// The supervised worker, if any.
+    pub worker: Option<&'a ChildStatus>,
+    /// The worker's lease, with REDIS_URL.
+    pub worker_lease: Option<&'a LeaseView>,
     pub hub: &'a dyn Hub,
 }
 
@@ -53,13 +73,16 @@ pub fn respond(sources: Sources<'_>, method: &Method) -> Response<Body> {
         websocket_enabled: sources.websocket_enabled,
         upstream,
         version: env!("CARGO_PKG_VERSION"),
-        restarts: sources
-            .restarts
-            .map(|restarts| restarts.load(Ordering::Relaxed)),
+        restarts: sources.dashboard.map(ChildStatus::restarts),
         redis: sources
             .hub
             .backplane_up()
             .map(|up| if up { "up" } else { "down" }),
+        worker: sources.worker.map(|worker| WorkerReport {
+            state: worker.state(),
+            restarts: worker.restarts(),
+            holder: sources.worker_lease.map(LeaseView::holder),
+        }),
     };
     let status = if starting {
         StatusCode::SERVICE_UNAVAILABLE

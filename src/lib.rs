@@ -13,6 +13,7 @@ pub mod event_loops;
 pub mod health;
 pub mod hub;
 pub mod layers;
+pub mod lease;
 pub mod linger;
 pub mod logging;
 pub mod metrics;
@@ -45,11 +46,12 @@ use crate::broadcast::Broadcaster;
 use crate::hub::memory::MemoryHub;
 use crate::hub::redis::RedisHub;
 use crate::hub::Hub;
+use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::Gateway;
 use crate::shutdown::Shutdown;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{ChildKind, ChildSpec, Supervisor};
 use crate::upstream::UpstreamHealth;
 
 /// Binds the public port and serves until `signal` resolves, then drains.
@@ -93,16 +95,55 @@ pub async fn run(
         .map_or_else(|| "none".to_owned(), ToString::to_string);
     info!(%addr, dashboard, "listening");
 
-    let supervisor = config.dashboard_command.clone().map(|command| {
-        Supervisor::start(
-            command,
-            child_environment(&config, addr),
-            upstream.clone(),
-            config.shutdown_grace,
-        )
-    });
-    let restarts = supervisor.as_ref().map(|s| s.restarts.clone());
-    let metrics = Metrics::new(hub.clone(), upstream.clone(), restarts.clone());
+    // With Redis, the worker runs on one replica at a time: the lease opens
+    // its gate, and its shell kills it within the lease's own grace if
+    // the gateway dies (see `lease`).
+    let (lease, gate) = match (&config.worker_command, &config.redis_url) {
+        (Some(_), Some(url)) => {
+            let (lease, gate) =
+                Lease::start(url.expose(), &config.redis_prefix).map_err(std::io::Error::other)?;
+            (Some(lease), Some(gate))
+        }
+        _ => (None, None),
+    };
+    let worker_grace = match gate {
+        Some(_) => config.shutdown_grace.min(lease::KILL_GRACE),
+        None => config.shutdown_grace,
+    };
+    let supervise = |kind, command: &Option<String>, upstream, gate, grace| {
+        command.clone().map(|command| {
+            Supervisor::start(ChildSpec {
+                kind,
+                command,
+                env: child_environment(&config, addr, kind),
+                grace,
+                upstream,
+                gate,
+            })
+        })
+    };
+    let dashboard = supervise(
+        ChildKind::Dashboard,
+        &config.dashboard_command,
+        Some(upstream.clone()),
+        None,
+        config.shutdown_grace,
+    );
+    let worker = supervise(
+        ChildKind::Worker,
+        &config.worker_command,
+        None,
+        gate,
+        worker_grace,
+    );
+    let dashboard_status = dashboard.as_ref().map(|s| s.status.clone());
+    let worker_status = worker.as_ref().map(|s| s.status.clone());
+    let metrics = Metrics::new(
+        hub.clone(),
+        upstream.clone(),
+        dashboard_status.clone(),
+        worker_status.clone(),
+    );
     let ping_clock = spawn_ping_clock(config.ping_interval, &shutdown);
     let broadcaster = Arc::new(Broadcaster::new(
         hub,
@@ -117,19 +158,22 @@ pub async fn run(
         broadcaster,
         proxy,
         upstream,
-        dashboard_restarts: restarts,
+        dashboard: dashboard_status,
+        worker: worker_status,
+        worker_lease: lease.as_ref().map(|lease| lease.view.clone()),
         metrics,
         shutdown,
         config,
     });
 
-    // The grace covers draining and then stopping the child; the child gets
-    // up to half of it (at most 5 s) for its own SIGTERM handling.
+    // The grace covers draining and then stopping the children; they get
+    // up to half of it (at most 5 s) for their own SIGTERM handling.
+    let children: Vec<Supervisor> = dashboard.into_iter().chain(worker).collect();
     let grace = gateway.config.shutdown_grace;
-    let child_budget = if supervisor.is_some() {
-        (grace / 2).min(Duration::from_secs(5))
-    } else {
+    let child_budget = if children.is_empty() {
         Duration::ZERO
+    } else {
+        (grace / 2).min(Duration::from_secs(5))
     };
     let signalled_at = Arc::new(OnceLock::new());
     let mark = signalled_at.clone();
@@ -138,18 +182,27 @@ pub async fn run(
         let _ = mark.set(Instant::now());
     };
     let served = server::serve(listeners, gateway, signal, grace - child_budget).await;
-    if let Some(supervisor) = supervisor {
-        let signalled = signalled_at.get().copied().unwrap_or_else(Instant::now);
-        supervisor.stop(signalled + grace).await;
+    let signalled = signalled_at.get().copied().unwrap_or_else(Instant::now);
+    futures_util::future::join_all(
+        children
+            .into_iter()
+            .map(|child| child.stop(signalled + grace)),
+    )
+    .await;
+    // Only once the worker is gone: another replica may start one at once.
+    // Within the grace; a lease not released lapses by itself.
+    if let Some(lease) = lease {
+        let _ = tokio::time::timeout_at(signalled + grace, lease.release()).await;
     }
     served
 }
 
-/// What the supervised dashboard finds in its environment besides ours:
-/// where to publish and subscribe on loopback, the public WebSocket URI, and
-/// `PORT` set to the dashboard's own port (so an app that honours PORT
-/// listens where the proxy looks).
-fn child_environment(config: &Config, bound: SocketAddr) -> Vec<(String, String)> {
+/// What a supervised child finds in its environment besides ours: where to
+/// publish and subscribe on loopback and the public WebSocket URI. The
+/// dashboard also gets `PORT` set to its own port (so an app that honours
+/// PORT listens where the proxy looks); the worker gets no `PORT` at all
+/// (see [`ChildKind`]).
+fn child_environment(config: &Config, bound: SocketAddr, kind: ChildKind) -> Vec<(String, String)> {
     let local = match bound.ip() {
         ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
         IpAddr::V6(ip) => format!("[{ip}]"),
@@ -174,7 +227,7 @@ fn child_environment(config: &Config, bound: SocketAddr) -> Vec<(String, String)
             config.websocket_enabled.to_string(),
         ),
     ];
-    if let Some(url) = &config.dashboard_url {
+    if let (ChildKind::Dashboard, Some(url)) = (kind, &config.dashboard_url) {
         env.push((
             "PORT".to_owned(),
             url.authority.port_u16().unwrap_or(80).to_string(),

@@ -8,7 +8,6 @@
 //! scrape time by a collector, so no number is kept twice.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use prometheus_client::registry::Registry;
 use crate::broadcast::Transport;
 use crate::hub::Hub;
 use crate::response::{self, Body};
+use crate::supervisor::ChildStatus;
 use crate::upstream::{UpstreamHealth, UpstreamState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,11 +47,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric; `restarts` is present when supervising.
+    /// Registers every metric; `dashboard` and `worker` are present when
+    /// supervising them.
     pub fn new(
         hub: Arc<dyn Hub>,
         upstream: Arc<UpstreamHealth>,
-        restarts: Option<Arc<AtomicU64>>,
+        dashboard: Option<Arc<ChildStatus>>,
+        worker: Option<Arc<ChildStatus>>,
     ) -> Metrics {
         let mut registry = Registry::with_prefix("switchyard");
         let connections = Family::<TransportLabel, Gauge>::default();
@@ -76,7 +78,8 @@ impl Metrics {
         registry.register_collector(Box::new(Live {
             hub,
             upstream,
-            restarts,
+            dashboard,
+            worker,
         }));
         let proxy_requests = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
             proxy_requests
@@ -131,7 +134,8 @@ impl Metrics {
 struct Live {
     hub: Arc<dyn Hub>,
     upstream: Arc<UpstreamHealth>,
-    restarts: Option<Arc<AtomicU64>>,
+    dashboard: Option<Arc<ChildStatus>>,
+    worker: Option<Arc<ChildStatus>>,
 }
 
 impl fmt::Debug for Live {
@@ -213,12 +217,20 @@ impl Collector for Live {
                 i64::from(up),
             )?;
         }
-        if let Some(restarts) = &self.restarts {
+        if let Some(dashboard) = &self.dashboard {
             counter(
                 &mut encoder,
                 "dashboard_restarts",
                 "Restarts of the supervised dashboard",
-                restarts.load(Ordering::Relaxed),
+                dashboard.restarts(),
+            )?;
+        }
+        if let Some(worker) = &self.worker {
+            counter(
+                &mut encoder,
+                "worker_restarts",
+                "Restarts of the supervised worker (WORKER_COMMAND)",
+                worker.restarts(),
             )?;
         }
         Ok(())

@@ -29,7 +29,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -53,10 +52,12 @@ use crate::auth::{self, Access};
 use crate::broadcast::Broadcaster;
 use crate::config::{Config, RESERVED_PREFIX};
 use crate::layers::{self, Peer};
+use crate::lease::LeaseView;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::response::{self, Body, BoxError};
 use crate::shutdown::Shutdown;
+use crate::supervisor::ChildStatus;
 use crate::upstream::UpstreamHealth;
 use crate::watchdog::{self, ConnectionHandle, Watchdog};
 use crate::{assets, cors, event_loops, health, public_config, publish, sse, state, ws};
@@ -85,8 +86,12 @@ pub struct Gateway {
     pub proxy: Option<Arc<Proxy>>,
     /// What `/health` reports about the dashboard.
     pub upstream: Arc<UpstreamHealth>,
-    /// Restarts of a supervised dashboard, for `/health`.
-    pub dashboard_restarts: Option<Arc<AtomicU64>>,
+    /// The supervised dashboard's state and restarts, for `/health`.
+    pub dashboard: Option<Arc<ChildStatus>>,
+    /// The supervised worker's state and restarts, for `/health`.
+    pub worker: Option<Arc<ChildStatus>>,
+    /// With REDIS_URL: who holds the worker's lease, for `/health`.
+    pub worker_lease: Option<Arc<LeaseView>>,
     /// Tells upgraded tasks to finish and waits for them.
     pub shutdown: Shutdown,
     /// What `/_switchyard/metrics` reports.
@@ -437,7 +442,9 @@ async fn route(
             connections: gateway.broadcaster.clients(),
             websocket_enabled: gateway.config.websocket_enabled,
             upstream: &gateway.upstream,
-            restarts: gateway.dashboard_restarts.as_deref(),
+            dashboard: gateway.dashboard.as_deref(),
+            worker: gateway.worker.as_deref(),
+            worker_lease: gateway.worker_lease.as_deref(),
             hub: gateway.broadcaster.hub.as_ref(),
         };
         health::respond(sources, request.method())

@@ -1,32 +1,36 @@
-//! The dashboard child process (`DASHBOARD_COMMAND`): start, log, restart,
-//! stop.
+//! The supervised child processes: the dashboard (`DASHBOARD_COMMAND`) and
+//! the worker (`WORKER_COMMAND`, the user's trading engine). One piece of
+//! code serves both; [`ChildKind`] names which one a [`Supervisor`] runs.
 //!
 //! Owns: spawning the command through `sh` in its own process group with
 //! the switchyard variables in its environment; forwarding its stdout and
-//! stderr line by line into the log (target `dashboard`); restarting it with
-//! exponential backoff (1 s doubling to 30 s, reset after 60 s of running);
-//! and stopping the whole group (SIGTERM, then SIGKILL at the deadline).
+//! stderr line by line into the log (target `dashboard` or `worker`);
+//! restarting it with exponential backoff (1 s doubling to 30 s, reset after
+//! 60 s of running); stopping the whole group (SIGTERM, then SIGKILL at the
+//! deadline); and the state `/health` reports ([`ChildStatus`]).
 //!
 //! No orphan survives the gateway: at shutdown the group is signalled; and
 //! if the gateway itself is SIGKILLed, the kernel sends the child shell
 //! SIGTERM (PR_SET_PDEATHSIG), whose trap passes it to the whole group,
 //! waits up to the grace (`SHUTDOWN_GRACE_SECS`) for the group to be gone,
-//! and SIGKILLs whatever is left of it: a dashboard that ignores SIGTERM
+//! and SIGKILLs whatever is left of it: a child that ignores SIGTERM
 //! does not outlive the gateway by more than the grace.
 //!
-//! Does not own: whether the dashboard answers (see `upstream`).
+//! Does not own: whether the dashboard answers (see `upstream`), or which
+//! environment each child gets (the caller builds it; see `lib.rs`).
 
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal};
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
 
 use crate::upstream::UpstreamHealth;
 
@@ -39,10 +43,127 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// Longest line forwarded to the log; longer ones are cut in pieces.
 const MAX_LINE: usize = 16 * 1024;
 
+/// Variables of the gateway that no child inherits: with them a child that
+/// is itself a switchyard would proxy to itself or supervise more copies.
+const NOT_INHERITED: &[&str] = &["DASHBOARD_URL", "DASHBOARD_COMMAND", "WORKER_COMMAND"];
+
+/// Which child a supervisor runs: it names the log target, the messages
+/// and what the child inherits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildKind {
+    /// `DASHBOARD_COMMAND`, the upstream of the proxy.
+    Dashboard,
+    /// `WORKER_COMMAND`, a background process (the trading engine).
+    Worker,
+}
+
+impl ChildKind {
+    /// The log target and the word in log messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildKind::Dashboard => "dashboard",
+            ChildKind::Worker => "worker",
+        }
+    }
+
+    /// Whether the child inherits the gateway's `PORT`. The worker does
+    /// not: the public port is the gateway's, and a worker that listened on
+    /// it would fail or steal it. (The dashboard's `PORT` is set to its own
+    /// port by the caller.)
+    fn inherits_port(self) -> bool {
+        self == ChildKind::Dashboard
+    }
+}
+
+/// Logs under the child's own target: tracing wants the target as a
+/// constant, so each kind gets its own call site.
+macro_rules! child_log {
+    ($level:ident, $kind:expr, $($rest:tt)+) => {
+        match $kind {
+            ChildKind::Dashboard => tracing::$level!(target: "dashboard", $($rest)+),
+            ChildKind::Worker => tracing::$level!(target: "worker", $($rest)+),
+        }
+    };
+}
+
+/// What a supervised child is doing, as `/health` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChildState {
+    /// Started and not (yet) exited.
+    Running,
+    /// Exited; waiting out the backoff before the next start.
+    Restarting,
+    /// Not allowed to run here: another replica holds the worker's lease
+    /// (see `lease`), or this one has not got it yet.
+    Standby,
+}
+
+impl ChildState {
+    fn from_u8(value: u8) -> ChildState {
+        match value {
+            1 => ChildState::Restarting,
+            2 => ChildState::Standby,
+            _ => ChildState::Running,
+        }
+    }
+}
+
+/// Shared with `/health` and the metrics; lock-free.
+#[derive(Debug, Default)]
+pub struct ChildStatus {
+    state: AtomicU8,
+    restarts: AtomicU64,
+}
+
+impl ChildStatus {
+    pub fn state(&self) -> ChildState {
+        ChildState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Restarts since the gateway started.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, state: ChildState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+}
+
+/// Whether a child may run now. Without a gate a child always may; the
+/// worker's lease (see `lease`) gates the worker when REDIS_URL is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permit {
+    /// Run it (start it if it is not running).
+    Run,
+    /// Do not run it: SIGTERM now, SIGKILL at `kill_at` at the latest.
+    Hold { kill_at: Instant },
+}
+
+/// One child to supervise.
+pub struct ChildSpec {
+    pub kind: ChildKind,
+    /// The shell command, run as `sh -c`.
+    pub command: String,
+    /// Variables set on top of the gateway's own environment.
+    pub env: Vec<(String, String)>,
+    /// How long the child's shell lets the group handle a SIGTERM it did
+    /// not get from us (the gateway died) before SIGKILL.
+    pub grace: Duration,
+    /// The dashboard's health, told when the process exits; `None` for the
+    /// worker.
+    pub upstream: Option<Arc<UpstreamHealth>>,
+    /// When present, the child runs only while it reads [`Permit::Run`].
+    /// The sender going away counts as `Hold` now: a child never runs
+    /// unchecked.
+    pub gate: Option<watch::Receiver<Permit>>,
+}
+
 /// What the gateway keeps of the supervisor.
 pub struct Supervisor {
-    /// Restarts since start, for `/health`.
-    pub restarts: Arc<AtomicU64>,
+    /// State and restarts, for `/health` and the metrics.
+    pub status: Arc<ChildStatus>,
     /// Cancelled to stop the child; carries the deadline for SIGKILL.
     stop: CancellationToken,
     stop_deadline: Arc<std::sync::Mutex<Option<Instant>>>,
@@ -50,30 +171,23 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts `command` now and keeps it running until [`Supervisor::stop`].
-    ///
-    /// `grace` bounds how long the child's shell lets the group handle a
-    /// SIGTERM it did not get from us (the gateway died) before SIGKILL.
-    pub fn start(
-        command: String,
-        env: Vec<(String, String)>,
-        health: Arc<UpstreamHealth>,
-        grace: Duration,
-    ) -> Supervisor {
-        let restarts = Arc::new(AtomicU64::new(0));
+    /// Starts the child now (or when its gate opens) and keeps it running
+    /// until [`Supervisor::stop`].
+    pub fn start(spec: ChildSpec) -> Supervisor {
+        let status = Arc::new(ChildStatus::default());
+        if spec.gate.is_some() {
+            status.set(ChildState::Standby);
+        }
         let stop = CancellationToken::new();
         let stop_deadline = Arc::new(std::sync::Mutex::new(None));
         let task = tokio::spawn(supervise(
-            command,
-            grace,
-            env,
-            health,
-            restarts.clone(),
+            spec,
+            status.clone(),
             stop.clone(),
             stop_deadline.clone(),
         ));
         Supervisor {
-            restarts,
+            status,
             stop,
             stop_deadline,
             task,
@@ -92,65 +206,129 @@ impl Supervisor {
 }
 
 async fn supervise(
-    command: String,
-    grace: Duration,
-    env: Vec<(String, String)>,
-    health: Arc<UpstreamHealth>,
-    restarts: Arc<AtomicU64>,
+    spec: ChildSpec,
+    status: Arc<ChildStatus>,
     stop: CancellationToken,
     stop_deadline: Arc<std::sync::Mutex<Option<Instant>>>,
 ) {
+    let ChildSpec {
+        kind,
+        command,
+        env,
+        grace,
+        upstream,
+        mut gate,
+    } = spec;
+    let name = kind.name();
     let script = script(&command, grace);
     let mut backoff = FIRST_BACKOFF;
     loop {
+        if let Some(gate) = &mut gate {
+            if !gate_open(gate) {
+                status.set(ChildState::Standby);
+                child_log!(info, kind, "{name} on standby");
+                tokio::select! {
+                    opened = async { gate.wait_for(|permit| *permit == Permit::Run).await.is_ok() } => {
+                        if !opened {
+                            // The lease is gone for good: nothing will
+                            // open the gate again.
+                            stop.cancelled().await;
+                            return;
+                        }
+                    }
+                    _ = stop.cancelled() => return,
+                }
+                backoff = FIRST_BACKOFF;
+            }
+        }
         let started = Instant::now();
-        match spawn(&script, &env) {
+        status.set(ChildState::Running);
+        match spawn(kind, &script, &env) {
             Ok(mut child) => {
                 let pid = child.id();
-                info!(target: "dashboard", pid, command, "dashboard started");
+                child_log!(info, kind, pid, command, "{name} started");
                 tokio::select! {
                     status = child.wait() => {
                         // The shell is gone; whatever it left in its group
-                        // (a dashboard whose shell was killed) goes too, or
+                        // (a child whose shell was killed) goes too, or
                         // it would keep the port from the next start.
                         if let Some(group) = pid.and_then(|id| Pid::from_raw(id as i32)) {
                             let _ = rustix::process::kill_process_group(group, Signal::KILL);
                         }
-                        health.mark_exited();
-                        log_exit(status, started.elapsed());
+                        if let Some(upstream) = &upstream {
+                            upstream.mark_exited();
+                        }
+                        log_exit(kind, status, started.elapsed());
                     }
                     _ = stop.cancelled() => {
                         let deadline = stop_deadline.lock().ok().and_then(|d| *d).unwrap_or_else(Instant::now);
-                        terminate(&mut child, deadline, started).await;
+                        terminate(kind, &mut child, deadline, started).await;
                         return;
+                    }
+                    kill_at = closed(&mut gate) => {
+                        status.set(ChildState::Standby);
+                        terminate(kind, &mut child, kill_at, started).await;
+                        continue;
                     }
                 }
             }
             Err(spawn_error) => {
-                error!(target: "dashboard", %spawn_error, command, "cannot start the dashboard");
+                child_log!(error, kind, %spawn_error, command, "cannot start the {name}");
             }
         }
         if started.elapsed() >= HEALTHY_RUN {
             backoff = FIRST_BACKOFF;
         }
-        let count = restarts.fetch_add(1, Ordering::Relaxed) + 1;
-        warn!(target: "dashboard", restart = count, backoff_secs = backoff.as_secs(), "restarting the dashboard");
+        status.set(ChildState::Restarting);
+        let count = status.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        child_log!(
+            warn,
+            kind,
+            restart = count,
+            backoff_secs = backoff.as_secs(),
+            "restarting the {name}"
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.cancelled() => return,
+            _ = closed(&mut gate) => continue,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-fn log_exit(status: std::io::Result<ExitStatus>, ran: Duration) {
+/// Whether the gate reads `Run` (a gate whose sender is gone is closed).
+fn gate_open(gate: &mut watch::Receiver<Permit>) -> bool {
+    gate.has_changed().is_ok() && *gate.borrow_and_update() == Permit::Run
+}
+
+/// Resolves when the gate closes, with the SIGKILL deadline; never without
+/// a gate.
+async fn closed(gate: &mut Option<watch::Receiver<Permit>>) -> Instant {
+    let Some(gate) = gate else {
+        return std::future::pending().await;
+    };
+    match gate
+        .wait_for(|permit| matches!(permit, Permit::Hold { .. }))
+        .await
+    {
+        Ok(permit) => match *permit {
+            Permit::Hold { kill_at } => kill_at,
+            Permit::Run => Instant::now(),
+        },
+        Err(_) => Instant::now(),
+    }
+}
+
+fn log_exit(kind: ChildKind, status: std::io::Result<ExitStatus>, ran: Duration) {
+    let name = kind.name();
     let ran_secs = ran.as_secs_f64();
     match status {
         Ok(status) => {
-            warn!(target: "dashboard", %status, code = status.code(), ran_secs, "dashboard exited")
+            child_log!(warn, kind, %status, code = status.code(), ran_secs, "{name} exited")
         }
         Err(wait_error) => {
-            error!(target: "dashboard", %wait_error, ran_secs, "cannot wait for the dashboard")
+            child_log!(error, kind, %wait_error, ran_secs, "cannot wait for the {name}")
         }
     }
 }
@@ -164,7 +342,7 @@ fn log_exit(status: std::io::Result<ExitStatus>, ran: Duration) {
 /// (whole seconds, rounded up; `date +%s` counts whole seconds, so at least
 /// one second less); then it SIGKILLs the group. When the gateway
 /// is alive it kills the group at its own deadline anyway; when the gateway
-/// was SIGKILLed, this is the only thing that stops a dashboard that ignores
+/// was SIGKILLed, this is the only thing that stops a child that ignores
 /// SIGTERM. Without `/proc` the group counts as alive: the shell waits out
 /// the grace.
 fn script(command: &str, grace: Duration) -> String {
@@ -190,17 +368,19 @@ fn script(command: &str, grace: Duration) -> String {
 }
 
 /// Starts `sh -c script` in a group of its own.
-fn spawn(script: &str, env: &[(String, String)]) -> std::io::Result<Child> {
+fn spawn(kind: ChildKind, script: &str, env: &[(String, String)]) -> std::io::Result<Child> {
     let gateway_pid = std::process::id();
     let mut child = Command::new("sh");
+    for variable in NOT_INHERITED {
+        child.env_remove(variable);
+    }
+    if !kind.inherits_port() {
+        child.env_remove("PORT");
+    }
     child
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .arg("-c")
         .arg(script)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        // The gateway's own dashboard settings would make a child that is
-        // itself a switchyard proxy to itself, or supervise another copy.
-        .env_remove("DASHBOARD_URL")
-        .env_remove("DASHBOARD_COMMAND")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -225,16 +405,16 @@ fn spawn(script: &str, env: &[(String, String)]) -> std::io::Result<Child> {
     }
     let mut child = child.spawn()?;
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward_lines(stdout, "stdout"));
+        tokio::spawn(forward_lines(kind, stdout, "stdout"));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward_lines(stderr, "stderr"));
+        tokio::spawn(forward_lines(kind, stderr, "stderr"));
     }
     Ok(child)
 }
 
 /// Copies a pipe into the log, one event per line, never mid-line.
-async fn forward_lines(pipe: impl AsyncRead + Unpin, stream: &'static str) {
+async fn forward_lines(kind: ChildKind, pipe: impl AsyncRead + Unpin, stream: &'static str) {
     let mut reader = BufReader::new(pipe);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -248,23 +428,29 @@ async fn forward_lines(pipe: impl AsyncRead + Unpin, stream: &'static str) {
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
-                info!(target: "dashboard", stream, "{text}");
+                child_log!(info, kind, stream, "{text}");
             }
         }
     }
 }
 
 /// SIGTERM to the group, then SIGKILL at `deadline`; reaps the child.
-async fn terminate(child: &mut Child, deadline: Instant, started: Instant) {
+async fn terminate(kind: ChildKind, child: &mut Child, deadline: Instant, started: Instant) {
+    let name = kind.name();
     let Some(group) = child.id().and_then(|id| Pid::from_raw(id as i32)) else {
         return;
     };
-    info!(target: "dashboard", pid = group.as_raw_nonzero().get(), "stopping the dashboard (SIGTERM)");
+    child_log!(
+        info,
+        kind,
+        pid = group.as_raw_nonzero().get(),
+        "stopping the {name} (SIGTERM)"
+    );
     let _ = rustix::process::kill_process_group(group, Signal::TERM);
     match tokio::time::timeout_at(deadline, child.wait()).await {
-        Ok(status) => log_exit(status, started.elapsed()),
+        Ok(status) => log_exit(kind, status, started.elapsed()),
         Err(_) => {
-            warn!(target: "dashboard", "dashboard still running at the deadline; SIGKILL");
+            child_log!(warn, kind, "{name} still running at the deadline; SIGKILL");
             let _ = rustix::process::kill_process_group(group, Signal::KILL);
             let _ = child.wait().await;
         }

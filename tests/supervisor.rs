@@ -4,55 +4,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use support::process::{
+    alive, children, descendants, pid_in, sigterm_leaves_nothing, wait_for, watch_death, Death,
+};
 use support::{dead_port, get, text_body, Gateway};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Every pid whose parent is `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        if after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok())
-            == Some(pid)
-        {
-            found.push(child);
-        }
-    }
-    found
-}
-
-/// The shell the gateway spawned and every process below it.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut all = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(next) = frontier.pop() {
-        for child in children(next) {
-            all.push(child);
-            frontier.push(child);
-        }
-    }
-    all
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat.contains(") Z "))
-        .unwrap_or(false)
-}
 
 /// The dashboard: switchyard itself with its own WebSocket at the path
 /// Streamlit uses, on the port the gateway hands it in `PORT`.
@@ -62,16 +21,6 @@ fn child_command(prefix: &str) -> String {
          HOST=127.0.0.1 WEBSOCKET_PATH=/_stcore/stream LOG_FORMAT=json RUST_LOG=info exec {}",
         env!("CARGO_BIN_EXE_switchyard")
     )
-}
-
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]
@@ -220,17 +169,7 @@ async fn sigterm_stops_the_child_group_and_leaves_no_orphan() {
     gateway.wait_upstream("up").await;
     let family = descendants(gateway.pid());
     assert!(family.len() >= 2, "shell and dashboard: {family:?}");
-    let started = Instant::now();
-    gateway.signal("TERM");
-    assert_eq!(
-        gateway.wait_exit(Duration::from_secs(8)).await.code(),
-        Some(0)
-    );
-    assert!(started.elapsed() < Duration::from_secs(6));
-    wait_for("the child group to be gone", || {
-        family.iter().all(|pid| !alive(*pid))
-    })
-    .await;
+    sigterm_leaves_nothing(&mut gateway, &family, Duration::from_secs(6)).await;
     assert!(!gateway
         .wait_for_log("stopping the dashboard (SIGTERM)", 1)
         .await
@@ -353,33 +292,17 @@ async fn a_child_that_ignores_sigterm_is_killed_within_the_grace_after_the_gatew
         ("SHUTDOWN_GRACE_SECS", &grace.as_secs().to_string()),
     ])
     .await;
-    let mut stubborn = 0;
-    wait_for("the child's pid file", || {
-        stubborn = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(0);
-        stubborn != 0
-    })
-    .await;
+    let stubborn = pid_in(&pid_file).await;
     assert!(alive(stubborn));
 
     gateway.signal("KILL");
     gateway.wait_exit(Duration::from_secs(5)).await;
-    let killed = Instant::now();
     // It had its grace: SIGTERM (ignored) first, not an immediate SIGKILL.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let alive_during_grace = alive(stubborn);
-    while alive(stubborn) && killed.elapsed() < grace + Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let gone_after = killed.elapsed();
-    let still_alive = alive(stubborn);
-    if still_alive {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &stubborn.to_string()])
-            .status();
-    }
+    let Death {
+        alive_during_grace,
+        gone_after,
+        survived: still_alive,
+    } = watch_death(stubborn, grace).await;
     let _ = std::fs::remove_file(&pid_file);
     println!(
         "child ignoring SIGTERM gone {gone_after:?} after the gateway's SIGKILL (grace {grace:?})"

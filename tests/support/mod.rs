@@ -2,6 +2,7 @@
 //! upstream HTTP + WebSocket server, and a small HTTP client over real TCP.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -431,6 +432,11 @@ impl PrivateRedis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's pid while it runs (for SIGSTOP / SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     async fn try_admin(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
