@@ -79,7 +79,7 @@ class Position:
         return {
             "symbol": symbol,
             "qty": self.qty,
-            "avg_px": round(self.avg_px, 2),
+            "avg_px": round(self.avg_px, 2) if self.qty else None,
             "ltp": round(ltp, 2),
             "pnl": round(self.realized + self.qty * (ltp - self.avg_px), 2),
         }
@@ -114,7 +114,7 @@ class Engine:
             elif topic.startswith("positions/") and symbol in self.positions:
                 position = self.positions[symbol]
                 position.qty = int(data.get("qty", 0))
-                position.avg_px = float(data.get("avg_px", 0.0))
+                position.avg_px = float(data.get("avg_px") or 0.0)
                 ltp = float(data.get("ltp", position.avg_px))
                 unrealized = position.qty * (ltp - position.avg_px)
                 position.realized = float(data.get("pnl", 0.0)) - unrealized

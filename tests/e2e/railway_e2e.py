@@ -202,7 +202,7 @@ class Deployment:
 
     def copy_project(self):
         shutil.copytree(
-            EXAMPLE, self.app, ignore=shutil.ignore_patterns(".venv", "__pycache__", "*.whl", "out")
+            EXAMPLE, self.app, ignore=shutil.ignore_patterns(".venv", "__pycache__", ".mypy_cache", ".ruff_cache", "*.whl")
         )
 
     def pin_line(self):
@@ -400,6 +400,18 @@ def main():
             return f"pins {pin.group('name')} [streamlit], the wheel that was built"
 
         run_test("requirements_pin_the_wheel", requirements_pin_the_wheel)
+
+        def railway_json_as_railway_reads_it():
+            build, deploy = deployment.config["build"], deployment.config["deploy"]
+            assert build.get("builder") == "RAILPACK", build
+            assert deploy["startCommand"] == "switchyard", deploy["startCommand"]
+            assert deploy["healthcheckPath"] == "/health", deploy
+            # Railway's parser rejects strings here ("Expected number").
+            for key in ("drainingSeconds", "healthcheckTimeout"):
+                assert type(deploy[key]) is int and deploy[key] > 0, f"{key}: {deploy[key]!r}"
+            return f"RAILPACK, start {deploy['startCommand']!r}, health {deploy['healthcheckPath']}, drain {deploy['drainingSeconds']}s"
+
+        run_test("railway_json_as_railway_reads_it", railway_json_as_railway_reads_it)
 
         def pip_install_provides_the_command():
             took = deployment.install()
