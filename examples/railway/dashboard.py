@@ -66,7 +66,7 @@ def book() -> None:
 @st.fragment
 def prices() -> None:
     """Each instrument's price over the last CHART_MINUTES minutes."""
-    state = live(["ticks/#"], key="prices", max_reruns_per_sec=1)
+    state = live(["ticks/#"], key="prices", max_reruns_per_sec=0.5)
     points: deque[tuple[float, str, float]] = st.session_state.setdefault("points", deque())
     last_ts: dict[str, float] = st.session_state.setdefault("last_ts", {})
     for event in state.events:
