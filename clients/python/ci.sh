@@ -25,6 +25,11 @@ echo "== ruff"
 "$VENV/bin/ruff" format --check .
 echo "== mypy --strict"
 "$VENV/bin/mypy" src tests
+echo "== examples/railway: ruff, mypy --strict (the package's settings)"
+"$VENV/bin/ruff" check --config "$HERE/pyproject.toml" "$ROOT/examples/railway"
+"$VENV/bin/ruff" format --check --config "$HERE/pyproject.toml" "$ROOT/examples/railway"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check pandas-stubs
+(cd "$ROOT/examples/railway" && "$VENV/bin/mypy" --strict --python-version 3.10 engine.py dashboard.py)
 echo "== pytest"
 status=0
 "$VENV/bin/pytest" -q "$@" || status=$?

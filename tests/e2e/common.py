@@ -1,5 +1,5 @@
-"""What e2e.py and client_e2e.py share: paths, the Chromium command line,
-a proxy-free HTTP helper, and the PASS/FAIL record both scripts print.
+"""What the e2e scripts share: paths, the Chromium command line, a
+proxy-free HTTP helper, and the PASS/FAIL record (run_test, report) they print.
 
 Imported by the scripts from their own directory (run.sh runs them as
 `python tests/e2e/<script>.py`, so this directory is on sys.path).
@@ -8,6 +8,9 @@ Imported by the scripts from their own directory (run.sh runs them as
 import json
 import os
 import socket
+import sys
+import time
+import traceback
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -42,6 +45,22 @@ def record(name, ok, detail=""):
         print(f"PASS {name}" + (f" ({detail})" if detail else ""), flush=True)
     else:
         print(f"FAIL {name}: {detail}", flush=True)
+
+
+def run_test(name, fn):
+    """Runs one check: `fn` returns a detail string (or None) or raises;
+    either way the outcome is recorded with the time it took."""
+    t0 = time.monotonic()
+    try:
+        detail = fn() or ""
+    except Exception as exc:  # noqa: BLE001 - every failure is reported
+        reason = f"{type(exc).__name__}: {exc}".strip().splitlines()
+        record(name, False, " | ".join(reason[:6]))
+        traceback.print_exc(file=sys.stderr)
+        return False
+    took = f"{time.monotonic() - t0:.1f}s"
+    record(name, True, f"{detail}; {took}" if detail else took)
+    return True
 
 
 def report(script):

@@ -39,6 +39,7 @@ from common import (
     http_json,
     record,
     report,
+    run_test,
 )
 
 VENV = HERE / ".venv"
@@ -50,18 +51,6 @@ notes = []  # things worth reporting that are not failures
 def log(msg):
     print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-
-def run_test(name, fn):
-    t0 = time.monotonic()
-    try:
-        detail = fn() or ""
-    except Exception as exc:  # noqa: BLE001 - every failure is reported
-        reason = f"{type(exc).__name__}: {exc}".strip().splitlines()
-        record(name, False, " | ".join(reason[:6]))
-        traceback.print_exc(file=sys.stderr)
-        return False
-    record(name, True, f"{detail}; {time.monotonic() - t0:.1f}s" if detail else f"{time.monotonic() - t0:.1f}s")
-    return True
 
 
 # ---------------------------------------------------------------- processes

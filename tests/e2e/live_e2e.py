@@ -44,6 +44,7 @@ from common import (
     http_json,
     record,
     report,
+    run_test,
 )
 
 VENV = HERE / ".venv"
@@ -57,19 +58,6 @@ DEPRECATION = re.compile(r"deprecat|will be removed|please replace", re.IGNORECA
 def log(msg):
     print(f"[live_e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-
-def run_test(name, fn):
-    t0 = time.monotonic()
-    try:
-        detail = fn() or ""
-    except Exception as exc:  # noqa: BLE001 - every failure is reported
-        reason = f"{type(exc).__name__}: {exc}".strip().splitlines()
-        record(name, False, " | ".join(reason[:6]))
-        traceback.print_exc(file=sys.stderr)
-        return False
-    took = f"{time.monotonic() - t0:.1f}s"
-    record(name, True, f"{detail}; {took}" if detail else took)
-    return True
 
 
 class Gateway:
