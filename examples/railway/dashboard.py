@@ -5,7 +5,9 @@ The gateway runs it as DASHBOARD_COMMAND (`streamlit run dashboard.py`, with
 the settings in .streamlit/config.toml) and serves it on its own port, so the
 page and the gateway's /ws share one origin. Each ``@st.fragment`` below holds
 a ``live()`` subscription and reruns alone when its events arrive; the trade
-tape is drawn in the browser with no Python run at all.
+tape is drawn in the browser with no Python run at all. ``history=`` makes the
+charts and the tape start with what the gateway still holds from before the
+page opened.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def book() -> None:
 @st.fragment
 def prices() -> None:
     """Each instrument's price over the last CHART_MINUTES minutes."""
-    state = live(["ticks/#"], key="prices", max_reruns_per_sec=0.5)
+    # history: the chart starts with the ticks the gateway still holds (about
+    # a minute of them), not empty.
+    state = live(["ticks/#"], key="prices", max_reruns_per_sec=0.5, history=1000)
     points: deque[tuple[float, str, float]] = st.session_state.setdefault("points", deque())
     last_ts: dict[str, float] = st.session_state.setdefault("last_ts", {})
     for event in state.events:
@@ -118,4 +122,5 @@ live_table(
     columns=["id", "symbol", "side", "qty", "px"],
     max_rows=100,
     height=320,
+    history=50,  # a new page starts with the last 50 trades
 )
