@@ -11,11 +11,12 @@ use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
 use crate::hub::Hub;
+use crate::replicas::Replicas;
 use crate::response::{self, Body};
 use crate::upstream::{UpstreamHealth, UpstreamState};
 
 #[derive(Serialize)]
-struct HealthReport {
+struct HealthReport<'a> {
     status: &'static str,
     connections: usize,
     timestamp: String,
@@ -28,6 +29,14 @@ struct HealthReport {
     /// Only when REDIS_URL is set: "up" or "down".
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<&'static str>,
+    /// Only with sticky sessions (REDIS_URL and a dashboard): this
+    /// replica's id (the session cookie's value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<&'a str>,
+    /// Only with sticky sessions: the live replicas this one knows, itself
+    /// included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<usize>,
 }
 
 /// What `/health` reports on, each from the module that counts it.
@@ -38,6 +47,7 @@ pub struct Sources<'a> {
     pub upstream: &'a UpstreamHealth,
     pub restarts: Option<&'a AtomicU64>,
     pub hub: &'a dyn Hub,
+    pub replicas: Option<&'a Replicas>,
 }
 
 pub fn respond(sources: Sources<'_>, method: &Method) -> Response<Body> {
@@ -60,6 +70,8 @@ pub fn respond(sources: Sources<'_>, method: &Method) -> Response<Body> {
             .hub
             .backplane_up()
             .map(|up| if up { "up" } else { "down" }),
+        replica: sources.replicas.map(Replicas::id),
+        replicas: sources.replicas.map(Replicas::known),
     };
     let status = if starting {
         StatusCode::SERVICE_UNAVAILABLE

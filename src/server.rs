@@ -54,7 +54,8 @@ use crate::broadcast::Broadcaster;
 use crate::config::{Config, RESERVED_PREFIX};
 use crate::layers::{self, Peer};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Forwarding, Proxy};
+use crate::replicas::{Replicas, Route};
 use crate::response::{self, Body, BoxError};
 use crate::shutdown::Shutdown;
 use crate::upstream::UpstreamHealth;
@@ -91,6 +92,9 @@ pub struct Gateway {
     pub shutdown: Shutdown,
     /// What `/_switchyard/metrics` reports.
     pub metrics: Metrics,
+    /// Sticky dashboard sessions across replicas: with REDIS_URL and a
+    /// dashboard only.
+    pub replicas: Option<Arc<Replicas>>,
 }
 
 /// Serves `listeners`, one per event loop (see [`event_loops`]), until
@@ -362,11 +366,52 @@ async fn forward_or_route(
         let answer = router.oneshot(request).await?;
         return Ok(answer.map(Either::Right));
     };
-    if let Err(refusal) = admit(gateway, peer, &request).await {
+    let Some(replicas) = &gateway.replicas else {
+        if let Err(refusal) = admit(gateway, peer, &request).await {
+            return Ok(refusal.map(Either::Left));
+        }
+        let started = Instant::now();
+        let answer = proxy.forward(request, peer, Forwarding::Client).await;
+        gateway
+            .metrics
+            .record_proxied(answer.status(), started.elapsed());
+        return Ok(answer.map(Either::Left));
+    };
+    let mut request = request;
+    let route = replicas.route(&mut request, peer);
+    let from_replica = matches!(
+        route,
+        Route::Local {
+            from_replica: true,
+            ..
+        }
+    );
+    if let Route::Refuse(refusal) = route {
         return Ok(refusal.map(Either::Left));
     }
+    // A hop was admitted by the replica the client reached.
+    if !from_replica {
+        if let Err(refusal) = admit(gateway, peer, &request).await {
+            return Ok(refusal.map(Either::Left));
+        }
+    }
     let started = Instant::now();
-    let answer = proxy.forward(request, peer).await;
+    let answer = match route {
+        Route::Local {
+            forwarding,
+            pin,
+            secure,
+            ..
+        } => {
+            let mut answer = proxy.forward(request, peer, forwarding).await;
+            if pin {
+                replicas.pin(&mut answer, secure);
+            }
+            answer
+        }
+        Route::Peer(replica, hop) => replica.forward(request, peer, hop).await,
+        Route::Refuse(refusal) => refusal,
+    };
     gateway
         .metrics
         .record_proxied(answer.status(), started.elapsed());
@@ -439,6 +484,7 @@ async fn route(
             upstream: &gateway.upstream,
             restarts: gateway.dashboard_restarts.as_deref(),
             hub: gateway.broadcaster.hub.as_ref(),
+            replicas: gateway.replicas.as_deref(),
         };
         health::respond(sources, request.method())
     } else if path == gateway.config.websocket_path {
