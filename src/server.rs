@@ -409,7 +409,16 @@ async fn forward_or_route(
             }
             answer
         }
-        Route::Peer(replica, hop) => replica.forward(request, peer, hop).await,
+        Route::Peer(replica, hop) => {
+            // A GET the pinned replica failed (it died since the last
+            // round): sent again to this same URL, now pinned here.
+            let retry = replicas.retry(&request, peer);
+            let answer = replica.forward(request, peer, hop).await;
+            match retry {
+                Some(retry) if answer.status() == StatusCode::BAD_GATEWAY => replicas.moved(retry),
+                _ => answer,
+            }
+        }
         Route::Refuse(refusal) => refusal,
     };
     gateway

@@ -36,7 +36,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
@@ -101,6 +101,14 @@ struct Entry {
     /// When Redis last listed it; with Redis unreachable it is forgotten
     /// once its registration would have expired.
     seen: Instant,
+}
+
+/// Where a failed GET is sent again (see [`Replicas::moved`]).
+pub struct Retry {
+    /// The request's own path and query.
+    location: HeaderValue,
+    /// The cookie gets `Secure`.
+    secure: bool,
 }
 
 /// What to do with one proxied request.
@@ -219,6 +227,46 @@ impl Replicas {
             secure: says_https(headers),
             from_replica: true,
         }
+    }
+
+    /// For a GET or HEAD without a body and not an upgrade: what
+    /// [`Replicas::moved`] needs should the pinned replica fail it.
+    pub fn retry<B>(&self, request: &Request<B>, client: SocketAddr) -> Option<Retry> {
+        let plain = matches!(*request.method(), Method::GET | Method::HEAD)
+            && !request.headers().contains_key(header::UPGRADE)
+            && !request.headers().contains_key(header::CONTENT_LENGTH)
+            && !request.headers().contains_key(header::TRANSFER_ENCODING);
+        if !plain {
+            return None;
+        }
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        Some(Retry {
+            location: HeaderValue::from_str(target).ok()?,
+            secure: self.is_trusted(client) && says_https(request.headers()),
+        })
+    }
+
+    /// The answer to a GET whose replica just failed (it died since the
+    /// registry's last round): `307` to the same URL, pinned here, so the
+    /// browser asks again and this replica serves it — a page load or an
+    /// image, not a 502 page. (A request with a body, or an upgrade, keeps
+    /// its 502: its body is gone, and Streamlit retries its WebSocket
+    /// itself.)
+    pub fn moved(&self, retry: Retry) -> Response<Body> {
+        let mut answer = Response::new(response::empty());
+        *answer.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+        let headers = answer.headers_mut();
+        headers.insert(header::LOCATION, retry.location);
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        self.pin(&mut answer, retry.secure);
+        answer
+    }
+
+    fn is_trusted(&self, client: SocketAddr) -> bool {
+        let peer_ip = client.ip().to_canonical();
+        self.trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer_ip))
     }
 
     /// Adds this replica's cookie to a locally served answer.
