@@ -2,7 +2,8 @@
 # End-to-end test: a real Streamlit app behind switchyard, driven by headless
 # Chromium through Playwright. Installs what it needs, builds the gateway,
 # runs tests/e2e/e2e.py, then tests/e2e/client_e2e.py (client.js and the live
-# console in the same Chromium). Prints one `N passed, M failed` line for both;
+# console in the same Chromium), live_e2e.py, and replicas_e2e.py (three
+# replicas with their own Streamlit behind a random balancer; needs Redis). Prints one `N passed, M failed` line for both;
 # exits non-zero if any check failed.
 set -euo pipefail
 
@@ -86,6 +87,7 @@ run_script() {
 run_script e2e.py 0 "$@"
 run_script client_e2e.py 300
 run_script live_e2e.py 300
+run_script replicas_e2e.py 400
 
 echo "$total_passed passed, $total_failed failed"
 [[ $total_failed -eq 0 ]]
