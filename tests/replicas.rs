@@ -334,6 +334,11 @@ async fn a_cookie_of_a_dead_or_unknown_replica_is_served_here_and_pinned_again()
         killed.elapsed()
     );
     assert_eq!(a.saw("/after-kill"), 1);
+    let said = a
+        .gateway
+        .wait_for_log("replica failed; its sessions are served where they land", 1)
+        .await;
+    assert_eq!(said.len(), 1, "A says once that C failed");
     wait_for_replicas(&[&a, &b], 2).await;
 }
 

@@ -125,7 +125,7 @@ impl Proxy {
             tunnels: self.tunnels.clone(),
             linger_bytes: self.linger_bytes,
             trusted_proxies: self.trusted_proxies.clone(),
-            health: Arc::new(UpstreamHealth::new(false)),
+            health: Arc::new(UpstreamHealth::replica()),
             shutdown: self.shutdown.clone(),
         }
     }

@@ -121,6 +121,10 @@ impl Registry {
                 ids.sort();
                 if ids != self.known {
                     info!(replica = self.replicas.id(), peers = ?ids, "replicas changed");
+                    let own = self.replicas.url();
+                    if listed.iter().any(|(_, url)| url == own) {
+                        warn!(url = %own, "another replica registered this replica's REPLICA_URL; each replica needs its own address (leave REPLICA_URL unset to detect it)");
+                    }
                     self.known = ids;
                 }
                 self.replicas.update(listed, Instant::now().into_std());
