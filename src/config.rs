@@ -87,6 +87,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
         &[
             var("REDIS_URL", "unset", "redis:// or rediss://: replicas share events, state and history"),
             var("REDIS_PREFIX", "switchyard:", "key prefix, so several apps can share one Redis"),
+            var("REPLICA_URL", "detected", "how the other replicas reach this one (http://[addr]:PORT); default: the host's first non-loopback address"),
         ],
     ),
     (
@@ -214,6 +215,9 @@ pub struct Config {
     pub redis_url: Option<Secret>,
     /// Key prefix in Redis, so several apps can share one server.
     pub redis_prefix: String,
+    /// How the other replicas reach this one (`http://[addr]:PORT`), used
+    /// only with REDIS_URL; unset: detected at start (see `replicas::address`).
+    pub replica_url: Option<UpstreamUrl>,
     /// `pretty` for people, `json` for machines.
     pub log_format: LogFormat,
     /// The WebSocket URI a browser should use (wss://DOMAIN/ws on Railway).
@@ -327,6 +331,7 @@ struct RawEnv {
     tunnel_idle_secs: Option<String>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
+    replica_url: Option<String>,
     railway_deployment_draining_seconds: Option<String>,
     log_format: Option<String>,
     railway_public_domain: Option<String>,
@@ -527,6 +532,14 @@ impl Checker {
             "1-64 characters without spaces",
             |v| (v.len() <= 64 && !v.contains(char::is_whitespace)).then(|| v.to_owned()),
         );
+        let replica_url = non_empty(&raw.replica_url).and_then(|value| {
+            self.require(
+                "REPLICA_URL",
+                value,
+                "an http:// origin the other replicas reach this one at, such as http://[fd12::1]:8080 (no path)",
+                parse_upstream_url,
+            )
+        });
         let log_format = self.parse(
             "LOG_FORMAT",
             &raw.log_format,
@@ -574,6 +587,7 @@ impl Checker {
             tunnel_idle,
             redis_url,
             redis_prefix,
+            replica_url,
             log_format,
             public_websocket_uri,
             public_uri_is_local,
@@ -685,7 +699,7 @@ fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
-fn parse_upstream_url(value: &str) -> Option<UpstreamUrl> {
+pub(crate) fn parse_upstream_url(value: &str) -> Option<UpstreamUrl> {
     let uri: Uri = value.parse().ok()?;
     if uri.scheme() != Some(&Scheme::HTTP) {
         return None;
@@ -864,6 +878,16 @@ mod tests {
         assert_eq!(config.public_websocket_uri, "wss://app.up.railway.app/ws");
         let config = Config::from_vars([("PUBLIC_URL", "http://box.local:9000/")]).unwrap();
         assert_eq!(config.public_websocket_uri, "ws://box.local:9000/ws");
+    }
+
+    #[test]
+    fn replica_url_is_an_http_origin() {
+        let config = Config::from_vars([("REPLICA_URL", "http://[fd12::1]:8080")]).unwrap();
+        let url = config.replica_url.unwrap();
+        assert_eq!(url.to_string(), "http://[fd12::1]:8080");
+        assert_eq!(url.connect_to, "[fd12::1]:8080");
+        let error = Config::from_vars([("REPLICA_URL", "https://x/y")]).unwrap_err();
+        assert!(error.to_string().contains("REPLICA_URL"), "{error}");
     }
 
     #[test]

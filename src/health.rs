@@ -12,12 +12,13 @@ use serde::Serialize;
 
 use crate::hub::Hub;
 use crate::lease::LeaseView;
+use crate::replicas::Replicas;
 use crate::response::{self, Body};
 use crate::supervisor::{ChildState, ChildStatus};
 use crate::upstream::{UpstreamHealth, UpstreamState};
 
 #[derive(Serialize)]
-struct HealthReport {
+struct HealthReport<'a> {
     status: &'static str,
     connections: usize,
     timestamp: String,
@@ -33,6 +34,14 @@ struct HealthReport {
     /// Only when WORKER_COMMAND is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     worker: Option<WorkerReport>,
+    /// Only with sticky sessions (REDIS_URL and a dashboard): this
+    /// replica's id (the session cookie's value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<&'a str>,
+    /// Only with sticky sessions: the live replicas this one knows, itself
+    /// included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +67,7 @@ pub struct Sources<'a> {
     /// The worker's lease, with REDIS_URL.
     pub worker_lease: Option<&'a LeaseView>,
     pub hub: &'a dyn Hub,
+    pub replicas: Option<&'a Replicas>,
 }
 
 pub fn respond(sources: Sources<'_>, method: &Method) -> Response<Body> {
@@ -83,6 +93,8 @@ pub fn respond(sources: Sources<'_>, method: &Method) -> Response<Body> {
             restarts: worker.restarts(),
             holder: sources.worker_lease.map(LeaseView::holder),
         }),
+        replica: sources.replicas.map(Replicas::id),
+        replicas: sources.replicas.map(Replicas::known),
     };
     let status = if starting {
         StatusCode::SERVICE_UNAVAILABLE

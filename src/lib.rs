@@ -21,6 +21,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod public_config;
 pub mod publish;
+pub mod replicas;
 pub mod response;
 pub mod server;
 pub mod shutdown;
@@ -49,6 +50,7 @@ use crate::hub::Hub;
 use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::replicas::Replicas;
 use crate::server::Gateway;
 use crate::shutdown::Shutdown;
 use crate::supervisor::{ChildKind, ChildSpec, Supervisor};
@@ -89,6 +91,16 @@ pub async fn run(
         upstream::spawn_probe(upstream.clone(), url.connect_to.clone(), shutdown.clone());
         Arc::new(Proxy::new(&config, url, upstream.clone(), shutdown.clone()))
     });
+    let replicas = match (&config.redis_url, &proxy) {
+        (Some(redis_url), Some(proxy)) => Some(start_replicas(
+            &config,
+            redis_url.expose(),
+            addr,
+            proxy,
+            &shutdown,
+        )?),
+        _ => None,
+    };
     let dashboard = config
         .dashboard_url
         .as_ref()
@@ -138,12 +150,15 @@ pub async fn run(
     );
     let dashboard_status = dashboard.as_ref().map(|s| s.status.clone());
     let worker_status = worker.as_ref().map(|s| s.status.clone());
-    let metrics = Metrics::new(
+    let mut metrics = Metrics::new(
         hub.clone(),
         upstream.clone(),
         dashboard_status.clone(),
         worker_status.clone(),
     );
+    if let Some(replicas) = &replicas {
+        metrics.register_replicas(replicas.clone());
+    }
     let ping_clock = spawn_ping_clock(config.ping_interval, &shutdown);
     let broadcaster = Arc::new(Broadcaster::new(
         hub,
@@ -162,6 +177,7 @@ pub async fn run(
         worker: worker_status,
         worker_lease: lease.as_ref().map(|lease| lease.view.clone()),
         metrics,
+        replicas,
         shutdown,
         config,
     });
@@ -195,6 +211,34 @@ pub async fn run(
         let _ = tokio::time::timeout_at(signalled + grace, lease.release()).await;
     }
     served
+}
+
+/// Sticky sessions: this replica's URL (REPLICA_URL, or detected from the
+/// host's addresses and the bound port) registered in Redis.
+fn start_replicas(
+    config: &Config,
+    redis_url: &str,
+    bound: SocketAddr,
+    proxy: &Arc<Proxy>,
+    shutdown: &Shutdown,
+) -> std::io::Result<Arc<Replicas>> {
+    let url = match &config.replica_url {
+        Some(url) => url.clone(),
+        None => replicas::address::detect(bound).ok_or_else(|| {
+            std::io::Error::other(
+                "REPLICA_URL is not set and this host has no address other replicas could reach; set REPLICA_URL",
+            )
+        })?,
+    };
+    let replicas = Arc::new(Replicas::new(
+        url,
+        proxy.clone(),
+        config.trusted_proxies.clone(),
+    ));
+    replicas::start(replicas.clone(), redis_url, &config.redis_prefix, shutdown)
+        .map_err(std::io::Error::other)?;
+    info!(replica = replicas.id(), url = %replicas.url(), "sticky dashboard sessions on");
+    Ok(replicas)
 }
 
 /// What a supervised child finds in its environment besides ours: where to

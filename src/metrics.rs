@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 
 use crate::broadcast::Transport;
 use crate::hub::Hub;
+use crate::replicas::Replicas;
 use crate::response::{self, Body};
 use crate::supervisor::ChildStatus;
 use crate::upstream::{UpstreamHealth, UpstreamState};
@@ -113,6 +114,13 @@ impl Metrics {
         self.upstream_latency.observe(elapsed.as_secs_f64());
     }
 
+    /// Adds the sticky-session figures: replicas known and requests
+    /// forwarded to another replica (read from `replicas` at each scrape).
+    pub fn register_replicas(&mut self, replicas: Arc<Replicas>) {
+        self.registry
+            .register_collector(Box::new(ReplicaFigures(replicas)));
+    }
+
     pub fn respond(&self) -> Response<Body> {
         let mut text = String::with_capacity(4096);
         if prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry).is_err()
@@ -126,6 +134,32 @@ impl Metrics {
             StatusCode::OK,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             response::full(text),
+        )
+    }
+}
+
+/// The replicas' numbers, read at each scrape.
+struct ReplicaFigures(Arc<Replicas>);
+
+impl fmt::Debug for ReplicaFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReplicaFigures")
+    }
+}
+
+impl Collector for ReplicaFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        gauge(
+            &mut encoder,
+            "replicas",
+            "Live replicas this one knows, itself included",
+            self.0.known() as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "replica_forwarded_requests",
+            "Dashboard requests forwarded to the replica holding their session",
+            self.0.forwarded(),
         )
     }
 }

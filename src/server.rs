@@ -54,7 +54,8 @@ use crate::config::{Config, RESERVED_PREFIX};
 use crate::layers::{self, Peer};
 use crate::lease::LeaseView;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Forwarding, Proxy};
+use crate::replicas::{Replicas, Route};
 use crate::response::{self, Body, BoxError};
 use crate::shutdown::Shutdown;
 use crate::supervisor::ChildStatus;
@@ -96,6 +97,9 @@ pub struct Gateway {
     pub shutdown: Shutdown,
     /// What `/_switchyard/metrics` reports.
     pub metrics: Metrics,
+    /// Sticky dashboard sessions across replicas: with REDIS_URL and a
+    /// dashboard only.
+    pub replicas: Option<Arc<Replicas>>,
 }
 
 /// Serves `listeners`, one per event loop (see [`event_loops`]), until
@@ -367,11 +371,61 @@ async fn forward_or_route(
         let answer = router.oneshot(request).await?;
         return Ok(answer.map(Either::Right));
     };
-    if let Err(refusal) = admit(gateway, peer, &request).await {
+    let Some(replicas) = &gateway.replicas else {
+        if let Err(refusal) = admit(gateway, peer, &request).await {
+            return Ok(refusal.map(Either::Left));
+        }
+        let started = Instant::now();
+        let answer = proxy.forward(request, peer, Forwarding::Client).await;
+        gateway
+            .metrics
+            .record_proxied(answer.status(), started.elapsed());
+        return Ok(answer.map(Either::Left));
+    };
+    let mut request = request;
+    let route = replicas.route(&mut request, peer);
+    let from_replica = matches!(
+        route,
+        Route::Local {
+            from_replica: true,
+            ..
+        }
+    );
+    if let Route::Refuse(refusal) = route {
         return Ok(refusal.map(Either::Left));
     }
+    // A hop was admitted by the replica the client reached.
+    if !from_replica {
+        if let Err(refusal) = admit(gateway, peer, &request).await {
+            return Ok(refusal.map(Either::Left));
+        }
+    }
     let started = Instant::now();
-    let answer = proxy.forward(request, peer).await;
+    let answer = match route {
+        Route::Local {
+            forwarding,
+            pin,
+            secure,
+            ..
+        } => {
+            let mut answer = proxy.forward(request, peer, forwarding).await;
+            if pin {
+                replicas.pin(&mut answer, secure);
+            }
+            answer
+        }
+        Route::Peer(replica, hop) => {
+            // A GET the pinned replica failed (it died since the last
+            // round): sent again to this same URL, now pinned here.
+            let retry = replicas.retry(&request, peer);
+            let answer = replica.forward(request, peer, hop).await;
+            match retry {
+                Some(retry) if answer.status() == StatusCode::BAD_GATEWAY => replicas.moved(retry),
+                _ => answer,
+            }
+        }
+        Route::Refuse(refusal) => refusal,
+    };
     gateway
         .metrics
         .record_proxied(answer.status(), started.elapsed());
@@ -446,6 +500,7 @@ async fn route(
             worker: gateway.worker.as_deref(),
             worker_lease: gateway.worker_lease.as_deref(),
             hub: gateway.broadcaster.hub.as_ref(),
+            replicas: gateway.replicas.as_deref(),
         };
         health::respond(sources, request.method())
     } else if path == gateway.config.websocket_path {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::shutdown::Shutdown;
 
@@ -51,6 +51,9 @@ impl UpstreamState {
 #[derive(Debug)]
 pub struct UpstreamHealth {
     state: AtomicU8,
+    /// Another replica's (see `replicas`), not the dashboard: its changes
+    /// are logged as the replica's.
+    replica: bool,
 }
 
 impl UpstreamHealth {
@@ -62,6 +65,16 @@ impl UpstreamHealth {
         };
         UpstreamHealth {
             state: AtomicU8::new(initial as u8),
+            replica: false,
+        }
+    }
+
+    /// Another replica's state, as the forwarding proxy finds it: none
+    /// until the first exchange.
+    pub fn replica() -> UpstreamHealth {
+        UpstreamHealth {
+            state: AtomicU8::new(UpstreamState::None as u8),
+            replica: true,
         }
     }
 
@@ -73,7 +86,11 @@ impl UpstreamHealth {
     pub fn mark_up(&self) {
         let previous = self.swap(UpstreamState::Up);
         if previous != UpstreamState::Up {
-            info!(previous = ?previous, "dashboard is up");
+            if self.replica {
+                debug!(previous = ?previous, "replica answers");
+            } else {
+                info!(previous = ?previous, "dashboard is up");
+            }
         }
     }
 
@@ -84,7 +101,12 @@ impl UpstreamHealth {
             return;
         }
         let previous = self.swap(UpstreamState::Down);
-        if previous == UpstreamState::Up {
+        if self.replica && previous != UpstreamState::Down {
+            warn!(
+                reason,
+                "replica failed; its sessions are served where they land"
+            );
+        } else if previous == UpstreamState::Up && !self.replica {
             warn!(reason, "dashboard is down");
         }
     }

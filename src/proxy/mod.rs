@@ -7,6 +7,11 @@
 //! starts once the request body has been sent, see `outgoing`), refusing an
 //! upgrade past MAX_TUNNELS, and the 502/503/504 answers.
 //!
+//! The same proxy forwards a request to another replica (see `replicas`):
+//! [`Proxy::to_peer`] makes one for a peer's origin that shares this one's
+//! tunnel count and limits, and [`Forwarding`] says whose forwarding headers
+//! a request carries.
+//!
 //! Does not own: header rules (`headers`), keep-alive connections and
 //! retries (`pool`), the request body's progress and lingering (`outgoing`),
 //! byte copying after an upgrade (`tunnel`), or knowing whether the
@@ -21,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -66,6 +71,20 @@ pub struct Proxy {
     shutdown: Shutdown,
 }
 
+/// Whose forwarding headers (X-Forwarded-*, X-Real-IP) a request carries,
+/// and so who sets them.
+pub enum Forwarding {
+    /// A client's (or a trusted edge proxy's): set here from the peer's
+    /// address and TRUSTED_PROXIES (`headers::set_forwarded`).
+    Client,
+    /// Another replica's, which proved the shared key: it set them from the
+    /// client it received, so they pass as they are.
+    Replica,
+    /// A client's, going to another replica: set here as for the dashboard,
+    /// plus these headers proving the hop (see `replicas`).
+    ToReplica(Vec<(HeaderName, HeaderValue)>),
+}
+
 /// Why a request could not be forwarded.
 enum Failure {
     Refused(std::io::Error),
@@ -95,12 +114,34 @@ impl Proxy {
         }
     }
 
+    /// The same proxy for another replica's origin: its own connections
+    /// and its own up/down state (a dead replica is not a dead dashboard),
+    /// the same tunnel count (MAX_TUNNELS is the gateway's) and limits.
+    pub fn to_peer(&self, origin: UpstreamUrl) -> Proxy {
+        Proxy {
+            pool: Pool::new(origin.connect_to.clone(), POOL_IDLE_TIMEOUT, &self.shutdown),
+            upstream: origin,
+            timeout: self.timeout,
+            tunnels: self.tunnels.clone(),
+            linger_bytes: self.linger_bytes,
+            trusted_proxies: self.trusted_proxies.clone(),
+            health: Arc::new(UpstreamHealth::replica()),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Whether the origin answers, as the last exchange (or probe) found.
+    pub fn health(&self) -> &UpstreamHealth {
+        &self.health
+    }
+
     /// Forwards one request and answers with the dashboard's response, or
     /// with the gateway's own 502/503/504 page.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
+        forwarding: Forwarding,
     ) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
@@ -128,7 +169,8 @@ impl Proxy {
         };
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
 
-        let (outgoing, progress) = self.upstream_request(request, peer, upgrading, started);
+        let (outgoing, progress) =
+            self.upstream_request(request, peer, upgrading, started, forwarding);
 
         // For the logs: shares the request's bytes, no copy.
         let path_and_query = outgoing.uri().path_and_query().cloned();
@@ -243,6 +285,7 @@ impl Proxy {
         peer: SocketAddr,
         upgrading: bool,
         started: Instant,
+        forwarding: Forwarding,
     ) -> (Request<Outgoing>, Option<watch::Receiver<Progress>>) {
         let (mut parts, body) = request.into_parts();
         // HTTP/2 clients name the host in :authority, not in a Host header.
@@ -272,13 +315,23 @@ impl Proxy {
         parts.uri = Uri::from(path_and_query);
         parts.version = Version::HTTP_11;
 
-        let peer_ip = peer.ip().to_canonical();
-        let trusted = self
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer_ip));
         headers::strip_hop_by_hop(&mut parts.headers, upgrading);
-        headers::set_forwarded(&mut parts.headers, peer_ip, trusted, original_host);
+        match forwarding {
+            Forwarding::Replica => {}
+            Forwarding::Client | Forwarding::ToReplica(_) => {
+                let peer_ip = peer.ip().to_canonical();
+                let trusted = self
+                    .trusted_proxies
+                    .iter()
+                    .any(|net| net.contains(&peer_ip));
+                headers::set_forwarded(&mut parts.headers, peer_ip, trusted, original_host);
+            }
+        }
+        if let Forwarding::ToReplica(hop) = forwarding {
+            for (name, value) in hop {
+                parts.headers.insert(name, value);
+            }
+        }
         let lingers = !linger::expects_continue(&parts.headers);
         let (body, progress) =
             Outgoing::new(body, started, lingers, self.linger_bytes, &self.shutdown);

@@ -33,6 +33,19 @@ CHROMIUM_ARGS = [
     "--no-proxy-server",
 ]
 
+def launch_chromium(pw, profile):
+    """Debian's headless Chromium with a persistent `profile` directory
+    (a Playwright BrowserContext), and its first page."""
+    ctx = pw.chromium.launch_persistent_context(
+        profile,
+        executable_path=CHROMIUM,
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport={"width": 1280, "height": 900},
+    )
+    return ctx, ctx.pages[0] if ctx.pages else ctx.new_page()
+
+
 # urllib without any proxy from the environment: loopback only.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

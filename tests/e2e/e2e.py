@@ -37,6 +37,7 @@ from common import (
     ROOT,
     free_port,
     http_json,
+    launch_chromium,
     record,
     report,
     run_test,
@@ -124,13 +125,14 @@ def streamlit_pids(gateway_pid):
 
 
 class Gateway:
-    def __init__(self, label="gateway", **extra_env):
+    def __init__(self, label="gateway", app="tests/e2e/app.py", **extra_env):
         self.port = free_port()
         self.dash_port = free_port()
         while self.dash_port == self.port:
             self.dash_port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = OUT / f"{label}.log"
+        self.app = app
         self.extra_env = extra_env
         self.proc = None
         self.log_file = None
@@ -138,7 +140,7 @@ class Gateway:
     def start(self):
         streamlit = VENV / "bin" / "streamlit"
         command = (
-            f"{streamlit} run tests/e2e/app.py --server.address 127.0.0.1 --server.port $PORT"
+            f"{streamlit} run {self.app} --server.address 127.0.0.1 --server.port $PORT"
             " --server.headless true --browser.gatherUsageStats false"
         )
         env = dict(os.environ)
@@ -478,14 +480,7 @@ def main():
             raise
 
         with sync_playwright() as pw:
-            ctx = pw.chromium.launch_persistent_context(
-                profile,
-                executable_path=CHROMIUM,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1280, "height": 900},
-            )
-            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            ctx, page = launch_chromium(pw, profile)
             page.add_init_script(CLOSE_CODES_JS)
             console = []
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))

@@ -2,10 +2,11 @@
 # End-to-end test: a real Streamlit app behind switchyard, driven by headless
 # Chromium through Playwright. Installs what it needs, builds the gateway,
 # runs tests/e2e/e2e.py, then tests/e2e/client_e2e.py (client.js and the live
-# console in the same Chromium), live_e2e.py (switchyard.streamlit) and
-# railway_e2e.py (examples/railway installed and started as Railway would).
-# Prints one `N passed, M failed` line for all; exits non-zero if any check
-# failed.
+# console in the same Chromium), live_e2e.py (switchyard.streamlit),
+# replicas_e2e.py (three replicas with their own Streamlit behind a random
+# balancer; needs Redis) and railway_e2e.py (examples/railway installed and
+# started as Railway would). Prints one `N passed, M failed` line for all;
+# exits non-zero if any check failed.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -88,6 +89,7 @@ run_script() {
 run_script e2e.py 0 "$@"
 run_script client_e2e.py 300
 run_script live_e2e.py 300
+run_script replicas_e2e.py 400
 # examples/railway as Railpack runs it: a fresh venv, pip install -r
 # requirements.txt with the wheel ($SWITCHYARD_WHEEL or target/wheels/).
 run_script railway_e2e.py 900

@@ -16,6 +16,18 @@ use tracing::{info, warn};
 use super::{lock, RedisHub, REDIS_TIMEOUT};
 use crate::hub::{Epoch, HubError};
 
+/// A multiplexed command connection whose connect and every reply are
+/// bounded by [`REDIS_TIMEOUT`] (also the replica registry's, see
+/// `replicas::registry`).
+pub async fn connect(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 impl RedisHub {
     pub(super) fn set_up(&self, up: bool, reason: &str) {
         if self.up.swap(up, Ordering::AcqRel) != up {
@@ -33,17 +45,10 @@ impl RedisHub {
         if let Some(connection) = existing {
             return Ok(connection);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT));
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|error| {
-                self.set_up(false, &error.to_string());
-                HubError::Unavailable
-            })?;
+        let connection = connect(&self.client).await.map_err(|error| {
+            self.set_up(false, &error.to_string());
+            HubError::Unavailable
+        })?;
         *lock(&self.commands) = Some(connection.clone());
         Ok(connection)
     }

@@ -128,6 +128,8 @@
 
 mod belief;
 mod connection;
+
+pub use self::connection::connect;
 mod hub;
 mod listener;
 mod scripts;
