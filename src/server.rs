@@ -59,7 +59,7 @@ use crate::response::{self, Body, BoxError};
 use crate::shutdown::Shutdown;
 use crate::upstream::UpstreamHealth;
 use crate::watchdog::{self, ConnectionHandle, Watchdog};
-use crate::{assets, cors, event_loops, health, public_config, publish, sse, state, ws};
+use crate::{assets, cors, event_loops, faults, health, public_config, publish, sse, state, ws};
 
 /// A client sending its request head slower than this is dropped (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -211,8 +211,11 @@ async fn accept_loop(
     let mut last_accept_warning: Option<Instant> = None;
     let stop = phase.wait_for(|&now| now >= Phase::Draining);
     tokio::pin!(stop);
+    let injected_panic = faults::loop_panic_requested();
+    tokio::pin!(injected_panic);
     loop {
         let (stream, peer) = tokio::select! {
+            _ = &mut injected_panic => panic!("fault injected: event loop {} panics", event_loops::current()),
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
@@ -224,7 +227,7 @@ async fn accept_loop(
             _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        debug!(%peer, "connection opened");
+        debug!(%peer, event_loop = event_loops::current(), "connection opened");
         let (stream, handle) = watchdog::watch(stream);
         let router = ServiceBuilder::new()
             .layer(layers::panic::layer())
@@ -343,6 +346,9 @@ fn dispatch(
     connection: &ConnectionHandle,
     mut request: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<ConnectionBody>, Infallible>> {
+    if let Some(fault) = faults::requested(peer, &request) {
+        faults::apply_on_loop(fault);
+    }
     let gateway = &router.get_ref().app.gateway;
     let proxied = gateway.proxy.is_some() && is_proxied(gateway, request.uri().path());
     if !proxied {
@@ -364,6 +370,9 @@ async fn forward_or_route(
     };
     if let Err(refusal) = admit(gateway, peer, &request).await {
         return Ok(refusal.map(Either::Left));
+    }
+    if faults::requested(peer, &request) == Some(faults::Fault::Panic) {
+        panic!("fault injected: a proxied request panics");
     }
     let started = Instant::now();
     let answer = proxy.forward(request, peer).await;
