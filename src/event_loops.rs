@@ -123,6 +123,41 @@ async fn anchor_timers() {
 /// See [`anchor_timers`]: nearer than any timeout the proxy arms.
 const ANCHOR: Duration = Duration::from_secs(1);
 
+/// `stream`, moved onto the reactor of the runtime the caller runs on
+/// (it must run inside one): from then on that runtime's I/O driver, not
+/// the one that accepted it, wakes whoever waits on it.
+pub fn drive_here(stream: tokio::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
+    tokio::net::TcpStream::from_std(stream.into_std()?)
+}
+
+/// How many pieces of heavy work ([`off_loop`]) run at once; the rest
+/// wait their turn without blocking anything.
+const HEAVY_AT_ONCE: usize = 2;
+
+static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HEAVY_AT_ONCE);
+
+/// Runs `work` (CPU-bound, tens of milliseconds: encoding a large
+/// `/state` answer) on the runtime's blocking pool, at most
+/// [`HEAVY_AT_ONCE`] at a time, so the HTTP loop that asked keeps serving
+/// its other connections meanwhile. A panic in `work` resumes in the
+/// caller (catch-panic answers 500); `None` when the runtime is shutting
+/// down and cancelled it.
+pub async fn off_loop<T, F>(work: F) -> Option<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    // The semaphore is never closed, so a permit always comes.
+    let _permit = HEAVY.acquire().await;
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Some(value),
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_cancelled) => None,
+        },
+    }
+}
+
 /// A loop's thread: runs `serve` on a current-thread runtime and returns
 /// when it does, then cuts whatever tasks are left.
 pub fn start<F, Fut>(number: usize, serve: F) -> io::Result<std::thread::JoinHandle<()>>
