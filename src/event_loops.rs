@@ -19,14 +19,20 @@
 //! broadcaster's WebSocket clients, which run on a runtime of their own
 //! (see `main`).
 
+use std::any::Any;
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpSocket;
+use tokio::sync::Notify;
+use tracing::error;
 
 /// Pending connections each listener's kernel queue holds (capped by
 /// `net.core.somaxconn`). `TcpListener::bind` asked for 128: a burst of
@@ -158,9 +164,44 @@ where
     }
 }
 
+/// Loops whose thread panicked: counted, and the first one wakes whoever
+/// waits in [`Failures::first`] (the server, which then shuts down).
+#[derive(Clone, Debug, Default)]
+pub struct Failures(Arc<FailureRecord>);
+
+#[derive(Debug, Default)]
+struct FailureRecord {
+    count: AtomicUsize,
+    /// `notify_one` keeps a permit: a waiter that comes later still wakes.
+    first: Notify,
+}
+
+impl Failures {
+    fn report(&self) {
+        self.0.count.fetch_add(1, Ordering::SeqCst);
+        self.0.first.notify_one();
+    }
+
+    /// How many loops have panicked.
+    pub fn count(&self) -> usize {
+        self.0.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a loop has panicked.
+    pub async fn first(&self) {
+        self.0.first.notified().await;
+    }
+}
+
 /// A loop's thread: runs `serve` on a current-thread runtime and returns
-/// when it does, then cuts whatever tasks are left.
-pub fn start<F, Fut>(number: usize, serve: F) -> io::Result<std::thread::JoinHandle<()>>
+/// when it does, then cuts whatever tasks are left. A panic that escapes
+/// `serve` (tokio catches those of spawned tasks, not of the loop itself)
+/// is logged at ERROR and reported to `failures`.
+pub fn start<F, Fut>(
+    number: usize,
+    failures: Failures,
+    serve: F,
+) -> io::Result<std::thread::JoinHandle<()>>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -173,7 +214,24 @@ where
         .spawn(move || {
             LOOP.with(|cell| cell.set(number));
             runtime.spawn(anchor_timers());
-            runtime.block_on(serve());
+            let served = catch_unwind(AssertUnwindSafe(|| runtime.block_on(serve())));
+            if let Err(panic) = served {
+                error!(
+                    event_loop = number,
+                    panic = panic_message(panic.as_ref()),
+                    "an event loop panicked; shutting down"
+                );
+                failures.report();
+            }
             runtime.shutdown_timeout(EXIT_LIMIT);
         })
+}
+
+/// The text a panic was raised with.
+pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }

@@ -28,12 +28,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -105,14 +107,17 @@ pub async fn serve(
 ) -> io::Result<()> {
     let app = App::new(gateway.clone());
     let (phase, watch_phase) = watch::channel(Phase::Serving);
+    let failures = event_loops::Failures::default();
     let mut loops = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
         let (drained, on_drained) = oneshot::channel();
         let (app, seen) = (app.clone(), watch_phase.clone());
-        let thread =
-            event_loops::start(index + 1, move || serve_loop(listener, app, seen, drained));
+        let number = index + 1;
+        let thread = event_loops::start(number, failures.clone(), move || {
+            serve_loop(listener, app, seen, drained)
+        });
         match thread {
-            Ok(thread) => loops.push((thread, on_drained)),
+            Ok(thread) => loops.push(((number, thread), on_drained)),
             Err(error) => {
                 let _ = phase.send(Phase::Exit);
                 return Err(error);
@@ -120,9 +125,16 @@ pub async fn serve(
         }
     }
 
-    signal.await;
+    // A loop that panicked took its connections with it and no longer
+    // accepts: the gateway drains the others and exits non-zero, so the
+    // platform restarts it (see `event_loops`).
+    tokio::select! {
+        _ = signal => {}
+        _ = failures.first() => {}
+    }
     let _ = phase.send(Phase::Draining);
-    let grace = drain_for;
+    // What is left of the grace after this is for the loops to return.
+    let grace = drain_for.saturating_sub(LOOP_EXIT_WAIT);
     info!(
         grace_secs = grace.as_secs(),
         "shutting down: stopped accepting, draining"
@@ -146,16 +158,30 @@ pub async fn serve(
             "grace period over with work in flight; exiting anyway"
         ),
     }
-    // Each loop returns now; its runtime cuts what is still open.
+    // Each loop returns now; its runtime cuts what is still open. A loop
+    // stuck in a blocking call is left behind: the process exits anyway.
     let _ = phase.send(Phase::Exit);
-    let _ = tokio::task::spawn_blocking(move || {
-        for thread in threads {
-            let _ = thread.join();
+    let deadline = Instant::now() + LOOP_EXIT_WAIT;
+    while threads.iter().any(|(_, thread)| !thread.is_finished()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (number, thread) in &threads {
+        if !thread.is_finished() {
+            error!(
+                event_loop = number,
+                "an event loop did not stop in time; abandoned"
+            );
         }
-    })
-    .await;
-    Ok(())
+    }
+    match failures.count() {
+        0 => Ok(()),
+        n => Err(io::Error::other(format!("{n} event loop(s) panicked"))),
+    }
 }
+
+/// How long the loops get to return once told to exit (each cuts its
+/// tasks within `event_loops`' 100 ms); taken from the grace.
+const LOOP_EXIT_WAIT: Duration = Duration::from_millis(300);
 
 /// Where the gateway is in its life, as every loop sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -331,11 +357,11 @@ impl App {
 type ConnectionBody = Either<Body, tower_http::body::UnsyncBoxBody<bytes::Bytes, BoxError>>;
 
 /// Every request of a connection starts here. A proxied request goes to
-/// the proxy directly, as it did before tower: the stack in front of the
-/// other routes (catch-panic, a boxed future, a re-boxed body, and the
-/// in-flight bound) measured about 4% more CPU per proxied request
-/// (benches/proxy.sh, two runs), over the 2% a layer may cost on that
-/// path. Everything else goes through [`Router`].
+/// the proxy without the tower stack: that stack (catch-panic, a boxed
+/// future, a re-boxed body, and the in-flight bound) measured about 4%
+/// more CPU per proxied request (benches/proxy.sh, two runs), over the 2%
+/// a layer may cost on that path. It still has catch-panic, unboxed (see
+/// [`forward_or_route`]). Everything else goes through [`Router`].
 ///
 /// Only routed requests carry the connection's [`ConnectionHandle`] (the
 /// SSE handler registers with it): the extension costs a proxied request
@@ -368,17 +394,25 @@ async fn forward_or_route(
         let answer = router.oneshot(request).await?;
         return Ok(answer.map(Either::Right));
     };
-    if let Err(refusal) = admit(gateway, peer, &request).await {
-        return Ok(refusal.map(Either::Left));
-    }
-    if faults::requested(peer, &request) == Some(faults::Fault::Panic) {
-        panic!("fault injected: a proxied request panics");
-    }
-    let started = Instant::now();
-    let answer = proxy.forward(request, peer).await;
-    gateway
-        .metrics
-        .record_proxied(answer.status(), started.elapsed());
+    // Catch-panic without tower's boxing: the same answer and log line
+    // (`layers::panic`), no allocation, nothing to pay unless it panics.
+    let forwarded = AssertUnwindSafe(async {
+        if let Err(refusal) = admit(gateway, peer, &request).await {
+            return refusal;
+        }
+        if faults::requested(peer, &request) == Some(faults::Fault::Panic) {
+            panic!("fault injected: a proxied request panics");
+        }
+        let started = Instant::now();
+        let answer = proxy.forward(request, peer).await;
+        gateway
+            .metrics
+            .record_proxied(answer.status(), started.elapsed());
+        answer
+    })
+    .catch_unwind()
+    .await;
+    let answer = forwarded.unwrap_or_else(|panic| layers::panic::answer(panic));
     Ok(answer.map(Either::Left))
 }
 

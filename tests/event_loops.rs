@@ -148,13 +148,13 @@ fn p90(sorted: &[Duration]) -> Duration {
 
 /// How much slower than the quiet run a busy neighbour may make the
 /// median: a loop that serves the measured sockets while it serialises or
-/// fans out makes it hundreds of times slower; scheduling noise on a
-/// shared machine a few times.
-const ALLOWED_RATIO: f64 = 10.0;
+/// fans out made it 100 to 3,400 times slower; the clients runtime's own
+/// work (fanning out to 300 subscribers) and scheduling noise on a shared
+/// two-core machine (load average 15) made it up to 7.4 times.
+const ALLOWED_RATIO: f64 = 20.0;
 
 /// A floor under the quiet median, so that a quiet run that happened to be
-/// sub-100 µs does not turn scheduler noise into a failure: a tenth of a
-/// millisecond.
+/// very fast does not turn scheduler noise into a failure.
 const QUIET_FLOOR: Duration = Duration::from_micros(300);
 
 /// Prints the comparison; true when `busy` stays within the ratio.

@@ -334,7 +334,6 @@ impl MemoryHub {
         })
     }
 
-
     /// `patterns` (distinct, within the limit) and `matcher` (an index of
     /// the same patterns) describe what the client wants.
     fn snapshot_locked(
@@ -670,8 +669,15 @@ mod tests {
         tokio::pin!(waiting);
         let early = tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting).await;
         assert!(early.is_err(), "answered with the backlog full");
-        assert_eq!(lock(&hub.state).pending.len(), PENDING_LIMIT, "no seq taken");
-        assert!(subscription.queue.try_pop().is_none(), "the publisher fanned out nothing");
+        assert_eq!(
+            lock(&hub.state).pending.len(),
+            PENDING_LIMIT,
+            "no seq taken"
+        );
+        assert!(
+            subscription.queue.try_pop().is_none(),
+            "the publisher fanned out nothing"
+        );
         // What the fan-out task does: one event, then room for the waiter.
         assert_eq!(hub.fan_out_one(), Some(PENDING_LIMIT - 1));
         assert!(hub.room_wanted.swap(false, Ordering::SeqCst));
