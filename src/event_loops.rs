@@ -1,23 +1,44 @@
-//! The HTTP side's threads: one event loop per core, as nginx runs one
-//! worker per core.
+//! What runs where: every thread and runtime of the gateway, and which
+//! reactor drives which socket. `main` builds the runtimes here and `server`
+//! starts the loops here; nothing else creates a thread or a runtime
+//! (besides the log writer, `logging`).
 //!
-//! Owns: how many loops there are, binding one listener per loop on the
-//! same port (`SO_REUSEPORT`: the kernel spreads new connections over them),
-//! starting each loop on a thread of its own with a current-thread tokio
-//! runtime, and telling code which loop it runs on ([`current`]), so the
-//! proxy can keep each loop's dashboard connections on that loop.
+//! | thread | runtime | runs | its reactor drives |
+//! |---|---|---|---|
+//! | main | chores (current-thread, [`chores_runtime`]) | signals; `run` and the drain; the dashboard's probe and supervisor; the ping clock; the proxy pool's upkeep | the probe's sockets, the child's pipes |
+//! | `http-loop-N`, one per core ([`count`]) | one current-thread runtime each ([`start`]) | its own listener (`SO_REUSEPORT`: the kernel spreads connections), every HTTP connection it accepts (routes, SSE, long-polls, proxied requests, proxied WebSocket tunnels) and the dashboard connections those use | those sockets; a broadcaster WebSocket's only until its upgrade |
+//! | its blocking pool | — | heavy CPU work of a request ([`off_loop`]: a `/state` snapshot and its encoding), [`HEAVY_AT_ONCE`] at a time | nothing |
+//! | `switchyard-clients` (TOKIO_WORKER_THREADS) | multi-thread ([`clients_runtime`]) | every broadcaster WebSocket's task, the in-memory hub's fan-out task, the Redis hub's connections | every broadcaster WebSocket's socket: its task moves it here ([`drive_here`]) |
 //!
-//! Why: a proxied request touches two sockets, the client's and the
-//! dashboard's. On one multi-thread runtime their tasks may sit on
-//! different workers and wake each other across threads for every request
-//! (a futex wake and a context switch each way; ~13% of the proxy's time in
-//! a profile). On a loop of its own, a connection, the requests it carries
-//! and the dashboard connections they use stay on one thread, and a wake is
-//! a push onto that thread's own queue.
+//! The rules that keep a busy loop from delaying anyone else:
+//! - a loop only runs short steps: heavy work goes to [`off_loop`]; the
+//!   fan-out never runs on a loop (past its backlog limit a publisher
+//!   awaits room, `hub::memory`);
+//! - a broadcaster WebSocket is driven by the clients runtime alone, so a
+//!   loop busy with `/state` or publishes never delays its writes or pongs;
+//! - `/health` on a loop waits at most for one such short step.
 //!
-//! Does not own: what a loop does with a connection (`server`), or the
-//! broadcaster's WebSocket clients, which run on a runtime of their own
-//! (see `main`).
+//! Why one loop per core: a proxied request touches two sockets, the
+//! client's and the dashboard's. On one multi-thread runtime their tasks
+//! may sit on different workers and wake each other across threads for
+//! every request (a futex wake and a context switch each way; ~13% of the
+//! proxy's time in a profile). On a loop of its own, a connection, the
+//! requests it carries and the dashboard connections they use stay on one
+//! thread, and a wake is a push onto that thread's own queue. [`current`]
+//! tells code which loop it runs on, so the proxy keeps each loop's
+//! dashboard connections on that loop.
+//!
+//! A loop that panics (outside a task: tokio catches a task's panic and
+//! drops that one connection) is logged at ERROR, and the gateway drains
+//! the other loops and exits 1 ([`Failures`]). It is not restarted in
+//! place: such a panic is a bug on the accept path that would most likely
+//! recur, the loop's connections are gone either way, and a process that
+//! keeps answering `/health` with a loop missing or crash-looping hides
+//! the bug; the platform restarts a process that exits non-zero. At
+//! shutdown a loop stuck in a blocking call is abandoned (`server` logs it
+//! at ERROR) and the process exits within the grace all the same.
+//!
+//! Does not own: what a loop does with a connection (`server`).
 
 use std::any::Any;
 use std::cell::Cell;
@@ -128,6 +149,22 @@ async fn anchor_timers() {
 
 /// See [`anchor_timers`]: nearer than any timeout the proxy arms.
 const ANCHOR: Duration = Duration::from_secs(1);
+
+/// The main thread's runtime: signals, the drain, background chores.
+pub fn chores_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// The broadcaster's runtime: a multi-thread runtime with I/O and timers;
+/// TOKIO_WORKER_THREADS sets its size, as tokio's default does.
+pub fn clients_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("switchyard-clients")
+        .enable_all()
+        .build()
+}
 
 /// `stream`, moved onto the reactor of the runtime the caller runs on
 /// (it must run inside one): from then on that runtime's I/O driver, not
