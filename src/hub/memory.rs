@@ -335,7 +335,9 @@ impl MemoryHub {
     }
 
     /// `patterns` (distinct, within the limit) and `matcher` (an index of
-    /// the same patterns) describe what the client wants.
+    /// the same patterns) describe what the client wants. A fresh state
+    /// comes unordered: pass the snapshot through [`ordered`] once `state`
+    /// is released.
     fn snapshot_locked(
         &self,
         state: &State,
@@ -350,7 +352,9 @@ impl MemoryHub {
                     .cloned()
                     .collect(),
             ),
-            None => Catchup::Fresh(state.retained.matching(patterns)),
+            // Sorted by the caller, after `state` is released: see
+            // [`ordered`].
+            None => Catchup::Fresh(state.retained.matching_unordered(patterns)),
         };
         Snapshot {
             epoch: self.epoch.clone(),
@@ -384,6 +388,16 @@ impl MemoryHub {
         let skip = (point.seq + 1 - oldest_kept) as usize;
         Some(state.history.iter().skip(skip))
     }
+}
+
+/// `snapshot` with its fresh state sorted by topic, each topic once: done
+/// after the hub's lock is released, so a large state (64k topics: tens of
+/// milliseconds) never holds up publishers, whose loops wait on that lock.
+fn ordered(mut snapshot: Snapshot) -> Snapshot {
+    if let Catchup::Fresh(state) = &mut snapshot.catchup {
+        *state = super::retained::by_topic(std::mem::take(state));
+    }
+    snapshot
 }
 
 /// The retained-state change a publication asks for: its topic and new
@@ -425,6 +439,7 @@ impl Hub for MemoryHub {
         // `snapshot.seq` and fanned out after this.
         let registration = lock(&self.subscribers).add(&patterns, snapshot.seq, queue_capacity);
         drop(state);
+        let snapshot = ordered(snapshot);
         let subscription = registration.map(|registration| Subscription {
             id: registration.id,
             snapshot,
@@ -483,7 +498,7 @@ impl Hub for MemoryHub {
         let matcher = PatternIndex::of(&patterns);
         let snapshot =
             self.snapshot_locked(&lock(&self.state), &patterns, &matcher, resume.as_ref());
-        ready(Ok(snapshot))
+        ready(Ok(ordered(snapshot)))
     }
 }
 
