@@ -149,8 +149,9 @@ fn p90(sorted: &[Duration]) -> Duration {
 /// How much slower than the quiet run a busy neighbour may make the
 /// median: a loop that serves the measured sockets while it serialises or
 /// fans out made it 100 to 3,400 times slower; the clients runtime's own
-/// work (fanning out to 300 subscribers) and scheduling noise on a shared
-/// two-core machine (load average 15) made it up to 7.4 times.
+/// work (fanning out to the burst's subscribers) and scheduling noise on a
+/// shared two-core machine (load average 15) made it up to 19 times with
+/// 300 subscribers.
 const ALLOWED_RATIO: f64 = 20.0;
 
 /// A floor under the quiet median, so that a quiet run that happened to be
@@ -287,7 +288,7 @@ async fn a_publish_burst_does_not_delay_the_publishing_loops_other_connections()
     // Subscribers make each event's fan-out cost something; they read
     // nothing, so their sockets fill and their queues hold the rest.
     let mut subscribers = Vec::new();
-    for _ in 0..300 {
+    for _ in 0..100 {
         subscribers.push(websocket(&gateway, "?topics=burst/%23").await.1);
     }
     // Publishers on both loops.
