@@ -412,7 +412,7 @@ async fn forward_or_route(
     })
     .catch_unwind()
     .await;
-    let answer = forwarded.unwrap_or_else(|panic| layers::panic::answer(panic));
+    let answer = forwarded.unwrap_or_else(layers::panic::answer);
     Ok(answer.map(Either::Left))
 }
 
