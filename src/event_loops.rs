@@ -1,32 +1,59 @@
-//! The HTTP side's threads: one event loop per core, as nginx runs one
-//! worker per core.
+//! What runs where: every thread and runtime of the gateway, and which
+//! reactor drives which socket. `main` builds the runtimes here and `server`
+//! starts the loops here; nothing else creates a thread or a runtime
+//! (besides the log writer, `logging`).
 //!
-//! Owns: how many loops there are, binding one listener per loop on the
-//! same port (`SO_REUSEPORT`: the kernel spreads new connections over them),
-//! starting each loop on a thread of its own with a current-thread tokio
-//! runtime, and telling code which loop it runs on ([`current`]), so the
-//! proxy can keep each loop's dashboard connections on that loop.
+//! | thread | runtime | runs | its reactor drives |
+//! |---|---|---|---|
+//! | main | chores (current-thread, [`chores_runtime`]) | signals; `run` and the drain; the dashboard's probe and supervisor; the ping clock; the proxy pool's upkeep | the probe's sockets, the child's pipes |
+//! | `http-loop-N`, one per core ([`count`]) | one current-thread runtime each ([`start`]) | its own listener (`SO_REUSEPORT`: the kernel spreads connections), every HTTP connection it accepts (routes, SSE, long-polls, proxied requests, proxied WebSocket tunnels) and the dashboard connections those use | those sockets; a broadcaster WebSocket's only until its upgrade |
+//! | its blocking pool | — | heavy CPU work of a request ([`off_loop`]: a `/state` snapshot and its encoding), [`HEAVY_AT_ONCE`] at a time | nothing |
+//! | `switchyard-clients` (TOKIO_WORKER_THREADS) | multi-thread ([`clients_runtime`]) | every broadcaster WebSocket's task, the in-memory hub's fan-out task, the Redis hub's connections | every broadcaster WebSocket's socket: its task moves it here ([`drive_here`]) |
 //!
-//! Why: a proxied request touches two sockets, the client's and the
-//! dashboard's. On one multi-thread runtime their tasks may sit on
-//! different workers and wake each other across threads for every request
-//! (a futex wake and a context switch each way; ~13% of the proxy's time in
-//! a profile). On a loop of its own, a connection, the requests it carries
-//! and the dashboard connections they use stay on one thread, and a wake is
-//! a push onto that thread's own queue.
+//! The rules that keep a busy loop from delaying anyone else:
+//! - a loop only runs short steps: heavy work goes to [`off_loop`]; the
+//!   fan-out never runs on a loop (past its backlog limit a publisher
+//!   awaits room, `hub::memory`);
+//! - a broadcaster WebSocket is driven by the clients runtime alone, so a
+//!   loop busy with `/state` or publishes never delays its writes or pongs;
+//! - `/health` on a loop waits at most for one such short step.
 //!
-//! Does not own: what a loop does with a connection (`server`), or the
-//! broadcaster's WebSocket clients, which run on a runtime of their own
-//! (see `main`).
+//! Why one loop per core: a proxied request touches two sockets, the
+//! client's and the dashboard's. On one multi-thread runtime their tasks
+//! may sit on different workers and wake each other across threads for
+//! every request (a futex wake and a context switch each way; ~13% of the
+//! proxy's time in a profile). On a loop of its own, a connection, the
+//! requests it carries and the dashboard connections they use stay on one
+//! thread, and a wake is a push onto that thread's own queue. [`current`]
+//! tells code which loop it runs on, so the proxy keeps each loop's
+//! dashboard connections on that loop.
+//!
+//! A loop that panics (outside a task: tokio catches a task's panic and
+//! drops that one connection) is logged at ERROR, and the gateway drains
+//! the other loops and exits 1 ([`Failures`]). It is not restarted in
+//! place: such a panic is a bug on the accept path that would most likely
+//! recur, the loop's connections are gone either way, and a process that
+//! keeps answering `/health` with a loop missing or crash-looping hides
+//! the bug; the platform restarts a process that exits non-zero. At
+//! shutdown a loop stuck in a blocking call is abandoned (`server` logs it
+//! at ERROR) and the process exits within the grace all the same.
+//!
+//! Does not own: what a loop does with a connection (`server`).
 
+use std::any::Any;
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpSocket;
+use tokio::sync::Notify;
+use tracing::error;
 
 /// Pending connections each listener's kernel queue holds (capped by
 /// `net.core.somaxconn`). `TcpListener::bind` asked for 128: a burst of
@@ -123,9 +150,95 @@ async fn anchor_timers() {
 /// See [`anchor_timers`]: nearer than any timeout the proxy arms.
 const ANCHOR: Duration = Duration::from_secs(1);
 
+/// The main thread's runtime: signals, the drain, background chores.
+pub fn chores_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// The broadcaster's runtime: a multi-thread runtime with I/O and timers;
+/// TOKIO_WORKER_THREADS sets its size, as tokio's default does.
+pub fn clients_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("switchyard-clients")
+        .enable_all()
+        .build()
+}
+
+/// `stream`, moved onto the reactor of the runtime the caller runs on
+/// (it must run inside one): from then on that runtime's I/O driver, not
+/// the one that accepted it, wakes whoever waits on it.
+pub fn drive_here(stream: tokio::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
+    tokio::net::TcpStream::from_std(stream.into_std()?)
+}
+
+/// How many pieces of heavy work ([`off_loop`]) run at once; the rest
+/// wait their turn without blocking anything.
+const HEAVY_AT_ONCE: usize = 2;
+
+static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HEAVY_AT_ONCE);
+
+/// Runs `work` (CPU-bound, tens of milliseconds: encoding a large
+/// `/state` answer) on the runtime's blocking pool, at most
+/// [`HEAVY_AT_ONCE`] at a time, so the HTTP loop that asked keeps serving
+/// its other connections meanwhile. A panic in `work` resumes in the
+/// caller (catch-panic answers 500); `None` when the runtime is shutting
+/// down and cancelled it.
+pub async fn off_loop<T, F>(work: F) -> Option<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    // The semaphore is never closed, so a permit always comes.
+    let _permit = HEAVY.acquire().await;
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Some(value),
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_cancelled) => None,
+        },
+    }
+}
+
+/// Loops whose thread panicked: counted, and the first one wakes whoever
+/// waits in [`Failures::first`] (the server, which then shuts down).
+#[derive(Clone, Debug, Default)]
+pub struct Failures(Arc<FailureRecord>);
+
+#[derive(Debug, Default)]
+struct FailureRecord {
+    count: AtomicUsize,
+    /// `notify_one` keeps a permit: a waiter that comes later still wakes.
+    first: Notify,
+}
+
+impl Failures {
+    fn report(&self) {
+        self.0.count.fetch_add(1, Ordering::SeqCst);
+        self.0.first.notify_one();
+    }
+
+    /// How many loops have panicked.
+    pub fn count(&self) -> usize {
+        self.0.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a loop has panicked.
+    pub async fn first(&self) {
+        self.0.first.notified().await;
+    }
+}
+
 /// A loop's thread: runs `serve` on a current-thread runtime and returns
-/// when it does, then cuts whatever tasks are left.
-pub fn start<F, Fut>(number: usize, serve: F) -> io::Result<std::thread::JoinHandle<()>>
+/// when it does, then cuts whatever tasks are left. A panic that escapes
+/// `serve` (tokio catches those of spawned tasks, not of the loop itself)
+/// is logged at ERROR and reported to `failures`.
+pub fn start<F, Fut>(
+    number: usize,
+    failures: Failures,
+    serve: F,
+) -> io::Result<std::thread::JoinHandle<()>>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -138,7 +251,24 @@ where
         .spawn(move || {
             LOOP.with(|cell| cell.set(number));
             runtime.spawn(anchor_timers());
-            runtime.block_on(serve());
+            let served = catch_unwind(AssertUnwindSafe(|| runtime.block_on(serve())));
+            if let Err(panic) = served {
+                error!(
+                    event_loop = number,
+                    panic = panic_message(panic.as_ref()),
+                    "an event loop panicked; shutting down"
+                );
+                failures.report();
+            }
             runtime.shutdown_timeout(EXIT_LIMIT);
         })
+}
+
+/// The text a panic was raised with.
+pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }

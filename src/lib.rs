@@ -10,6 +10,7 @@ pub mod broadcast;
 pub mod config;
 pub mod cors;
 pub mod event_loops;
+pub mod faults;
 pub mod health;
 pub mod hub;
 pub mod layers;

@@ -40,17 +40,10 @@ const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Runs the gateway until it has drained; the process's exit code.
 fn serve(config: Config) -> ExitCode {
-    // HTTP is served by one event loop per core, each a thread of its own
-    // (see `event_loops`); this runtime only starts them, watches the
-    // signals and runs the background chores (the dashboard's probe and
-    // supervisor, the keepalive clock). Broadcaster clients run on a
-    // runtime of their own: a fan-out to thousands of clients then never
-    // queues the HTTP side (publishes, health checks, proxied requests)
-    // behind their tasks.
-    let chores = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    let (runtime, clients) = match (chores, new_runtime("switchyard-clients")) {
+    // What runs on which thread and runtime: see `event_loops`.
+    let chores = switchyard::event_loops::chores_runtime();
+    let clients = switchyard::event_loops::clients_runtime();
+    let (runtime, clients) = match (chores, clients) {
         (Ok(runtime), Ok(clients)) => (runtime, clients),
         (Err(error), _) | (_, Err(error)) => {
             error!(%error, "cannot start the async runtime");
@@ -80,13 +73,4 @@ fn serve(config: Config) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// A multi-thread runtime with I/O and timers; TOKIO_WORKER_THREADS sets
-/// its size, as tokio's default does.
-fn new_runtime(thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .thread_name(thread_name)
-        .enable_all()
-        .build()
 }

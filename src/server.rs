@@ -28,11 +28,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -61,7 +63,7 @@ use crate::shutdown::Shutdown;
 use crate::supervisor::ChildStatus;
 use crate::upstream::UpstreamHealth;
 use crate::watchdog::{self, ConnectionHandle, Watchdog};
-use crate::{assets, cors, event_loops, health, public_config, publish, sse, state, ws};
+use crate::{assets, cors, event_loops, faults, health, public_config, publish, sse, state, ws};
 
 /// A client sending its request head slower than this is dropped (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,14 +116,17 @@ pub async fn serve(
 ) -> io::Result<()> {
     let app = App::new(gateway.clone());
     let (phase, watch_phase) = watch::channel(Phase::Serving);
+    let failures = event_loops::Failures::default();
     let mut loops = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
         let (drained, on_drained) = oneshot::channel();
         let (app, seen) = (app.clone(), watch_phase.clone());
-        let thread =
-            event_loops::start(index + 1, move || serve_loop(listener, app, seen, drained));
+        let number = index + 1;
+        let thread = event_loops::start(number, failures.clone(), move || {
+            serve_loop(listener, app, seen, drained)
+        });
         match thread {
-            Ok(thread) => loops.push((thread, on_drained)),
+            Ok(thread) => loops.push(((number, thread), on_drained)),
             Err(error) => {
                 let _ = phase.send(Phase::Exit);
                 return Err(error);
@@ -129,9 +134,16 @@ pub async fn serve(
         }
     }
 
-    signal.await;
+    // A loop that panicked took its connections with it and no longer
+    // accepts: the gateway drains the others and exits non-zero, so the
+    // platform restarts it (see `event_loops`).
+    tokio::select! {
+        _ = signal => {}
+        _ = failures.first() => {}
+    }
     let _ = phase.send(Phase::Draining);
-    let grace = drain_for;
+    // What is left of the grace after this is for the loops to return.
+    let grace = drain_for.saturating_sub(LOOP_EXIT_WAIT);
     info!(
         grace_secs = grace.as_secs(),
         "shutting down: stopped accepting, draining"
@@ -155,16 +167,30 @@ pub async fn serve(
             "grace period over with work in flight; exiting anyway"
         ),
     }
-    // Each loop returns now; its runtime cuts what is still open.
+    // Each loop returns now; its runtime cuts what is still open. A loop
+    // stuck in a blocking call is left behind: the process exits anyway.
     let _ = phase.send(Phase::Exit);
-    let _ = tokio::task::spawn_blocking(move || {
-        for thread in threads {
-            let _ = thread.join();
+    let deadline = Instant::now() + LOOP_EXIT_WAIT;
+    while threads.iter().any(|(_, thread)| !thread.is_finished()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (number, thread) in &threads {
+        if !thread.is_finished() {
+            error!(
+                event_loop = number,
+                "an event loop did not stop in time; abandoned"
+            );
         }
-    })
-    .await;
-    Ok(())
+    }
+    match failures.count() {
+        0 => Ok(()),
+        n => Err(io::Error::other(format!("{n} event loop(s) panicked"))),
+    }
 }
+
+/// How long the loops get to return once told to exit (each cuts its
+/// tasks within `event_loops`' 100 ms); taken from the grace.
+const LOOP_EXIT_WAIT: Duration = Duration::from_millis(300);
 
 /// Where the gateway is in its life, as every loop sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -220,8 +246,11 @@ async fn accept_loop(
     let mut last_accept_warning: Option<Instant> = None;
     let stop = phase.wait_for(|&now| now >= Phase::Draining);
     tokio::pin!(stop);
+    let injected_panic = faults::loop_panic_requested();
+    tokio::pin!(injected_panic);
     loop {
         let (stream, peer) = tokio::select! {
+            _ = &mut injected_panic => panic!("fault injected: event loop {} panics", event_loops::current()),
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
@@ -233,7 +262,7 @@ async fn accept_loop(
             _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        debug!(%peer, "connection opened");
+        debug!(%peer, event_loop = event_loops::current(), "connection opened");
         let (stream, handle) = watchdog::watch(stream);
         let router = ServiceBuilder::new()
             .layer(layers::panic::layer())
@@ -337,11 +366,11 @@ impl App {
 type ConnectionBody = Either<Body, tower_http::body::UnsyncBoxBody<bytes::Bytes, BoxError>>;
 
 /// Every request of a connection starts here. A proxied request goes to
-/// the proxy directly, as it did before tower: the stack in front of the
-/// other routes (catch-panic, a boxed future, a re-boxed body, and the
-/// in-flight bound) measured about 4% more CPU per proxied request
-/// (benches/proxy.sh, two runs), over the 2% a layer may cost on that
-/// path. Everything else goes through [`Router`].
+/// the proxy without the tower stack: that stack (catch-panic, a boxed
+/// future, a re-boxed body, and the in-flight bound) measured about 4%
+/// more CPU per proxied request (benches/proxy.sh, two runs), over the 2%
+/// a layer may cost on that path. It still has catch-panic, unboxed (see
+/// [`forward_or_route`]). Everything else goes through [`Router`].
 ///
 /// Only routed requests carry the connection's [`ConnectionHandle`] (the
 /// SSE handler registers with it): the extension costs a proxied request
@@ -352,6 +381,9 @@ fn dispatch(
     connection: &ConnectionHandle,
     mut request: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<ConnectionBody>, Infallible>> {
+    if let Some(fault) = faults::requested(peer, &request) {
+        faults::apply_on_loop(fault);
+    }
     let gateway = &router.get_ref().app.gateway;
     let proxied = gateway.proxy.is_some() && is_proxied(gateway, request.uri().path());
     if !proxied {
@@ -371,16 +403,38 @@ async fn forward_or_route(
         let answer = router.oneshot(request).await?;
         return Ok(answer.map(Either::Right));
     };
+    // Catch-panic without tower's boxing: the same answer and log line
+    // (`layers::panic`), no allocation, nothing to pay unless it panics.
+    let forwarded = AssertUnwindSafe(async {
+        if faults::requested(peer, &request) == Some(faults::Fault::Panic) {
+            panic!("fault injected: a proxied request panics");
+        }
+        proxied(gateway, proxy, peer, request).await
+    })
+    .catch_unwind()
+    .await;
+    let answer = forwarded.unwrap_or_else(layers::panic::answer);
+    Ok(answer.map(Either::Left))
+}
+
+/// A dashboard request: the site password, then this replica's dashboard,
+/// or (sticky sessions) the replica that holds the browser's session.
+async fn proxied(
+    gateway: &Gateway,
+    proxy: &Proxy,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let Some(replicas) = &gateway.replicas else {
         if let Err(refusal) = admit(gateway, peer, &request).await {
-            return Ok(refusal.map(Either::Left));
+            return refusal;
         }
         let started = Instant::now();
         let answer = proxy.forward(request, peer, Forwarding::Client).await;
         gateway
             .metrics
             .record_proxied(answer.status(), started.elapsed());
-        return Ok(answer.map(Either::Left));
+        return answer;
     };
     let mut request = request;
     let route = replicas.route(&mut request, peer);
@@ -392,12 +446,12 @@ async fn forward_or_route(
         }
     );
     if let Route::Refuse(refusal) = route {
-        return Ok(refusal.map(Either::Left));
+        return refusal;
     }
     // A hop was admitted by the replica the client reached.
     if !from_replica {
         if let Err(refusal) = admit(gateway, peer, &request).await {
-            return Ok(refusal.map(Either::Left));
+            return refusal;
         }
     }
     let started = Instant::now();
@@ -429,7 +483,7 @@ async fn forward_or_route(
     gateway
         .metrics
         .record_proxied(answer.status(), started.elapsed());
-    Ok(answer.map(Either::Left))
+    answer
 }
 
 /// True when `path` is the dashboard's: none of the gateway's own routes.

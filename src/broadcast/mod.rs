@@ -102,7 +102,8 @@ pub struct Broadcaster {
     pub ping_clock: Arc<Beacon>,
     /// Tells client tasks to finish and waits for them.
     pub shutdown: Shutdown,
-    /// Where WebSocket client tasks run (see `main`).
+    /// Where WebSocket client tasks run and their sockets are driven (see
+    /// `event_loops`).
     pub client_runtime: tokio::runtime::Handle,
 }
 

@@ -32,11 +32,18 @@
 //! ([`RecentIds`], under `state`), so a repeat within that window is
 //! answered with its original seq and published again never.
 //!
-//! The fan-out task runs on the clients' runtime; without one (`new`, as in
-//! unit tests) or with `PENDING_LIMIT` events waiting, the publisher fans
-//! out itself, which is also what bounds `pending`.
+//! The fan-out task runs on the clients' runtime, never on an HTTP event
+//! loop. With `PENDING_LIMIT` events waiting for it, a publisher waits
+//! (asynchronously, holding no lock) until the task has made room, then
+//! takes its seqs: backpressure that bounds `pending` without the
+//! publisher's loop doing the fan-out (a loop that did stalled its other
+//! connections, and with publishers on other loops refilling `pending`,
+//! could fan out for as long as they published). Without a task (`new`,
+//! as in unit tests), or once it has stopped at shutdown, the publisher
+//! fans out itself.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -51,8 +58,8 @@ use super::{
 };
 use crate::shutdown::Shutdown;
 
-/// With this many events waiting for the fan-out task, a publisher fans
-/// out itself before it is answered: backpressure instead of a growing list.
+/// With this many events waiting for the fan-out task, a publisher waits
+/// for room before it takes a seq: backpressure instead of a growing list.
 const PENDING_LIMIT: usize = 1024;
 
 pub struct MemoryHub {
@@ -63,6 +70,13 @@ pub struct MemoryHub {
     fan_out: Mutex<()>,
     /// Wakes the fan-out task; `None` without one.
     fan_out_wanted: Option<Arc<Notify>>,
+    /// Publishers waiting for `pending` to fall below `PENDING_LIMIT`.
+    room: Notify,
+    /// Set by a waiting publisher: the fan-out task wakes `room` only then.
+    room_wanted: AtomicBool,
+    /// Set when the fan-out task has stopped (shutdown): publishers fan
+    /// out themselves from then on.
+    fan_out_stopped: AtomicBool,
 }
 
 #[derive(Default)]
@@ -140,11 +154,22 @@ impl MemoryHub {
                     tokio::select! {
                         _ = wanted.notified() => {
                             let Some(hub) = weak.upgrade() else { return };
-                            while hub.fan_out_one() {
+                            while let Some(left) = hub.fan_out_one() {
+                                if left < PENDING_LIMIT
+                                    && hub.room_wanted.swap(false, Ordering::SeqCst)
+                                {
+                                    hub.room.notify_waiters();
+                                }
                                 tokio::task::yield_now().await;
                             }
                         }
-                        _ = stop.requested() => return,
+                        _ = stop.requested() => {
+                            if let Some(hub) = weak.upgrade() {
+                                hub.fan_out_stopped.store(true, Ordering::SeqCst);
+                                hub.room.notify_waiters();
+                            }
+                            return;
+                        }
                     }
                 }
             },
@@ -161,6 +186,9 @@ impl MemoryHub {
             subscribers: Mutex::new(Subscribers::new(limits.max_patterns_per_client)),
             fan_out: Mutex::new(()),
             fan_out_wanted,
+            room: Notify::new(),
+            room_wanted: AtomicBool::new(false),
+            fan_out_stopped: AtomicBool::new(false),
         }
     }
 
@@ -189,9 +217,35 @@ impl MemoryHub {
 
     /// One event's fan-out, for the task, which yields between events: to
     /// thousands of subscribers one event is already a millisecond of work.
-    fn fan_out_one(&self) -> bool {
+    /// The events still pending after it; `None` when none was pending.
+    fn fan_out_one(&self) -> Option<usize> {
         let one_at_a_time = lock(&self.fan_out);
         self.fan_out_next(&one_at_a_time)
+            .then(|| lock(&self.state).pending.len())
+    }
+
+    /// Whether a publisher may take seqs now: room in `pending`, or no
+    /// task to wait for.
+    fn has_room(&self, state: &State) -> bool {
+        state.pending.len() < PENDING_LIMIT || self.fan_out_stopped.load(Ordering::SeqCst)
+    }
+
+    /// Accepts `batch` once `pending` has room (see the module doc): the
+    /// wait holds no lock and blocks no thread.
+    async fn publish_with_room(&self, batch: Vec<Publication>) -> Result<Receipt, HubError> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            self.room_wanted.store(true, Ordering::SeqCst);
+            {
+                let state = lock(&self.state);
+                if self.has_room(&state) {
+                    return self.accept(state, batch);
+                }
+            }
+            room.await;
+        }
     }
 
     /// Fans out the oldest pending event; false when none was pending.
@@ -220,8 +274,70 @@ impl MemoryHub {
         true
     }
 
+    /// Takes seqs for `batch` under `state` (held since the room check),
+    /// then wakes the fan-out task, or fans out here without one.
+    fn accept(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        batch: Vec<Publication>,
+    ) -> Result<Receipt, HubError> {
+        match state.ids.check(&batch) {
+            Ok(Check::New) => {}
+            Ok(Check::Repeated(seqs)) => {
+                return Ok(Receipt {
+                    epoch: self.epoch.clone(),
+                    seqs,
+                    repeated: true,
+                })
+            }
+            Err(error) => return Err(error),
+        }
+        let limit = self.limits.max_retained_bytes;
+        if batch.iter().any(|p| p.retain) {
+            let after = state
+                .retained
+                .bytes_after(batch.iter().filter_map(retained_change));
+            // Shrinking (a delete, smaller data) always works, even when a
+            // lower limit than before left the state over it.
+            if after > limit && after > state.retained.bytes() {
+                return Err(HubError::RetainedFull { limit });
+            }
+        }
+        let mut seqs = Vec::with_capacity(batch.len());
+        for mut publication in batch {
+            let seq = state.seq + 1;
+            state.seq = seq;
+            if let Some(id) = publication.id.take() {
+                state.ids.remember(&id, seq);
+            }
+            let event = Arc::new(Event::new(seq, publication));
+            if event.retain {
+                if event.deletes_state() {
+                    state.retained.remove(&event.topic);
+                } else {
+                    state.retained.insert(event.clone());
+                }
+            }
+            state.push_history(event.clone(), &self.limits);
+            state.pending.push_back(event);
+            seqs.push(seq);
+        }
+        drop(state);
+        match &self.fan_out_wanted {
+            Some(wanted) if !self.fan_out_stopped.load(Ordering::SeqCst) => wanted.notify_one(),
+            _ => self.fan_out_pending(),
+        }
+        Ok(Receipt {
+            epoch: self.epoch.clone(),
+            seqs,
+            repeated: false,
+        })
+    }
+
     /// `patterns` (distinct, within the limit) and `matcher` (an index of
-    /// the same patterns) describe what the client wants.
+    /// the same patterns) describe what the client wants. A fresh state
+    /// comes unordered: pass the snapshot through [`ordered`] once `state`
+    /// is released.
     fn snapshot_locked(
         &self,
         state: &State,
@@ -236,7 +352,9 @@ impl MemoryHub {
                     .cloned()
                     .collect(),
             ),
-            None => Catchup::Fresh(state.retained.matching(patterns)),
+            // Sorted by the caller, after `state` is released: see
+            // [`ordered`].
+            None => Catchup::Fresh(state.retained.matching_unordered(patterns)),
         };
         Snapshot {
             epoch: self.epoch.clone(),
@@ -272,6 +390,16 @@ impl MemoryHub {
     }
 }
 
+/// `snapshot` with its fresh state sorted by topic, each topic once: done
+/// after the hub's lock is released, so a large state (64k topics: tens of
+/// milliseconds) never holds up publishers, whose loops wait on that lock.
+fn ordered(mut snapshot: Snapshot) -> Snapshot {
+    if let Catchup::Fresh(state) = &mut snapshot.catchup {
+        *state = super::retained::by_topic(std::mem::take(state));
+    }
+    snapshot
+}
+
 /// The retained-state change a publication asks for: its topic and new
 /// data (`None`: delete); `None` for an event that is not retained.
 fn retained_change(publication: &Publication) -> Option<(&super::Topic, Option<&str>)> {
@@ -287,59 +415,10 @@ impl Hub for MemoryHub {
     }
 
     fn publish(&self, batch: Vec<Publication>) -> HubFuture<'_, Receipt> {
-        let mut state = lock(&self.state);
-        match state.ids.check(&batch) {
-            Ok(Check::New) => {}
-            Ok(Check::Repeated(seqs)) => {
-                return ready(Ok(Receipt {
-                    epoch: self.epoch.clone(),
-                    seqs,
-                    repeated: true,
-                }))
-            }
-            Err(error) => return ready(Err(error)),
+        if self.fan_out_wanted.is_none() {
+            return ready(self.accept(lock(&self.state), batch));
         }
-        let limit = self.limits.max_retained_bytes;
-        if batch.iter().any(|p| p.retain) {
-            let after = state
-                .retained
-                .bytes_after(batch.iter().filter_map(retained_change));
-            // Shrinking (a delete, smaller data) always works, even when a
-            // lower limit than before left the state over it.
-            if after > limit && after > state.retained.bytes() {
-                return ready(Err(HubError::RetainedFull { limit }));
-            }
-        }
-        let mut seqs = Vec::with_capacity(batch.len());
-        for mut publication in batch {
-            let seq = state.seq + 1;
-            state.seq = seq;
-            if let Some(id) = publication.id.take() {
-                state.ids.remember(&id, seq);
-            }
-            let event = Arc::new(Event::new(seq, publication));
-            if event.retain {
-                if event.deletes_state() {
-                    state.retained.remove(&event.topic);
-                } else {
-                    state.retained.insert(event.clone());
-                }
-            }
-            state.push_history(event.clone(), &self.limits);
-            state.pending.push_back(event);
-            seqs.push(seq);
-        }
-        let backlog = state.pending.len();
-        drop(state);
-        match &self.fan_out_wanted {
-            Some(wanted) if backlog < PENDING_LIMIT => wanted.notify_one(),
-            _ => self.fan_out_pending(),
-        }
-        ready(Ok(Receipt {
-            epoch: self.epoch.clone(),
-            seqs,
-            repeated: false,
-        }))
+        Box::pin(self.publish_with_room(batch))
     }
 
     fn subscribe(
@@ -360,6 +439,7 @@ impl Hub for MemoryHub {
         // `snapshot.seq` and fanned out after this.
         let registration = lock(&self.subscribers).add(&patterns, snapshot.seq, queue_capacity);
         drop(state);
+        let snapshot = ordered(snapshot);
         let subscription = registration.map(|registration| Subscription {
             id: registration.id,
             snapshot,
@@ -418,7 +498,7 @@ impl Hub for MemoryHub {
         let matcher = PatternIndex::of(&patterns);
         let snapshot =
             self.snapshot_locked(&lock(&self.state), &patterns, &matcher, resume.as_ref());
-        ready(Ok(snapshot))
+        ready(Ok(ordered(snapshot)))
     }
 
     fn recent(&self, patterns: Vec<Pattern>, limit: usize) -> HubFuture<'_, Recent> {
@@ -614,24 +694,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_backlog_makes_the_publisher_fan_out() {
+    async fn a_full_backlog_makes_the_publisher_wait_not_fan_out() {
         let hub = hub_with_idle_fan_out(0);
         let subscription = hub
             .clone()
             .subscribe(vec![Pattern::everything()], None, PENDING_LIMIT + 1)
             .await
             .unwrap();
-        for i in 0..PENDING_LIMIT - 1 {
+        for i in 0..PENDING_LIMIT {
             publish(&hub, "t", &i.to_string(), false).await;
         }
         assert!(subscription.queue.try_pop().is_none(), "still pending");
-        publish(&hub, "t", "0", false).await;
-        assert_eq!(lock(&hub.state).pending.len(), 0);
+        let waiting = hub.publish(vec![publication("t", "0", false)]);
+        tokio::pin!(waiting);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting).await;
+        assert!(early.is_err(), "answered with the backlog full");
+        assert_eq!(
+            lock(&hub.state).pending.len(),
+            PENDING_LIMIT,
+            "no seq taken"
+        );
+        assert!(
+            subscription.queue.try_pop().is_none(),
+            "the publisher fanned out nothing"
+        );
+        // What the fan-out task does: one event, then room for the waiter.
+        assert_eq!(hub.fan_out_one(), Some(PENDING_LIMIT - 1));
+        assert!(hub.room_wanted.swap(false, Ordering::SeqCst));
+        hub.room.notify_waiters();
+        let receipt = waiting.await.unwrap();
+        assert_eq!(receipt.seqs, [PENDING_LIMIT as Seq + 1]);
+        hub.fan_out_pending();
         let mut queued = 0;
         while subscription.queue.try_pop().is_some() {
             queued += 1;
         }
-        assert_eq!(queued, PENDING_LIMIT);
+        assert_eq!(queued, PENDING_LIMIT + 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,9 @@
 //!
 //! Owns: the answer and the log line for a panic. The layer itself is
 //! tower-http's `CatchPanicLayer` (it wraps the handler's future and the
-//! response body in `catch_unwind`). A panic is a bug: the process goes on
+//! response body in `catch_unwind`); proxied requests, which skip the tower
+//! stack for speed, wrap their future in `catch_unwind` and answer through
+//! [`answer`] (the body they stream is the dashboard's, passed through). A panic is a bug: the process goes on
 //! serving everyone else, and the log says where to look.
 
 use std::any::Any;
@@ -22,14 +24,16 @@ impl ResponseForPanic for PanicAnswer {
     type ResponseBody = Body;
 
     fn response_for_panic(&mut self, panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
-        let message = panic
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
+        let message = crate::event_loops::panic_message(panic.as_ref());
         error!(panic = message, "a request handler panicked; answered 500");
         response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
+}
+
+/// The 500 and the log line for `panic`, where no layer is (the proxied
+/// path catches its panics itself, without tower's boxing).
+pub fn answer(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    PanicAnswer.response_for_panic(panic)
 }
 
 /// The layer around every route.

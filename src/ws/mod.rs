@@ -52,6 +52,7 @@ use crate::auth::{self, token::LEEWAY, Access, Denied, Publisher, Reader};
 use crate::broadcast::{self, Broadcaster, ClientSlot, ClientStream, End, Step, Transport};
 use crate::config::Config;
 use crate::cors;
+use crate::event_loops;
 use crate::hub::{Catchup, HubError, Pattern, ResumePoint, Topic};
 use crate::protocol::{self, code, ClientFrame, SubscriptionQuery};
 use crate::response::{self, Body};
@@ -189,7 +190,16 @@ pub fn upgrade(
                 return;
             }
         };
-        let socket = Socket::new(parts.io.into_inner().into_inner());
+        // Off the reactor of the HTTP loop that accepted it, onto the
+        // clients runtime's, where this task runs (see `event_loops`).
+        let stream = match event_loops::drive_here(parts.io.into_inner().into_inner()) {
+            Ok(stream) => stream,
+            Err(error) => {
+                debug!(%peer, %error, "websocket socket could not move to the clients runtime");
+                return;
+            }
+        };
+        let socket = Socket::new(stream);
         let limits = client.broadcaster.limits;
         let mut writer =
             codec::Writer::new(SocketWriter::new(socket.clone()), limits.write_timeout);
