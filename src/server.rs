@@ -354,7 +354,7 @@ fn dispatch(
 async fn forward_or_route(
     router: CatchPanic<Router, layers::panic::PanicAnswer>,
     peer: SocketAddr,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<ConnectionBody>, Infallible> {
     let gateway = &router.get_ref().app.gateway;
     let proxy = gateway.proxy.as_ref();
@@ -362,9 +362,15 @@ async fn forward_or_route(
         let answer = router.oneshot(request).await?;
         return Ok(answer.map(Either::Right));
     };
-    if let Err(refusal) = admit(gateway, peer, &request).await {
-        return Ok(refusal.map(Either::Left));
-    }
+    let user = match admit(gateway, peer, &request).await {
+        Ok(user) => user,
+        Err(refusal) => return Ok(refusal.map(Either::Left)),
+    };
+    // The gateway's own credentials stay here; the dashboard learns who
+    // signed in (X-Forwarded-User).
+    gateway
+        .access
+        .scrub_for_dashboard(&mut request, user.as_deref());
     let started = Instant::now();
     let answer = proxy.forward(request, peer).await;
     gateway
@@ -382,19 +388,20 @@ fn is_proxied(gateway: &Gateway, path: &str) -> bool {
 }
 
 /// What every request goes through first: the `request` debug line (query
-/// redacted) and, on every route but `/health`, the site password.
+/// redacted) and, on every route but `/health`, the site password. `Ok`
+/// holds the user who signed in with it, if any.
 async fn admit<B>(
     gateway: &Gateway,
     peer: SocketAddr,
     request: &Request<B>,
-) -> Result<(), Response<Body>> {
+) -> Result<Option<String>, Response<Body>> {
     let path = request.uri().path();
     if tracing::enabled!(tracing::Level::DEBUG) {
         let query = request.uri().query().map(auth::redacted_query);
         debug!(%peer, method = %request.method(), path, query, "request");
     }
     if path == "/health" {
-        return Ok(());
+        return Ok(None);
     }
     gateway.access.pass_site(peer, request).await
 }
