@@ -111,9 +111,10 @@ fuzz_target!(|data: &[u8]| {
         pick(3)
     );
     if let Ok(claims) = serde_json::from_str::<serde_json::Value>(&claims_json) {
-        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
         let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-        if let Ok(signed) = jsonwebtoken::encode(&header, &claims, &key) {
+        let signed = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())
+            .and_then(|key| jsonwebtoken::encode(&header, &claims, &key));
+        if let Ok(signed) = signed {
             if let Ok(grant) = verifier.verify(&signed) {
                 let _ = grant.remaining();
                 assert!(grant.expires_at.checked_add(token::LEEWAY).is_some());
