@@ -5,7 +5,8 @@
 //! [`BCRYPT_CONCURRENCY`] at a time, with a bounded wait), a short-lived
 //! cache of successful checks (a browser sends the same credentials with
 //! every request and every WebSocket handshake; each would otherwise cost a
-//! bcrypt), the per-client limit on failed attempts (429 with Retry-After),
+//! bcrypt), the per-client limit on failed attempts (per IPv4 address or
+//! IPv6 /64, [`ClientKey`]; 429 with Retry-After),
 //! and the 401 challenge a browser answers with its login prompt.
 //!
 //! Does not own: which requests skip it (the router asks

@@ -4,8 +4,11 @@
 //! access tokens ([`token`]), PUBLISH_TOKEN, the loopback exemption, and the
 //! site password ([`basic`]); where a request presents a token
 //! (`Authorization: Bearer`, `?token=`); the effective client address
-//! (after trusted X-Forwarded-For); and how a refusal looks (401/403 JSON,
-//! or a 4001/4003 close code on a live WebSocket).
+//! (after trusted X-Forwarded-For; loopback only from this host); which
+//! credentials are the gateway's own and so never reach the dashboard
+//! ([`Access::scrub_for_dashboard`], which also sets X-Forwarded-User); and
+//! how a refusal looks (401/403 JSON, or a 4001/4003 close code on a live
+//! WebSocket).
 //!
 //! Does not own: when each route asks (the handlers call [`Access::reader`]
 //! or [`Access::publisher`] before they do anything) or what a pattern
