@@ -85,7 +85,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
     (
         "Several replicas",
         &[
-            var("REDIS_URL", "unset", "redis:// or rediss://: replicas share events, state and history"),
+            var("REDIS_URL", "unset", "redis://[user:password@]host[:port][/db]: replicas share events, state and history"),
             var("REDIS_PREFIX", "switchyard:", "key prefix, so several apps can share one Redis"),
             var("REPLICA_URL", "detected", "how the other replicas reach this one (http://[addr]:PORT); default: the host's first non-loopback address"),
         ],
@@ -520,10 +520,18 @@ impl Checker {
         let max_tunnels = self.count("MAX_TUNNELS", &raw.max_tunnels, 10_000, 1);
         let tunnel_idle = self.seconds("TUNNEL_IDLE_SECS", &raw.tunnel_idle_secs, 600, 1);
         let redis_url = non_empty(&raw.redis_url).and_then(|v| {
-            self.require_secret("REDIS_URL", v, "a redis:// or rediss:// URL", |v| {
-                (v.starts_with("redis://") || v.starts_with("rediss://"))
-                    .then(|| Secret(v.to_owned()))
-            })
+            // Parsed here by the Redis client itself (no connection is made),
+            // so a URL it cannot read is a config error like any other, not
+            // a start error. TLS (rediss://) is not compiled in.
+            self.require_secret(
+                "REDIS_URL",
+                v,
+                "a URL redis://[user:password@]host[:port][/db] (rediss:// needs TLS, which this build does not include)",
+                |v| {
+                    (v.starts_with("redis://") && redis::Client::open(v).is_ok())
+                        .then(|| Secret(v.to_owned()))
+                },
+            )
         });
         let redis_prefix = self.parse(
             "REDIS_PREFIX",

@@ -423,10 +423,10 @@ async fn proxied(
     gateway: &Gateway,
     proxy: &Proxy,
     peer: SocketAddr,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<Body> {
     let Some(replicas) = &gateway.replicas else {
-        if let Err(refusal) = admit(gateway, peer, &request).await {
+        if let Err(refusal) = admit_to_dashboard(gateway, peer, &mut request).await {
             return refusal;
         }
         let started = Instant::now();
@@ -436,7 +436,6 @@ async fn proxied(
             .record_proxied(answer.status(), started.elapsed());
         return answer;
     };
-    let mut request = request;
     let route = replicas.route(&mut request, peer);
     let from_replica = matches!(
         route,
@@ -448,9 +447,10 @@ async fn proxied(
     if let Route::Refuse(refusal) = route {
         return refusal;
     }
-    // A hop was admitted by the replica the client reached.
+    // A hop was admitted (and scrubbed, its X-Forwarded-User set) by the
+    // replica the client reached.
     if !from_replica {
-        if let Err(refusal) = admit(gateway, peer, &request).await {
+        if let Err(refusal) = admit_to_dashboard(gateway, peer, &mut request).await {
             return refusal;
         }
     }
@@ -486,6 +486,19 @@ async fn proxied(
     answer
 }
 
+/// The site password for a dashboard request; then the gateway's own
+/// credentials are taken off it and the dashboard learns who signed in
+/// (X-Forwarded-User).
+async fn admit_to_dashboard(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    request: &mut Request<Incoming>,
+) -> Result<(), Response<Body>> {
+    let user = admit(gateway, peer, request).await?;
+    gateway.access.scrub_for_dashboard(request, user.as_deref());
+    Ok(())
+}
+
 /// True when `path` is the dashboard's: none of the gateway's own routes.
 fn is_proxied(gateway: &Gateway, path: &str) -> bool {
     path != "/health"
@@ -495,19 +508,20 @@ fn is_proxied(gateway: &Gateway, path: &str) -> bool {
 }
 
 /// What every request goes through first: the `request` debug line (query
-/// redacted) and, on every route but `/health`, the site password.
+/// redacted) and, on every route but `/health`, the site password. `Ok`
+/// holds the user who signed in with it, if any.
 async fn admit<B>(
     gateway: &Gateway,
     peer: SocketAddr,
     request: &Request<B>,
-) -> Result<(), Response<Body>> {
+) -> Result<Option<String>, Response<Body>> {
     let path = request.uri().path();
     if tracing::enabled!(tracing::Level::DEBUG) {
         let query = request.uri().query().map(auth::redacted_query);
         debug!(%peer, method = %request.method(), path, query, "request");
     }
     if path == "/health" {
-        return Ok(());
+        return Ok(None);
     }
     gateway.access.pass_site(peer, request).await
 }

@@ -67,16 +67,15 @@ pub async fn handle(
         Ok(wait) => wait,
         Err(message) => return response::json_error(StatusCode::BAD_REQUEST, message),
     };
-    let history = match parse_history(request.uri().query()) {
-        Ok(Some(_)) if query.resume.is_some() || wait.is_some() => {
-            return response::json_error(
+    let history =
+        match parse_history(request.uri().query()) {
+            Ok(Some(_)) if query.resume.is_some() || wait.is_some() => return response::json_error(
                 StatusCode::BAD_REQUEST,
                 "history: takes no since, epoch or wait (it is a read of the past, not a resume)",
-            )
-        }
-        Ok(history) => history,
-        Err(message) => return response::json_error(StatusCode::BAD_REQUEST, message),
-    };
+            ),
+            Ok(history) => history,
+            Err(message) => return response::json_error(StatusCode::BAD_REQUEST, message),
+        };
     let reader = match broadcast::admit(access, request.headers(), &mut query) {
         Ok(reader) => reader,
         Err(refusal) => return refusal.response(),

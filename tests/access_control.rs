@@ -709,3 +709,68 @@ async fn tokens_in_urls_never_reach_the_logs() {
         }
     }
 }
+
+/// A validly signed token whose `exp` is at the end of time (near
+/// `i64::MAX`, or `u64::MAX`) is a token that does not expire, not a panic:
+/// on every read path and a live WebSocket (its expiry timer), and the
+/// gateway goes on serving.
+#[tokio::test]
+async fn a_token_expiring_at_the_end_of_time_is_no_panic() {
+    use switchyard::auth::token::{mint, Claims};
+    let gateway = auth_gateway(&[]).await;
+    retain(&gateway, &["positions/a"]).await;
+    for exp in [
+        i64::MAX as u64,
+        i64::MAX as u64 - 5,
+        i64::MAX as u64 + 1,
+        u64::MAX,
+        u64::MAX - 5,
+        253_402_300_800, // 10000-01-01
+    ] {
+        let claims = Claims {
+            exp,
+            subscribe: vec!["positions/#".into()],
+            ..Claims::default()
+        };
+        let token = mint(AUTH_SECRET, &claims).expect("mint");
+        let state = get_bearer(&gateway.url("/_switchyard/state"), Some(&token)).await;
+        assert_eq!(state.status(), 200, "exp {exp}: /state");
+        let long_poll = gateway.url(&format!("/_switchyard/state?since=0&wait=1&token={token}"));
+        assert_eq!(
+            get_bearer(&long_poll, None).await.status(),
+            200,
+            "exp {exp}: long-poll"
+        );
+        let (status, mut stream) = Sse::open(&gateway, "", Some(&token)).await;
+        assert_eq!(status, 200, "exp {exp}: SSE");
+        assert_eq!(
+            stream
+                .next(Duration::from_secs(5))
+                .await
+                .map(|(event, _)| event),
+            Some("hello".to_owned()),
+            "exp {exp}: SSE hello"
+        );
+        let mut client = connect_bearer(&gateway, "", Some(&token))
+            .await
+            .unwrap_or_else(|refused| panic!("exp {exp}: /ws refused {refused:?}"));
+        let hello = next_json(&mut client).await;
+        assert_eq!(hello["type"], "hello", "exp {exp}");
+        // A fresh auth frame with the same token renews the live grant.
+        client
+            .send(text(json!({"type": "auth", "token": token})))
+            .await
+            .expect("send auth frame");
+        retain(&gateway, &["positions/b"]).await;
+        let event = next_json(&mut client).await;
+        assert_eq!(event["topic"], "positions/b", "exp {exp}: {event}");
+    }
+    let (status, health) = gateway.health().await;
+    assert_eq!(status, 200, "{health}");
+    let panics: Vec<String> = gateway
+        .logs()
+        .into_iter()
+        .filter(|line| line.contains("panic") || line.contains("overflow"))
+        .collect();
+    assert!(panics.is_empty(), "{panics:#?}");
+}

@@ -100,3 +100,24 @@ fn a_taken_port_is_a_start_error_not_a_config_error() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stdout).contains("cannot serve"));
 }
+
+/// A REDIS_URL that starts right but does not parse (a space in the host,
+/// a port that is not a number, no host) is a config error like any other:
+/// exit 2 naming REDIS_URL, without echoing the URL (it may hold a
+/// password), not a start error from the Redis client.
+#[test]
+fn a_redis_url_that_does_not_parse_exits_2() {
+    for value in [
+        "redis://bad host:6379",
+        "redis://:hunter2@bad host:6379",
+        "redis://hunter2-host:port",
+        "rediss://",
+        "redis://127.0.0.1:6379/not-a-db",
+    ] {
+        let (code, stderr) = run_with(&[("REDIS_URL", value)]);
+        assert_eq!(code, Some(2), "{value}: {stderr}");
+        assert!(stderr.contains("REDIS_URL"), "{value}: {stderr}");
+        assert!(stderr.contains("expected"), "{value}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{value} echoed: {stderr}");
+    }
+}

@@ -24,6 +24,7 @@ const PUBLISH_TOKEN: &str = "engine-token-1234567890";
 const LIMIT_LOGGED: &str =
     "too many failed site-password attempts; this address gets 429 until its window ends";
 const AUTH_SECRET: &str = "site-password-secret-0123456789abcdef";
+const BOB_PASSWORD: &str = "bobs other password";
 
 /// A cost-4 hash (fast in a debug build) and the BASIC_AUTH value.
 fn basic_auth_var() -> (String, String) {
@@ -158,6 +159,8 @@ async fn everything_but_health_needs_the_password() {
 #[tokio::test]
 async fn ten_failures_a_minute_then_429_for_that_address_only() {
     let (basic_var, hash) = basic_auth_var();
+    let bob = format!("bob:{}", bcrypt::hash(BOB_PASSWORD, 4).unwrap());
+    let basic_var = format!("{basic_var},{bob}");
     let gateway = Gateway::start(&[("BASIC_AUTH", &basic_var)]).await;
     let right = basic_auth(USER, PASSWORD);
     let wrong = basic_auth(USER, "not the password");
@@ -191,11 +194,14 @@ async fn ten_failures_a_minute_then_429_for_that_address_only() {
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert!(text_body(limited).await.contains("Too many"));
 
-    // The right password from the same address: 429 too, JSON for an API client.
+    // A right password not yet verified from the same address: 429 too,
+    // JSON for an API client (the limit holds for guesses that happen to
+    // be right).
+    let fresh = basic_auth("bob", BOB_PASSWORD);
     let limited = request_with(
         Method::GET,
         &gateway.url("/_switchyard/config"),
-        &[("authorization", &right), ("accept", "application/json")],
+        &[("authorization", &fresh), ("accept", "application/json")],
         "",
     )
     .await;
@@ -203,10 +209,27 @@ async fn ten_failures_a_minute_then_429_for_that_address_only() {
     assert!(limited.headers().contains_key("retry-after"));
     assert!(json_body(limited).await["error"].is_string());
     assert_eq!(
-        ws_connect_with(&gateway.ws_url("/ws"), &[("authorization", &right)])
+        ws_connect_with(&gateway.ws_url("/ws"), &[("authorization", &fresh)])
             .await
             .err(),
         Some(429)
+    );
+    // The user whose password was verified from this address before is not
+    // locked out by someone else's failures here.
+    assert_eq!(
+        status_of(
+            &gateway,
+            Method::GET,
+            "/_switchyard/config",
+            &[("authorization", &right)]
+        )
+        .await,
+        200
+    );
+    assert!(
+        ws_connect_with(&gateway.ws_url("/ws"), &[("authorization", &right)])
+            .await
+            .is_ok()
     );
 
     // Another client, forwarded by a local proxy (loopback is trusted): in.
@@ -334,4 +357,70 @@ async fn bearer_tokens_and_the_engine_pass_without_the_password() {
     );
     assert_no_secret_logged(&with_token, &hash);
     assert_no_secret_logged(&local, &hash);
+}
+
+/// Failures count per /64 for IPv6 (one host may hold every address of its
+/// /64), per address for IPv4: rotating addresses within a /64 does not
+/// buy more attempts. Clients are told apart through X-Forwarded-For from a
+/// local proxy (loopback is a trusted proxy).
+#[tokio::test]
+async fn ipv6_failures_count_per_64() {
+    let (basic_var, _) = basic_auth_var();
+    let gateway = Gateway::start(&[("BASIC_AUTH", &basic_var)]).await;
+    let wrong = basic_auth(USER, "not the password");
+    let right = basic_auth(USER, PASSWORD);
+    for attempt in 1..=10u32 {
+        let client = format!("2001:db8:1:2::{attempt:x}");
+        let headers = [
+            ("authorization", wrong.as_str()),
+            ("x-forwarded-for", client.as_str()),
+        ];
+        let status = status_of(&gateway, Method::GET, "/_switchyard/config", &headers).await;
+        assert_eq!(status, 401, "attempt {attempt} from {client}");
+    }
+    // An 11th address of the same /64, with the right password: 429.
+    for client in ["2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::abcd"] {
+        let headers = [
+            ("authorization", right.as_str()),
+            ("x-forwarded-for", client),
+        ];
+        let status = status_of(&gateway, Method::GET, "/_switchyard/config", &headers).await;
+        assert_eq!(status, 429, "{client}");
+    }
+    // The next /64, and an IPv4 address, are someone else.
+    for client in ["2001:db8:1:3::1", "198.51.100.9"] {
+        let headers = [
+            ("authorization", right.as_str()),
+            ("x-forwarded-for", client),
+        ];
+        let status = status_of(&gateway, Method::GET, "/_switchyard/config", &headers).await;
+        assert_eq!(status, 200, "{client}");
+    }
+    // IPv4 counts per address: ten failures at .20 leave .21 alone.
+    for _ in 0..10 {
+        let headers = [
+            ("authorization", wrong.as_str()),
+            ("x-forwarded-for", "198.51.100.20"),
+        ];
+        status_of(&gateway, Method::GET, "/_switchyard/config", &headers).await;
+    }
+    let fresh = basic_auth("alice", "still wrong");
+    let at = |ip: &'static str| {
+        [
+            ("authorization", fresh.clone()),
+            ("x-forwarded-for", ip.to_owned()),
+        ]
+    };
+    let headers = at("198.51.100.20");
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        status_of(&gateway, Method::GET, "/_switchyard/config", &headers).await,
+        429
+    );
+    let headers = at("198.51.100.21");
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        status_of(&gateway, Method::GET, "/_switchyard/config", &headers).await,
+        401
+    );
 }

@@ -5,7 +5,8 @@
 //! [`BCRYPT_CONCURRENCY`] at a time, with a bounded wait), a short-lived
 //! cache of successful checks (a browser sends the same credentials with
 //! every request and every WebSocket handshake; each would otherwise cost a
-//! bcrypt), the per-client limit on failed attempts (429 with Retry-After),
+//! bcrypt), the per-client limit on failed attempts (per IPv4 address or
+//! IPv6 /64, [`ClientKey`]; 429 with Retry-After),
 //! and the 401 challenge a browser answers with its login prompt.
 //!
 //! Does not own: which requests skip it (the router asks
@@ -41,6 +42,14 @@ pub const MAX_FAILURES: u32 = 10;
 /// The window [`MAX_FAILURES`] counts in, from an address's first failure.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
+/// Requests without credentials verified from the address that an address
+/// over [`MAX_FAILURES`] may still make in its window; past them even a
+/// password verified from there waits for the window's end. A guess at a
+/// locked address is answered from the cache alone (no bcrypt), so without
+/// this bound the cache would be an unthrottled oracle for someone sharing
+/// the signed-in user's address.
+pub const MAX_REFUSED_WHILE_LOCKED: u32 = 10 * MAX_FAILURES;
+
 /// Client addresses whose failures are tracked; past it the oldest window
 /// is forgotten.
 pub const MAX_TRACKED_CLIENTS: usize = 10_000;
@@ -67,23 +76,62 @@ const CHALLENGE: HeaderValue =
 /// The site password of one gateway.
 pub struct SitePassword {
     users: Vec<BasicUser>,
-    /// Digests of recently verified (user, password) pairs and when.
-    verified: Mutex<HashMap<[u8; 32], Instant>>,
-    /// Failed attempts per client address.
-    failures: Mutex<HashMap<IpAddr, FailureWindow>>,
+    /// Digests of recently verified (user, password) pairs, when, and from
+    /// where.
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+    /// Failed attempts per client (IPv4 address or IPv6 /64).
+    failures: Mutex<HashMap<ClientKey, FailureWindow>>,
     /// Slots for bcrypt checks running on the blocking pool.
     bcrypt_running: Arc<Semaphore>,
     /// Slots for requests waiting for a bcrypt slot.
     bcrypt_waiting: Semaphore,
 }
 
-/// One client address's failed attempts.
+/// One client's failed attempts.
 #[derive(Debug, Clone, Copy)]
 struct FailureWindow {
     /// The first failure of the window; it ends [`FAILURE_WINDOW`] later.
     started: Instant,
     /// Failed (or still running) attempts in it.
     failures: u32,
+    /// Requests refused with 429 in it (see [`MAX_REFUSED_WHILE_LOCKED`]).
+    refused: u32,
+}
+
+/// A (user, password) pair that bcrypt accepted.
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    at: Instant,
+    /// The client it was last accepted from: at that address it passes
+    /// even while others' failures lock the address.
+    from: ClientKey,
+}
+
+/// Whom failures are counted against: an IPv4 address, or an IPv6 /64
+/// (one host, or one customer of a provider, commonly holds a whole /64,
+/// so counting per IPv6 address would give unlimited tries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    pub fn of(client: IpAddr) -> ClientKey {
+        match client.to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !(u128::MAX >> 64);
+                ClientKey(IpAddr::V6(prefix.into()))
+            }
+            v4 => ClientKey(v4),
+        }
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V6(prefix) => write!(f, "{prefix}/64"),
+            IpAddr::V4(address) => write!(f, "{address}"),
+        }
+    }
 }
 
 /// A user name and password from `Authorization: Basic`, as bytes (RFC
@@ -152,38 +200,54 @@ impl SitePassword {
         })
     }
 
-    /// `Ok` when the request carries a valid user and password; else the
-    /// answer to send: 401 with the Basic challenge, 429 with Retry-After
-    /// while `client` is over [`MAX_FAILURES`] (whatever it sends), or 503
-    /// when too many checks are already waiting.
-    pub async fn check(&self, client: IpAddr, headers: &HeaderMap) -> Result<(), Response<Body>> {
+    /// The signed-in user's name when the request carries a valid user and
+    /// password; else the answer to send: 401 with the Basic challenge, 429
+    /// with Retry-After while `client` (its IPv6 /64) is over
+    /// [`MAX_FAILURES`], or 503 when too many checks are already waiting.
+    /// While the address is locked, a (user, password) pair verified from
+    /// it before still passes (others' failures there do not lock the user
+    /// out), up to [`MAX_REFUSED_WHILE_LOCKED`].
+    pub async fn check(
+        &self,
+        client: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<String, Response<Body>> {
         let wants_json = response::wants_json(headers);
-        if let Some(wait) = self.locked_out(client, Instant::now()) {
+        let client = ClientKey::of(client);
+        let locked = self.locked_out(client, Instant::now());
+        let basic = headers.get(header::AUTHORIZATION).filter(|v| is_basic(v));
+        let parsed = basic.map(|value| credentials(value.as_bytes()));
+        if let Some(Some(credentials)) = &parsed {
+            let digest = digest(credentials);
+            if self.recently_verified(&digest, client, locked.is_some(), Instant::now()) {
+                return Ok(String::from_utf8_lossy(&credentials.user).into_owned());
+            }
+        }
+        if let Some(wait) = locked {
+            self.count_refused(client);
             return Err(too_many_attempts(wait, wants_json));
         }
-        let Some(value) = headers.get(header::AUTHORIZATION).filter(|v| is_basic(v)) else {
+        let Some(parsed) = parsed else {
             return Err(challenge(wants_json));
         };
-        let Some(credentials) = credentials(value.as_bytes()) else {
+        let Some(credentials) = parsed else {
             return Err(match self.reserve_attempt(client, Instant::now()) {
                 Ok(()) => challenge(wants_json),
                 Err(wait) => too_many_attempts(wait, wants_json),
             });
         };
         let digest = digest(&credentials);
-        if self.recently_verified(&digest, Instant::now()) {
-            return Ok(());
-        }
         // Counted before the check, so that many attempts sent at once are
         // held to the limit too; given back when it succeeds.
         if let Err(wait) = self.reserve_attempt(client, Instant::now()) {
             return Err(too_many_attempts(wait, wants_json));
         }
+        let user = String::from_utf8_lossy(&credentials.user).into_owned();
         match self.verify(credentials).await {
             Checked::Right => {
                 self.give_back_attempt(client);
-                self.remember(digest, Instant::now());
-                Ok(())
+                self.remember(digest, client, Instant::now());
+                Ok(user)
             }
             Checked::Wrong => {
                 debug!(%client, "site password refused");
@@ -231,7 +295,7 @@ impl SitePassword {
     }
 
     /// How long `client` must still wait, when it is over the limit.
-    fn locked_out(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+    fn locked_out(&self, client: ClientKey, now: Instant) -> Option<Duration> {
         let failures = lock(&self.failures);
         let window = failures.get(&client)?;
         let ends = window.started + FAILURE_WINDOW;
@@ -240,21 +304,20 @@ impl SitePassword {
 
     /// Counts one attempt against `client`; refused (with the wait) when it
     /// is already at the limit.
-    fn reserve_attempt(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    fn reserve_attempt(&self, client: ClientKey, now: Instant) -> Result<(), Duration> {
         let reached = {
             let mut failures = lock(&self.failures);
             if !failures.contains_key(&client) && failures.len() >= MAX_TRACKED_CLIENTS {
                 forget_oldest_windows(&mut failures, now);
             }
-            let window = failures.entry(client).or_insert(FailureWindow {
+            let fresh = FailureWindow {
                 started: now,
                 failures: 0,
-            });
+                refused: 0,
+            };
+            let window = failures.entry(client).or_insert(fresh);
             if now >= window.started + FAILURE_WINDOW {
-                *window = FailureWindow {
-                    started: now,
-                    failures: 0,
-                };
+                *window = fresh;
             }
             if window.failures >= MAX_FAILURES {
                 return Err(window.started + FAILURE_WINDOW - now);
@@ -273,35 +336,69 @@ impl SitePassword {
         Ok(())
     }
 
-    fn give_back_attempt(&self, client: IpAddr) {
+    fn give_back_attempt(&self, client: ClientKey) {
         if let Some(window) = lock(&self.failures).get_mut(&client) {
             window.failures = window.failures.saturating_sub(1);
         }
     }
 
-    fn recently_verified(&self, digest: &[u8; 32], now: Instant) -> bool {
-        lock(&self.verified)
-            .get(digest)
-            .is_some_and(|&at| now.duration_since(at) < VERIFIED_FOR)
+    /// One more 429 for a locked `client`.
+    fn count_refused(&self, client: ClientKey) {
+        if let Some(window) = lock(&self.failures).get_mut(&client) {
+            window.refused = window.refused.saturating_add(1);
+        }
     }
 
-    fn remember(&self, digest: [u8; 32], now: Instant) {
+    /// True when `digest` was verified recently and may pass: anywhere
+    /// while `client` is not locked (it then becomes the pair's address),
+    /// and, while it is, only where it was verified, and only until the
+    /// address has been refused [`MAX_REFUSED_WHILE_LOCKED`] times.
+    fn recently_verified(
+        &self,
+        digest: &[u8; 32],
+        client: ClientKey,
+        locked: bool,
+        now: Instant,
+    ) -> bool {
+        if locked {
+            let flooded = lock(&self.failures)
+                .get(&client)
+                .is_some_and(|window| window.refused >= MAX_REFUSED_WHILE_LOCKED);
+            if flooded {
+                return false;
+            }
+        }
+        let mut verified = lock(&self.verified);
+        let Some(entry) = verified.get_mut(digest) else {
+            return false;
+        };
+        if now.duration_since(entry.at) >= VERIFIED_FOR || (locked && entry.from != client) {
+            return false;
+        }
+        entry.from = client;
+        true
+    }
+
+    fn remember(&self, digest: [u8; 32], from: ClientKey, now: Instant) {
         let mut verified = lock(&self.verified);
         if !verified.contains_key(&digest) && verified.len() >= MAX_VERIFIED {
-            verified.retain(|_, at| now.duration_since(*at) < VERIFIED_FOR);
+            verified.retain(|_, entry| now.duration_since(entry.at) < VERIFIED_FOR);
             if verified.len() >= MAX_VERIFIED {
-                let oldest = verified.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k);
+                let oldest = verified
+                    .iter()
+                    .min_by_key(|(_, entry)| entry.at)
+                    .map(|(k, _)| *k);
                 if let Some(oldest) = oldest {
                     verified.remove(&oldest);
                 }
             }
         }
-        verified.insert(digest, now);
+        verified.insert(digest, Verified { at: now, from });
     }
 }
 
 /// Makes room in a full failure map: drops ended windows, else the oldest.
-fn forget_oldest_windows(failures: &mut HashMap<IpAddr, FailureWindow>, now: Instant) {
+fn forget_oldest_windows(failures: &mut HashMap<ClientKey, FailureWindow>, now: Instant) {
     failures.retain(|_, window| now < window.started + FAILURE_WINDOW);
     if failures.len() >= MAX_TRACKED_CLIENTS {
         let oldest = failures
@@ -438,8 +535,10 @@ mod tests {
                 .unwrap_err();
             assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
         }
+        // A password not verified from here (right or not) waits; the one
+        // verified from here before passes (see the /64 test).
         let limited = site
-            .check(me, &with_basic("alice:s3cret"))
+            .check(me, &with_basic("alice:other"))
             .await
             .unwrap_err();
         assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -452,8 +551,54 @@ mod tests {
         assert!(site.check(other, &with_basic("alice:s3cret")).await.is_ok());
         // The window ends.
         let later = Instant::now() + FAILURE_WINDOW;
-        assert!(site.locked_out(me, later).is_none());
-        assert!(site.reserve_attempt(me, later).is_ok());
+        assert!(site.locked_out(ClientKey::of(me), later).is_none());
+        assert!(site.reserve_attempt(ClientKey::of(me), later).is_ok());
+    }
+
+    #[tokio::test]
+    async fn ipv6_counts_per_64_and_a_cached_password_is_not_locked_out() {
+        let site = site("s3cret");
+        let rotating = |i: u16| IpAddr::from([0x2001, 0xdb8, 1, 2, i, i, i, i]);
+        let me = rotating(0);
+        // Verified once from here: cached.
+        assert!(site.check(me, &with_basic("alice:s3cret")).await.is_ok());
+        for i in 1..=MAX_FAILURES as u16 {
+            let wrong = site.check(rotating(i), &with_basic("alice:guess")).await;
+            assert_eq!(wrong.unwrap_err().status(), StatusCode::UNAUTHORIZED);
+        }
+        // The whole /64 is over the limit for anything not verified here...
+        let limited = site
+            .check(rotating(999), &with_basic("alice:guess"))
+            .await
+            .unwrap_err();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        // ...but the user verified from it goes on.
+        assert!(site.check(me, &with_basic("alice:s3cret")).await.is_ok());
+        assert!(site
+            .check(rotating(7), &with_basic("alice:s3cret"))
+            .await
+            .is_ok());
+        // A flood of refusals at the address ends that too, so the cache is
+        // no unthrottled oracle for someone sharing the address.
+        for _ in 0..MAX_REFUSED_WHILE_LOCKED {
+            let _ = site.check(rotating(3), &with_basic("alice:guess")).await;
+        }
+        let flooded = site.check(me, &with_basic("alice:s3cret")).await;
+        assert_eq!(flooded.unwrap_err().status(), StatusCode::TOO_MANY_REQUESTS);
+        // The next /64 and IPv4-mapped addresses are counted apart.
+        let next: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(site
+            .locked_out(ClientKey::of(next), Instant::now())
+            .is_none());
+        let v4: IpAddr = "::ffff:198.51.100.1".parse().unwrap();
+        assert_eq!(
+            ClientKey::of(v4),
+            ClientKey::of("198.51.100.1".parse().unwrap())
+        );
+        assert_ne!(
+            ClientKey::of("198.51.100.1".parse().unwrap()),
+            ClientKey::of("198.51.100.2".parse().unwrap())
+        );
     }
 
     #[test]
@@ -461,14 +606,14 @@ mod tests {
         let site = site("x");
         let now = Instant::now();
         for i in 0..(MAX_TRACKED_CLIENTS as u32 + 10) {
-            let client = IpAddr::from(i.to_be_bytes());
+            let client = ClientKey::of(IpAddr::from(i.to_be_bytes()));
             site.reserve_attempt(client, now).unwrap();
         }
         assert_eq!(lock(&site.failures).len(), MAX_TRACKED_CLIENTS);
         for i in 0..(MAX_VERIFIED as u64 + 10) {
             let mut digest = [0u8; 32];
             digest[..8].copy_from_slice(&i.to_be_bytes());
-            site.remember(digest, now);
+            site.remember(digest, ClientKey::of([127, 0, 0, 1].into()), now);
         }
         assert_eq!(lock(&site.verified).len(), MAX_VERIFIED);
     }

@@ -4,8 +4,11 @@
 //! access tokens ([`token`]), PUBLISH_TOKEN, the loopback exemption, and the
 //! site password ([`basic`]); where a request presents a token
 //! (`Authorization: Bearer`, `?token=`); the effective client address
-//! (after trusted X-Forwarded-For); and how a refusal looks (401/403 JSON,
-//! or a 4001/4003 close code on a live WebSocket).
+//! (after trusted X-Forwarded-For; loopback only from this host); which
+//! credentials are the gateway's own and so never reach the dashboard
+//! ([`Access::scrub_for_dashboard`], which also sets X-Forwarded-User); and
+//! how a refusal looks (401/403 JSON, or a 4001/4003 close code on a live
+//! WebSocket).
 //!
 //! Does not own: when each route asks (the handlers call [`Access::reader`]
 //! or [`Access::publisher`] before they do anything) or what a pattern
@@ -199,13 +202,15 @@ impl Access {
     /// token (PUBLISH_TOKEN or an access token, header or `?token=`), and
     /// when it is a publish from a loopback client while PUBLISH_TOKEN is
     /// unset, so the engine beside the gateway keeps working.
+    ///
+    /// `Ok` holds the signed-in user when Basic credentials passed.
     pub async fn pass_site<B>(
         &self,
         peer: SocketAddr,
         request: &Request<B>,
-    ) -> Result<(), Response<Body>> {
+    ) -> Result<Option<String>, Response<Body>> {
         let Some(site) = &self.site else {
-            return Ok(());
+            return Ok(None);
         };
         let headers = request.headers();
         let query_token = query_token(request.uri().query());
@@ -213,21 +218,111 @@ impl Access {
             .or(query_token.as_deref())
             .is_some_and(|token| self.is_valid_bearer(token))
         {
-            return Ok(());
+            return Ok(None);
         }
         let client = self.client_address(peer, headers);
         let is_publish = request.uri().path() == PUBLISH_PATH;
         if is_publish && self.publish_token.is_none() && is_loopback(client) {
-            return Ok(());
+            return Ok(None);
         }
-        site.check(client, headers).await
+        site.check(client, headers).await.map(Some)
+    }
+
+    /// Makes a request fit for the dashboard: removes the credentials that
+    /// are the gateway's (the Basic `Authorization` when BASIC_AUTH is set;
+    /// PUBLISH_TOKEN or a token signed with AUTH_SECRET, expired or not, in
+    /// `Authorization: Bearer` or `?token=`), always removes a client-sent
+    /// `X-Forwarded-User`, and sets it to `user` (who passed BASIC_AUTH).
+    /// Credentials that are not the gateway's (the dashboard's own bearer
+    /// token, a Basic header without BASIC_AUTH) pass unchanged.
+    pub fn scrub_for_dashboard<B>(&self, request: &mut Request<B>, user: Option<&str>) {
+        let headers = request.headers_mut();
+        if headers.contains_key(&X_FORWARDED_USER) {
+            headers.remove(&X_FORWARDED_USER);
+        }
+        if headers.contains_key(header::AUTHORIZATION) {
+            let all = headers.get_all(header::AUTHORIZATION);
+            let total = all.iter().count();
+            let kept: Vec<HeaderValue> = all
+                .iter()
+                .filter(|value| !self.is_own_authorization(value))
+                .cloned()
+                .collect();
+            if kept.len() != total {
+                headers.remove(header::AUTHORIZATION);
+                for value in kept {
+                    headers.append(header::AUTHORIZATION, value);
+                }
+            }
+        }
+        if let Some(value) = user.and_then(|u| HeaderValue::from_bytes(u.as_bytes()).ok()) {
+            headers.insert(X_FORWARDED_USER, value);
+        }
+        let Some(query) = request.uri().query().filter(|q| q.contains("token=")) else {
+            return;
+        };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| match pair.split_once('=') {
+                Some(("token", value)) => !self
+                    .is_own_token(&percent_encoding::percent_decode_str(value).decode_utf8_lossy()),
+                _ => true,
+            })
+            .collect();
+        if kept.len() == query.split('&').count() {
+            return;
+        }
+        let path = request.uri().path();
+        let path_and_query = match kept.join("&") {
+            rest if rest.is_empty() => path.to_owned(),
+            rest => format!("{path}?{rest}"),
+        };
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        // Taking pairs out of a valid query leaves a valid one; should it
+        // not, the whole query goes rather than a credential.
+        parts.path_and_query = Some(
+            path_and_query
+                .parse()
+                .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
+        );
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+
+    /// True for an `Authorization` value the gateway consumes.
+    fn is_own_authorization(&self, value: &HeaderValue) -> bool {
+        let Ok(text) = value.to_str() else {
+            return false;
+        };
+        match text.trim().split_once(' ') {
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("basic") => self.site.is_some(),
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                self.is_own_token(token.trim())
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBLISH_TOKEN, or a token signed with AUTH_SECRET (expired or not).
+    fn is_own_token(&self, token: &str) -> bool {
+        self.is_publish_token(token)
+            || self
+                .tokens
+                .as_ref()
+                .is_some_and(|verifier| verifier.signed_here(token))
     }
 
     /// The client's address: the TCP peer, or, when the peer is a trusted
     /// proxy, the nearest X-Forwarded-For hop that is not (read right to
     /// left, since each proxy appends). A local reverse proxy therefore
     /// does not make its clients "loopback". An unreadable hop counts as
-    /// an unknown, non-loopback address.
+    /// an unknown, non-loopback address. Only X-Forwarded-For is read
+    /// (never X-Real-IP or `Forwarded`), and a trusted proxy vouches for
+    /// where a request came from, never for "this host": a loopback hop
+    /// counts only behind a chain of loopback peers, so a peer that is not
+    /// itself on loopback never makes a loopback client (the publish
+    /// exemption).
     pub fn client_address(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         client_address(peer.ip(), headers, &self.trusted_proxies)
     }
@@ -394,6 +489,7 @@ pub fn redacted_query(query: &str) -> String {
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
 
 /// See [`Access::client_address`].
 pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
@@ -412,7 +508,15 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
         let Some(ip) = parse_hop(hop) else {
             return IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         };
-        client = ip.to_canonical();
+        let ip = ip.to_canonical();
+        // Loopback is this host. Only a proxy on this host can have had a
+        // loopback client; a proxy elsewhere that says so is lying (or
+        // relaying its own local client, which is, to us, that proxy's
+        // host): the client is the proxy.
+        if ip.is_loopback() && !client.is_loopback() {
+            break;
+        }
+        client = ip;
         if !trusts(&client) {
             break;
         }
@@ -485,6 +589,48 @@ mod tests {
             client_address(local, &with_port, &trusted()),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn only_a_loopback_peer_makes_a_loopback_client() {
+        // 10.77.0.2 is trusted (a private address), yet no header it sends
+        // makes its client loopback: it is not on this host.
+        let private: IpAddr = "10.77.0.2".parse().unwrap();
+        for forged in [
+            "127.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "[::1]:443",
+            "127.0.0.1, 127.0.0.1",
+            "127.0.0.1, 10.1.2.3",
+        ] {
+            let lie = headers(&[("x-forwarded-for", forged)]);
+            let client = client_address(private, &lie, &trusted());
+            assert!(!is_loopback(client), "{forged} made {client} loopback");
+        }
+        // Behind a local proxy, a private hop cannot vouch for loopback either.
+        let through = headers(&[("x-forwarded-for", "127.0.0.1, 10.1.2.3")]);
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_address(local, &through, &trusted()),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
+        // A local proxy forwarding a local client: loopback, as it is.
+        let local_client = headers(&[("x-forwarded-for", "127.0.0.1")]);
+        assert!(is_loopback(client_address(
+            local,
+            &local_client,
+            &trusted()
+        )));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(is_loopback(client_address(
+            mapped,
+            &local_client,
+            &trusted()
+        )));
+        // X-Real-IP and Forwarded are never read for the client address.
+        let others = headers(&[("x-real-ip", "127.0.0.1"), ("forwarded", "for=127.0.0.1")]);
+        assert_eq!(client_address(private, &others, &trusted()), private);
     }
 
     #[test]

@@ -30,8 +30,10 @@ pub const MAX_TOKEN_PATTERNS: usize = 256;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     /// Expiry, seconds since the Unix epoch. Required (checked by the
-    /// validation, which then names it, rather than by serde).
-    #[serde(default)]
+    /// validation, which then names it, rather than by serde). A JWT
+    /// NumericDate may have a fraction (RFC 7519 §2): it is rounded, as the
+    /// validation does.
+    #[serde(default, deserialize_with = "numeric_date")]
     pub exp: u64,
     /// Who holds it (logged, never checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,11 +49,38 @@ pub struct Claims {
     pub admin: bool,
 }
 
+/// The latest expiry a grant holds: 9999-12-31T23:59:59Z. A later `exp`
+/// (up to `u64::MAX`) is a token that does not expire in practice; clamped
+/// here so that `expires_at` plus any leeway or timer arithmetic cannot
+/// overflow a `SystemTime` or an `Instant`.
+pub const MAX_EXP_SECS: u64 = 253_402_300_799;
+
+/// `exp` as an integer or a float; a float is rounded, as jsonwebtoken's
+/// validation reads it (negative, non-finite or past `u64::MAX`: refused).
+fn numeric_date<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Whole(u64),
+        Fraction(f64),
+    }
+    match Number::deserialize(deserializer)? {
+        Number::Whole(seconds) => Ok(seconds),
+        Number::Fraction(seconds)
+            if seconds.is_finite() && seconds >= 0.0 && seconds < u64::MAX as f64 =>
+        {
+            Ok(seconds.round() as u64)
+        }
+        Number::Fraction(_) => Err(serde::de::Error::custom("exp out of range")),
+    }
+}
+
 /// What a verified token allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub subject: Option<String>,
-    /// `exp` as a time; the grant holds until `expires_at + LEEWAY`.
+    /// `exp` as a time (at most [`MAX_EXP_SECS`]); the grant holds until
+    /// `expires_at + LEEWAY`.
     pub expires_at: SystemTime,
     pub subscribe: Vec<Pattern>,
     pub publish: Vec<Pattern>,
@@ -62,7 +91,9 @@ impl Grant {
     /// How long until this grant stops holding (exp plus the leeway); zero
     /// once it has.
     pub fn remaining(&self) -> Duration {
-        (self.expires_at + LEEWAY)
+        self.expires_at
+            .checked_add(LEEWAY)
+            .unwrap_or(self.expires_at)
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)
     }
@@ -83,6 +114,8 @@ pub struct Verifier {
     /// fail-closed all the same (every token is then refused).
     key: Option<DecodingKey>,
     validation: Validation,
+    /// HS256 and the signature only: no claim is looked at.
+    signature_only: Validation,
 }
 
 impl Verifier {
@@ -92,10 +125,26 @@ impl Verifier {
         validation.validate_exp = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
+        let mut signature_only = validation.clone();
+        signature_only.validate_exp = false;
+        signature_only.validate_nbf = false;
+        signature_only.required_spec_claims.clear();
         Verifier {
             key: DecodingKey::from_secret(secret.as_bytes()).ok(),
             validation,
+            signature_only,
         }
+    }
+
+    /// True when `token` carries a valid HS256 signature with this key,
+    /// whatever its claims (expired included): a credential of this
+    /// gateway, never to be forwarded.
+    pub fn signed_here(&self, token: &str) -> bool {
+        token.len() <= MAX_TOKEN_BYTES
+            && self.key.as_ref().is_some_and(|key| {
+                jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key, &self.signature_only)
+                    .is_ok()
+            })
     }
 
     /// The grant of a valid token.
@@ -114,6 +163,9 @@ impl Verifier {
                     TokenError::Invalid("only HS256 is accepted")
                 }
                 ErrorKind::MissingRequiredClaim(_) => TokenError::Invalid("no exp claim"),
+                ErrorKind::InvalidClaimFormat(_) => {
+                    TokenError::Invalid("exp is not a number of seconds")
+                }
                 ErrorKind::Json(_) => TokenError::Invalid("claims are not the expected JSON"),
                 _ => TokenError::Invalid("not a JWT"),
             })?
@@ -134,7 +186,7 @@ fn grant(claims: Claims) -> Result<Grant, TokenError> {
     };
     Ok(Grant {
         subject: claims.sub,
-        expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+        expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp.min(MAX_EXP_SECS)),
         subscribe: patterns(claims.subscribe)?,
         publish: patterns(claims.publish)?,
         admin: claims.admin,
@@ -200,6 +252,54 @@ mod tests {
         assert!(verifier.verify(&rs).is_err());
         assert!(verifier.verify("").is_err());
         assert!(verifier.verify("a.b.c").is_err());
+    }
+
+    #[test]
+    fn an_exp_at_the_end_of_time_is_a_token_that_does_not_expire() {
+        let verifier = Verifier::new(SECRET);
+        for exp in [
+            i64::MAX as u64 - 5,
+            i64::MAX as u64,
+            i64::MAX as u64 + 1,
+            u64::MAX - 5,
+            u64::MAX,
+        ] {
+            let token = mint(SECRET, &claims(exp)).unwrap();
+            let grant = verifier.verify(&token).unwrap();
+            assert!(grant.remaining() > Duration::from_secs(86_400 * 365 * 1000));
+            assert!(grant.expires_at.checked_add(LEEWAY).is_some(), "{exp}");
+        }
+    }
+
+    #[test]
+    fn exp_as_a_float_negative_or_huge_number() {
+        let verifier = Verifier::new(SECRET);
+        let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        let signed = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let soon = now_secs() as f64 + 60.5;
+        assert!(verifier
+            .verify(&signed(serde_json::json!({"exp": soon})))
+            .is_ok());
+        for exp in [
+            serde_json::json!(-1),
+            serde_json::json!(i64::MIN),
+            serde_json::json!(1e300),
+            serde_json::json!(-1e300),
+            serde_json::json!("soon"),
+            serde_json::json!(null),
+        ] {
+            let outcome = verifier.verify(&signed(serde_json::json!({"exp": exp})));
+            assert!(outcome.is_err(), "exp {exp} verified");
+        }
+        // iat and nbf are not checked, whatever they hold.
+        let far = serde_json::json!({
+            "exp": now_secs() + 60, "iat": i64::MIN, "nbf": u64::MAX
+        });
+        assert!(verifier.verify(&signed(far)).is_ok());
+        let huge = serde_json::json!({"exp": now_secs() + 60, "iat": 1e308, "nbf": -1e308});
+        assert!(verifier.verify(&signed(huge)).is_ok());
     }
 
     #[test]

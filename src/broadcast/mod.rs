@@ -220,5 +220,9 @@ pub fn instant_at(time: SystemTime) -> tokio::time::Instant {
     let left = time
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + left
+    // Checked: a time past what an Instant holds is "never" (a token's exp
+    // is clamped well before that; this keeps any other caller safe).
+    let now = tokio::time::Instant::now();
+    now.checked_add(left)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
