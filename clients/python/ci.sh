@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Python package's checks, as .ci/run and the README run them: a venv in
-# clients/python/.venv with the package and its test tools, then ruff (lint
+# clients/python/.venv with the switchyard-gateway distribution (the root
+# pyproject.toml, installed editable) and its test tools, then ruff (lint
 # and format), mypy --strict and pytest against the real gateway binary
 # (SWITCHYARD_BIN, default target/debug/switchyard, which `cargo test` builds).
 # Fails when pytest collected no test.
@@ -13,7 +14,12 @@ cd "$HERE"
 if [[ ! -x "$VENV/bin/python" ]]; then
     "${PYTHON:-python3}" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+# --group (PEP 735 dependency groups) needs pip 25.1.
+"${pip[@]}" "pip>=25.1"
+# The one distribution, editable: maturin builds the binary (dev profile,
+# what `cargo build` already built) into the venv and links src/switchyard.
+"${pip[@]}" -e "$ROOT" --group "$ROOT/pyproject.toml:test"
 
 export SWITCHYARD_BIN="${SWITCHYARD_BIN:-$ROOT/target/debug/switchyard}"
 if [[ ! -x "$SWITCHYARD_BIN" ]]; then

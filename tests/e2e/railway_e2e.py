@@ -46,7 +46,8 @@ from playwright.sync_api import sync_playwright
 from common import CHROMIUM, CHROMIUM_ARGS, GATEWAY_BIN, OUT, ROOT, free_port, http_json, record, report, run_test
 
 EXAMPLE = ROOT / "examples" / "railway"
-WHEEL_LINE = re.compile(r"^(\./wheels/(?P<name>[^\s\[]+\.whl))(?P<extras>\[[^\]]*\])?\s*$")
+WHEEL_LINE = re.compile(r"^(?P<dist>switchyard-gateway)(?P<extras>\[[^\]]*\])?==(?P<version>[^\s]+)\s*$")
+FIND_LINKS = "--find-links ./wheels"
 # What Railpack puts in the deploy image's environment for a Python app
 # (core/providers/python/python.go, GetPythonEnvVars).
 RAILPACK_PYTHON_ENV = {
@@ -158,7 +159,7 @@ def find_wheel():
     given = os.environ.get("SWITCHYARD_WHEEL")
     if given:
         return Path(given)
-    built = sorted((ROOT / "target" / "wheels").glob("switchyard_gateway-*.whl"), key=lambda p: p.stat().st_mtime)
+    built = sorted((ROOT / "target" / "wheels").rglob("switchyard_gateway-*.whl"), key=lambda p: p.stat().st_mtime)
     return built[-1] if built else None
 
 
@@ -208,7 +209,7 @@ class Deployment:
     def pin_line(self):
         lines = [WHEEL_LINE.match(line) for line in (self.app / "requirements.txt").read_text().splitlines()]
         pins = [m for m in lines if m]
-        assert len(pins) == 1, f"requirements.txt: want one ./wheels/....whl line, found {len(pins)}"
+        assert len(pins) == 1, f"requirements.txt: want one switchyard-gateway[...]==VERSION line, found {len(pins)}"
         return pins[0]
 
     def install(self):
@@ -216,11 +217,12 @@ class Deployment:
         pin = self.pin_line()
         if self.wheel is not None:
             (self.app / "wheels").mkdir(exist_ok=True)
-            shutil.copy2(self.wheel, self.app / "wheels" / pin.group("name"))
+            shutil.copy2(self.wheel, self.app / "wheels" / self.wheel.name)
             target = "requirements.txt"
         else:
-            # A contributor's machine: the package from source, the binary from target/.
-            text = requirements.read_text().replace(pin.group(0), f"{ROOT / 'clients' / 'python'}[streamlit]")
+            # A contributor's machine: the distribution from this checkout
+            # (editable: maturin's dev profile), the binary from target/.
+            text = requirements.read_text().replace(pin.group(0), f"-e {ROOT}")
             (self.app / "requirements-dev.txt").write_text(text)
             target = "requirements-dev.txt"
             self.extra_path = [str(gateway_bin_dir())]
@@ -388,16 +390,18 @@ def main():
             # Railpack copies only requirements.txt into its install layer
             # unless the file mentions file:// (installNeedsAllFiles).
             assert "file://" in text, "requirements.txt never mentions file://: Railpack would install without wheels/"
+            assert FIND_LINKS in text.splitlines(), f"requirements.txt has no {FIND_LINKS!r} line"
             assert pin.group("extras") == "[streamlit]", f"extras {pin.group('extras')!r}"
             if deployment.wheel is None:
                 assert os.environ.get("CI") != "true", "CI must give the wheel (SWITCHYARD_WHEEL or target/wheels/)"
                 log("no wheel (SWITCHYARD_WHEEL unset, none in target/wheels): contributor mode, "
                     "./clients/python[streamlit] and the gateway from target/ instead")
-                return f"pins {pin.group('name')}; NO WHEEL GIVEN: installing from source"
-            assert deployment.wheel.name == pin.group("name"), (
-                f"requirements.txt pins {pin.group('name')} but the build made {deployment.wheel.name}"
+                return f"pins {pin.group(0)}; NO WHEEL GIVEN: installing from source"
+            built_version = deployment.wheel.name.split("-")[1]
+            assert built_version == pin.group("version"), (
+                f"requirements.txt pins {pin.group('version')} but the build made {deployment.wheel.name}"
             )
-            return f"pins {pin.group('name')} [streamlit], the wheel that was built"
+            return f"pins {pin.group(0)} from ./wheels, the version that was built ({deployment.wheel.name})"
 
         run_test("requirements_pin_the_wheel", requirements_pin_the_wheel)
 

@@ -28,9 +28,10 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
     echo "$want" > "$stamp"
 fi
-# The switchyard package (app.py and live_app.py import switchyard.streamlit); editable.
+# The switchyard package (app.py and live_app.py import switchyard.streamlit):
+# the switchyard-gateway distribution at the root, editable.
 "$VENV/bin/python" -c 'import switchyard' 2>/dev/null ||
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT/clients/python"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT"
 
 # 2. Debian's Chromium (browsers cannot be downloaded by Playwright here).
 if [[ ! -x /usr/bin/chromium ]]; then

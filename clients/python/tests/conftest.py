@@ -37,8 +37,9 @@ def free_port() -> int:
 class Gateway:
     """One switchyard process; `restart()` keeps the port."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], command: list[str] | None = None) -> None:
         self.env = env
+        self.command = command
         self.port = free_port()
         self.logs: list[str] = []
         self.process: subprocess.Popen[str] | None = None
@@ -54,7 +55,11 @@ class Gateway:
             **self.env,
         }
         self.process = subprocess.Popen(
-            [binary()], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            self.command or [binary()],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         ready = threading.Event()
         process = self.process
