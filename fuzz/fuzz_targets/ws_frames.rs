@@ -11,7 +11,7 @@ use switchyard::ws::codec::{Incoming, Reader};
 const MAX_MESSAGE_BYTES: usize = 300;
 
 fuzz_target!(|data: &[u8]| {
-    let mut reader = Reader::new(data, MAX_MESSAGE_BYTES);
+    let mut reader = Reader::new(data, MAX_MESSAGE_BYTES, None);
     loop {
         let Some(next) = reader.next().now_or_never() else {
             panic!("reading a slice never waits");
@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
         match next {
             Ok(Incoming::Text(text)) => assert!(text.len() <= MAX_MESSAGE_BYTES),
             Ok(Incoming::Ping(payload)) => assert!(payload.len() <= 125),
-            Ok(Incoming::Binary | Incoming::Pong | Incoming::Close(_)) => {}
+            Ok(Incoming::Binary(bytes)) => assert!(bytes.len() <= MAX_MESSAGE_BYTES),
+            Ok(Incoming::Pong | Incoming::Close(_)) => {}
             Err(_) => break,
         }
     }
