@@ -42,6 +42,7 @@ started=$SECONDS
 # (12, 13: UNIMPLEMENTED) never do; the verdicts are judged below.
 "$venv/bin/kosoku" --mode fuzzingclient -o "$out/reports" "$addr" >"$out/kosoku.log" 2>&1 || true
 echo "kosoku: $(grep -E '^(wrote reports|[0-9]+ of [0-9]+ cases failed|[0-9]+ cases passed)' "$out/kosoku.log" | tr '\n' ' ')($((SECONDS - started)) s; full log: $out/kosoku.log)"
+echo "(kosoku counts every case that is not OK, NON-STRICT or INFORMATIONAL as failed, UNIMPLEMENTED included; the verdicts are judged below)"
 [[ -f "$out/reports/index.json" ]] || { tail -n 40 "$out/kosoku.log" >&2; exit 1; }
 
 update=()
