@@ -99,7 +99,12 @@ impl Frame {
             wire.extend_from_slice(&(len as u16).to_be_bytes());
         }
         wire.extend_from_slice(&mask);
-        wire.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        wire.extend(
+            self.payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4]),
+        );
     }
 }
 
@@ -129,27 +134,67 @@ fn frames(mut data: &[u8]) -> Vec<Frame> {
             bytes.iter().copied().cycle().take(len).collect()
         };
         let frame = match kind & 0x0F {
-            0 | 1 => Frame { fin, opcode: 0x0, payload },
-            2 => Frame { fin, opcode: 0x1, payload },
-            3 => Frame { fin, opcode: 0x2, payload },
-            4 => Frame { fin, opcode: 0x9, payload: short(payload) },
-            5 => Frame { fin, opcode: 0xA, payload: short(payload) },
+            0 | 1 => Frame {
+                fin,
+                opcode: 0x0,
+                payload,
+            },
+            2 => Frame {
+                fin,
+                opcode: 0x1,
+                payload,
+            },
+            3 => Frame {
+                fin,
+                opcode: 0x2,
+                payload,
+            },
+            4 => Frame {
+                fin,
+                opcode: 0x9,
+                payload: short(payload),
+            },
+            5 => Frame {
+                fin,
+                opcode: 0xA,
+                payload: short(payload),
+            },
             6 => {
                 // A close: a code from the list, then a reason that may or
                 // may not be UTF-8.
                 let code = CODES[usize::from(*len_byte) % CODES.len()];
                 let mut close = code.to_be_bytes().to_vec();
                 close.extend(short(payload).into_iter().take(40));
-                Frame { fin, opcode: 0x8, payload: close }
+                Frame {
+                    fin,
+                    opcode: 0x8,
+                    payload: close,
+                }
             }
             // A close whose code (any) and reason are the input's bytes.
-            7 => Frame { fin, opcode: 0x8, payload: short(payload) },
-            8 => Frame { fin, opcode: 0x8, payload: payload.into_iter().take(1).collect() },
-            9 => Frame { fin, opcode: 0x8, payload: Vec::new() },
+            7 => Frame {
+                fin,
+                opcode: 0x8,
+                payload: short(payload),
+            },
+            8 => Frame {
+                fin,
+                opcode: 0x8,
+                payload: payload.into_iter().take(1).collect(),
+            },
+            9 => Frame {
+                fin,
+                opcode: 0x8,
+                payload: Vec::new(),
+            },
             // Opcodes nobody defined, data and control.
             other => {
                 let opcode = RESERVED_OPCODES[usize::from(other - 10)];
-                Frame { fin, opcode, payload: short(payload) }
+                Frame {
+                    fin,
+                    opcode,
+                    payload: short(payload),
+                }
             }
         };
         frames.push(frame);
@@ -196,14 +241,15 @@ fn expected(frames: &[Frame]) -> Vec<Read> {
                     }
                 }
             }
-            (0x1 | 0x2, None) => match finish(frame.opcode == 0x1, frame.payload.clone(), frame.fin)
-            {
-                Ok(read) => read,
-                Err(pending) => {
-                    message = Some(pending);
-                    continue;
+            (0x1 | 0x2, None) => {
+                match finish(frame.opcode == 0x1, frame.payload.clone(), frame.fin) {
+                    Ok(read) => read,
+                    Err(pending) => {
+                        message = Some(pending);
+                        continue;
+                    }
                 }
-            },
+            }
             (opcode, in_progress) => {
                 message = in_progress;
                 match opcode {
@@ -229,7 +275,11 @@ fn expected(frames: &[Frame]) -> Vec<Read> {
 /// when its text can no longer be UTF-8), else what is in progress.
 fn finish(text: bool, bytes: Vec<u8>, fin: bool) -> Result<Read, (bool, Vec<u8>)> {
     if !text {
-        return if fin { Ok(Read::Binary(bytes)) } else { Err((text, bytes)) };
+        return if fin {
+            Ok(Read::Binary(bytes))
+        } else {
+            Err((text, bytes))
+        };
     }
     match String::from_utf8(bytes) {
         Ok(text) if fin => Ok(Read::Text(text)),
