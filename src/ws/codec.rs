@@ -24,6 +24,7 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
 pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
@@ -32,24 +33,43 @@ pub const OP_PONG: u8 = 0xA;
 #[derive(Debug)]
 pub enum Incoming {
     Text(String),
-    Binary,
+    Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
-    /// The close code it sent, if any.
+    /// The close code it sent, if any: always one that may be echoed
+    /// ([`close_code_allowed`]); the reader refuses the others.
     Close(Option<u16>),
 }
 
 /// Why reading stopped.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadError {
     /// A message over MAX_MESSAGE_BYTES: close 1009.
     TooLarge,
-    /// Text that is not UTF-8: close 1007.
+    /// Text (or a close reason) that is not UTF-8: close 1007.
     InvalidText,
-    /// A frame that breaks the protocol: close 1002.
+    /// A frame that breaks the protocol (including a close frame with a
+    /// 1-byte payload or a code RFC 6455 does not allow): close 1002.
     Protocol,
+    /// A fragmented message not completed within its time (the writer's
+    /// WRITE_TIMEOUT_SECS), whatever control frames came meanwhile: close
+    /// 1008.
+    Unfinished,
     /// The socket closed or failed.
     Gone,
+}
+
+impl ReadError {
+    /// The close frame that answers it (none for a socket that is gone).
+    pub fn close(&self) -> Option<(u16, &'static str)> {
+        match self {
+            ReadError::TooLarge => Some((1009, "frame too large")),
+            ReadError::InvalidText => Some((1007, "text is not UTF-8")),
+            ReadError::Protocol => Some((1002, "protocol error")),
+            ReadError::Unfinished => Some((1008, "message not completed in time")),
+            ReadError::Gone => None,
+        }
+    }
 }
 
 impl From<std::io::Error> for ReadError {
@@ -58,22 +78,59 @@ impl From<std::io::Error> for ReadError {
     }
 }
 
+/// Whether a close frame may carry `code` (RFC 6455 §7.4): the codes the
+/// RFC and IANA assign (1000–1003, 1007–1014) and the ranges for libraries
+/// and applications (3000–4999). Never 1005, 1006 or 1015 (reserved for
+/// reporting, never on the wire), nor the unassigned rest.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The code answering a client's close: its own (already checked), or 1000
+/// when it sent none.
+pub fn close_reply(code: Option<u16>) -> u16 {
+    code.unwrap_or(1000)
+}
+
 /// What a frame's payload buffer starts at before its bytes arrive.
 const FIRST_READ: usize = 4096;
+
+/// A fragmented message so far.
+struct Partial {
+    text: bool,
+    bytes: Vec<u8>,
+    /// How many of `bytes` are known to be valid UTF-8 (text only): each
+    /// fragment is checked as it arrives, so bad text fails at once.
+    checked: usize,
+    /// When it must be complete (with a message timeout).
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// One frame as read: header fields and the unmasked payload.
+struct RawFrame {
+    fin: bool,
+    opcode: u8,
+    payload: Vec<u8>,
+}
 
 /// Reads client messages from `io`.
 pub struct Reader<R> {
     io: R,
     max_message_bytes: usize,
-    /// A fragmented message so far: whether it is text, and its bytes.
-    partial: Option<(bool, Vec<u8>)>,
+    /// How long a fragmented message may take from its first frame to its
+    /// last; `None`: unbounded (the fuzz target, which has no clock).
+    message_timeout: Option<Duration>,
+    /// A fragmented message so far (boxed: an idle reader holds a null
+    /// pointer).
+    partial: Option<Box<Partial>>,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
-    pub fn new(io: R, max_message_bytes: usize) -> Reader<R> {
+    pub fn new(io: R, max_message_bytes: usize, message_timeout: Option<Duration>) -> Reader<R> {
         Reader {
             io,
             max_message_bytes,
+            message_timeout,
             partial: None,
         }
     }
@@ -82,49 +139,42 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// (the client loop reads through a pinned stream).
     pub async fn next(&mut self) -> Result<Incoming, ReadError> {
         loop {
-            let mut head = [0u8; 2];
-            self.io.read_exact(&mut head).await?;
-            let fin = head[0] & 0x80 != 0;
-            if head[0] & 0x70 != 0 || head[1] & 0x80 == 0 {
-                // Reserved bits (no extension is negotiated), or unmasked.
-                return Err(ReadError::Protocol);
-            }
-            let opcode = head[0] & 0x0F;
-            let len = match head[1] & 0x7F {
-                126 => u64::from(self.io.read_u16().await?),
-                127 => self.io.read_u64().await?,
-                short => u64::from(short),
+            let so_far = self
+                .partial
+                .as_ref()
+                .map_or(0, |partial| partial.bytes.len());
+            // Room left for data frames; a control frame never counts
+            // against the message in progress.
+            let room = self.max_message_bytes.saturating_sub(so_far);
+            let deadline = self.partial.as_ref().and_then(|partial| partial.deadline);
+            let frame = match deadline {
+                // Boxed: the timer exists only while a message is in
+                // progress, not in every idle client's task.
+                Some(deadline) => Box::pin(tokio::time::timeout_at(
+                    deadline,
+                    read_frame(&mut self.io, room),
+                ))
+                .await
+                .map_err(|_| ReadError::Unfinished)??,
+                None => read_frame(&mut self.io, room).await?,
             };
-            let mut mask = [0u8; 4];
-            self.io.read_exact(&mut mask).await?;
-            let control = opcode & 0x8 != 0;
-            if control && (!fin || len > 125) {
-                return Err(ReadError::Protocol);
-            }
-            let so_far = self.partial.as_ref().map_or(0, |(_, bytes)| bytes.len());
-            if len.saturating_add(so_far as u64) > self.max_message_bytes as u64 {
-                return Err(ReadError::TooLarge);
-            }
-            // Grows with the bytes that really arrive: a header announcing
-            // MAX_MESSAGE_BYTES that is then trickled in pins only what came.
-            let mut payload = Vec::with_capacity((len as usize).min(FIRST_READ));
-            (&mut self.io).take(len).read_to_end(&mut payload).await?;
-            if payload.len() as u64 != len {
-                return Err(ReadError::Gone);
-            }
-            for (i, byte) in payload.iter_mut().enumerate() {
-                *byte ^= mask[i % 4];
-            }
+            let RawFrame {
+                fin,
+                opcode,
+                payload,
+            } = frame;
             match opcode {
                 0x0 => {
-                    let Some((text, mut bytes)) = self.partial.take() else {
+                    let Some(mut partial) = self.partial.take() else {
                         return Err(ReadError::Protocol);
                     };
-                    bytes.extend_from_slice(&payload);
+                    partial.bytes.extend_from_slice(&payload);
+                    drop(payload);
                     if fin {
-                        return message(text, bytes);
+                        return message(partial.text, partial.bytes);
                     }
-                    self.partial = Some((text, bytes));
+                    check_text_so_far(&mut partial)?;
+                    self.partial = Some(partial);
                 }
                 0x1 | 0x2 => {
                     if self.partial.is_some() {
@@ -134,13 +184,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     if fin {
                         return message(text, payload);
                     }
-                    self.partial = Some((text, payload));
+                    let mut partial = Box::new(Partial {
+                        text,
+                        bytes: payload,
+                        checked: 0,
+                        deadline: self
+                            .message_timeout
+                            .map(|timeout| tokio::time::Instant::now() + timeout),
+                    });
+                    check_text_so_far(&mut partial)?;
+                    self.partial = Some(partial);
                 }
-                0x8 => {
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    return Ok(Incoming::Close(code));
-                }
+                0x8 => return close(&payload).map(Incoming::Close),
                 0x9 => return Ok(Incoming::Ping(payload)),
                 0xA => return Ok(Incoming::Pong),
                 _ => return Err(ReadError::Protocol),
@@ -149,9 +204,96 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
+/// Reads one frame; a data frame's payload may be at most `room` bytes.
+async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, room: usize) -> Result<RawFrame, ReadError> {
+    let mut head = [0u8; 2];
+    io.read_exact(&mut head).await?;
+    let fin = head[0] & 0x80 != 0;
+    if head[0] & 0x70 != 0 || head[1] & 0x80 == 0 {
+        // Reserved bits (no extension is negotiated), or unmasked.
+        return Err(ReadError::Protocol);
+    }
+    let opcode = head[0] & 0x0F;
+    let len = match head[1] & 0x7F {
+        126 => u64::from(io.read_u16().await?),
+        127 => io.read_u64().await?,
+        short => u64::from(short),
+    };
+    let mut mask = [0u8; 4];
+    io.read_exact(&mut mask).await?;
+    let control = opcode & 0x8 != 0;
+    if control && (!fin || len > 125) {
+        return Err(ReadError::Protocol);
+    }
+    if !control && len > room as u64 {
+        return Err(ReadError::TooLarge);
+    }
+    // Grows with the bytes that really arrive: a header announcing
+    // MAX_MESSAGE_BYTES that is then trickled in pins only what came.
+    let mut payload = Vec::with_capacity((len as usize).min(FIRST_READ));
+    io.take(len).read_to_end(&mut payload).await?;
+    if payload.len() as u64 != len {
+        return Err(ReadError::Gone);
+    }
+    unmask(&mut payload, mask);
+    Ok(RawFrame {
+        fin,
+        opcode,
+        payload,
+    })
+}
+
+/// XORs `payload` with the client's mask, eight bytes at a time.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The tail starts at a multiple of 8, so at mask offset 0.
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i % 4];
+    }
+}
+
+/// Fails a fragmented text message as soon as its bytes so far cannot be
+/// the start of UTF-8 (a code point cut at a fragment's end is fine).
+fn check_text_so_far(partial: &mut Partial) -> Result<(), ReadError> {
+    if !partial.text {
+        return Ok(());
+    }
+    match std::str::from_utf8(&partial.bytes[partial.checked..]) {
+        Ok(_) => partial.checked = partial.bytes.len(),
+        Err(error) if error.error_len().is_some() => return Err(ReadError::InvalidText),
+        Err(error) => partial.checked += error.valid_up_to(),
+    }
+    Ok(())
+}
+
+/// A close frame's code: none, or one that may be echoed; its reason must
+/// be UTF-8.
+fn close(payload: &[u8]) -> Result<Option<u16>, ReadError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(ReadError::Protocol),
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            if !close_code_allowed(code) {
+                return Err(ReadError::Protocol);
+            }
+            std::str::from_utf8(reason).map_err(|_| ReadError::InvalidText)?;
+            Ok(Some(code))
+        }
+    }
+}
+
 fn message(text: bool, bytes: Vec<u8>) -> Result<Incoming, ReadError> {
     if !text {
-        return Ok(Incoming::Binary);
+        return Ok(Incoming::Binary(bytes));
     }
     String::from_utf8(bytes)
         .map(Incoming::Text)
@@ -436,7 +578,7 @@ mod tests {
         wire.extend(frame(true, 0x9, b"p"));
         wire.extend(frame(true, 0x0, b"lo"));
         wire.extend(frame(true, 0x1, &[b'x'; 20]));
-        let mut reader = Reader::new(&wire[..], 10);
+        let mut reader = Reader::new(&wire[..], 10, None);
         assert!(matches!(reader.next().await, Ok(Incoming::Ping(p)) if p == b"p"));
         assert!(matches!(reader.next().await, Ok(Incoming::Text(t)) if t == "hello"));
         assert_eq!(reader.next().await.err(), Some(ReadError::TooLarge));

@@ -10,10 +10,12 @@
 //! and reads the client's frames (auth / subscribe / unsubscribe /
 //! publish, pings, close) — fairly: a steady flow of events never starves
 //! reading them; keepalive pings; WRITE_TIMEOUT_SECS on every write; and
-//! the close codes: 1008 too slow, 1009 frame too large, 1007 bad UTF-8,
-//! 1002 protocol error, 1001 shutdown or silence, 4001 no valid token (none
-//! in time, a bad one, or one that expired), 4003 topics the token does not
-//! cover.
+//! the close codes: 1008 too slow or a fragmented message not completed
+//! within WRITE_TIMEOUT_SECS, 1009 frame too large, 1007 bad UTF-8 (text or
+//! close reason), 1002 protocol error (a close code RFC 6455 reserves or a
+//! 1-byte close payload included: those are never echoed), 1001 shutdown
+//! or silence, 4001 no valid token (none in time, a bad one, or one that
+//! expired), 4003 topics the token does not cover.
 //!
 //! Access (with AUTH_SECRET): a token in the upgrade request is checked
 //! before the 101; without one the task waits at most [`AUTH_WAIT`] for a
@@ -25,9 +27,11 @@
 //!
 //! Does not own: ordering, resume or fan-out (the hub), the stream of what
 //! to send (`broadcast`), what a frame means (`protocol`), what a token
-//! allows (`auth`), framing ([`codec`]).
+//! allows (`auth`), framing ([`codec`]), the handshake's
+//! headers ([`handshake`]).
 
 pub mod codec;
+pub mod handshake;
 pub mod socket;
 
 use std::future::Future;
@@ -38,14 +42,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming as IncomingBody;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto::upgrade::downcast;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, warn};
 
 use crate::auth::{self, token::LEEWAY, Access, Denied, Publisher, Reader};
@@ -96,7 +99,7 @@ pub fn upgrade(
         );
     }
     let headers = request.headers();
-    let Some(key) = websocket_key(headers) else {
+    let Some(key) = handshake::websocket_key(headers) else {
         let mut answer = response::json_error(
             StatusCode::UPGRADE_REQUIRED,
             "this is the WebSocket endpoint: connect with a WebSocket client (version 13)",
@@ -154,7 +157,7 @@ pub fn upgrade(
         warn!(%peer, max = config.max_connections, "MAX_CONNECTIONS reached; refusing a websocket");
         return response::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = handshake::accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
 
     let mut client = Client {
@@ -203,9 +206,12 @@ pub fn upgrade(
         let limits = client.broadcaster.limits;
         let mut writer =
             codec::Writer::new(SocketWriter::new(socket.clone()), limits.write_timeout);
+        // A fragmented message must be complete within WRITE_TIMEOUT_SECS,
+        // however many pings and pongs keep the connection alive meanwhile.
         let reader = codec::Reader::new(
             SocketReader::new(socket, parts.read_buf),
             limits.max_message_bytes,
+            Some(limits.write_timeout),
         );
         let mut frames: ClientFrames = Box::pin(futures_util::stream::unfold(
             reader,
@@ -254,37 +260,17 @@ enum Opening {
     AwaitAuth { named: bool, patterns: Vec<Pattern> },
 }
 
-/// The `Sec-WebSocket-Key` of a valid version-13 upgrade request.
-fn websocket_key(headers: &HeaderMap) -> Option<&HeaderValue> {
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    let valid = has_token(header::CONNECTION, "upgrade")
-        && has_token(header::UPGRADE, "websocket")
-        && headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|v| v == "13");
-    valid
-        .then(|| headers.get(header::SEC_WEBSOCKET_KEY))
-        .flatten()
-}
-
 /// Why a client's loop ended; each maps to one close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     /// Its queue overflowed: 1008.
     TooSlow,
-    /// It sent a message over MAX_MESSAGE_BYTES: 1009.
-    TooLarge,
-    /// It sent text that is not UTF-8: 1007.
-    InvalidText,
-    /// It broke the framing rules: 1002.
-    Protocol,
+    /// It sent what the reader refuses: a message over MAX_MESSAGE_BYTES
+    /// (1009), text or a close reason that is not UTF-8 (1007), a frame
+    /// that breaks the protocol or a close code RFC 6455 does not allow
+    /// (1002), a fragmented message not completed within
+    /// WRITE_TIMEOUT_SECS (1008). Never [`ReadError::Gone`].
+    Refused(ReadError),
     /// The gateway is draining: 1001.
     Shutdown,
     /// No frame from it for three ping intervals: 1001.
@@ -311,9 +297,7 @@ impl Ending {
     fn close_frame(self) -> Option<(u16, &'static str)> {
         match self {
             Ending::TooSlow => Some((1008, "too slow")),
-            Ending::TooLarge => Some((1009, "frame too large")),
-            Ending::InvalidText => Some((1007, "text is not UTF-8")),
-            Ending::Protocol => Some((1002, "protocol error")),
+            Ending::Refused(error) => error.close(),
             Ending::Shutdown => Some((1001, "server shutting down")),
             Ending::Silent => Some((1001, "no pong")),
             Ending::HubUnavailable => Some((1011, "backplane unavailable")),
@@ -331,18 +315,13 @@ impl Ending {
     /// message to handle.
     fn of_read(message: &Option<Result<Incoming, ReadError>>) -> Option<Ending> {
         match message {
-            Some(Ok(Incoming::Close(code))) => {
-                // Echo a valid code; 1000 when it sent none.
-                let code = code.filter(|c| (1000..5000).contains(c)).unwrap_or(1000);
-                Some(Ending::Gone {
-                    answer_close: Some(code),
-                })
-            }
+            // The reader let through only a code that may be echoed.
+            Some(Ok(Incoming::Close(code))) => Some(Ending::Gone {
+                answer_close: Some(codec::close_reply(*code)),
+            }),
             Some(Ok(_)) => None,
-            Some(Err(ReadError::TooLarge)) => Some(Ending::TooLarge),
-            Some(Err(ReadError::InvalidText)) => Some(Ending::InvalidText),
-            Some(Err(ReadError::Protocol)) => Some(Ending::Protocol),
             Some(Err(ReadError::Gone)) | None => Some(Ending::Gone { answer_close: None }),
+            Some(Err(error)) => Some(Ending::Refused(*error)),
         }
     }
 }
@@ -676,7 +655,7 @@ impl Client {
                 Some(Ok(Incoming::Text(text))) => Box::pin(self.client_frame(&text, stream))
                     .await
                     .map(|reply| (codec::OP_TEXT, reply.into_bytes())),
-                Some(Ok(Incoming::Binary)) => Some((
+                Some(Ok(Incoming::Binary(_))) => Some((
                     codec::OP_TEXT,
                     protocol::error_frame(
                         code::BAD_REQUEST,
