@@ -122,6 +122,28 @@ pub const OTHER_VARIABLES: &[Variable] = &[
     ),
 ];
 
+/// The host and port of a `redis://` URL, for logs: never the user or the
+/// password (`redis://:secret@db.internal:6379/0` → `db.internal:6379`).
+pub fn redis_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if host.is_empty() {
+        "localhost:6379".to_owned()
+    } else if host.ends_with(']') || !host.contains(':') {
+        format!("{host}:6379")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// MAX_CONNECTIONS when unset: a ceiling, not a promise (see
+/// `raise_open_file_limit`, which warns only when a user chose more than
+/// the open-file limit allows).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
 /// Whether `name` is one of the variables `Config` reads.
 pub fn is_variable(name: &str) -> bool {
     GROUPS
@@ -479,7 +501,12 @@ impl Checker {
             parse_origins,
         );
         let history_size = self.count("HISTORY_SIZE", &raw.history_size, 1000, 0);
-        let max_connections = self.count("MAX_CONNECTIONS", &raw.max_connections, 100_000, 1);
+        let max_connections = self.count(
+            "MAX_CONNECTIONS",
+            &raw.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            1,
+        );
         let max_message_bytes = self.count("MAX_MESSAGE_BYTES", &raw.max_message_bytes, 65_536, 64);
         let client_queue = self.count("CLIENT_QUEUE", &raw.client_queue, 1024, 1);
         let ping_interval = self.seconds("PING_INTERVAL_SECS", &raw.ping_interval_secs, 25, 1);
@@ -828,6 +855,22 @@ fn local_websocket_uri(port: u16, websocket_path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_host_never_shows_the_password() {
+        assert_eq!(
+            redis_host("redis://:s3cret@db.internal:6390/0"),
+            "db.internal:6390"
+        );
+        assert_eq!(redis_host("redis://user:pw@10.0.0.5"), "10.0.0.5:6379");
+        assert_eq!(redis_host("redis://[::1]:7000"), "[::1]:7000");
+        assert_eq!(redis_host("redis://[fd00::1]"), "[fd00::1]:6379");
+        assert_eq!(
+            redis_host("redis://127.0.0.1:6379?timeout=1"),
+            "127.0.0.1:6379"
+        );
+        assert!(!redis_host("redis://u:p@h:1").contains('p'));
+    }
 
     #[test]
     fn defaults_need_no_environment() {

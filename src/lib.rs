@@ -39,7 +39,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::Config;
 
@@ -71,7 +71,7 @@ pub async fn run(
         None => return Err(std::io::Error::other("no listener")),
     };
     config.settle_bound_port(addr.port());
-    info!(config = ?config, "configuration");
+    debug!(config = ?config, "configuration");
 
     raise_open_file_limit(config.max_connections);
 
@@ -106,7 +106,7 @@ pub async fn run(
         .dashboard_url
         .as_ref()
         .map_or_else(|| "none".to_owned(), ToString::to_string);
-    info!(%addr, dashboard, "listening");
+    info!(%addr, dashboard, "{}", startup_line(&config, addr));
 
     // With Redis, the worker runs on one replica at a time: the lease opens
     // its gate, and its shell kills it within the lease's own grace if
@@ -291,20 +291,58 @@ fn raise_open_file_limit(max_connections: usize) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
             let needed = max_connections as u64 + RESERVED_DESCRIPTORS;
-            if limit < needed {
+            let fits_about = limit.saturating_sub(RESERVED_DESCRIPTORS);
+            if limit >= needed {
+                debug!(open_file_limit = limit, "open-file limit");
+            } else if max_connections == config::DEFAULT_MAX_CONNECTIONS {
+                // The default is a ceiling nobody chose: no warning on every
+                // start, only the fact for whoever looks.
+                debug!(
+                    open_file_limit = limit,
+                    max_connections, "the open-file limit allows about {fits_about} clients"
+                );
+            } else {
                 warn!(
                     open_file_limit = limit,
                     max_connections,
-                    "MAX_CONNECTIONS does not fit under the open-file limit; past about {} clients \
-                     new connections fail to be accepted",
-                    limit.saturating_sub(RESERVED_DESCRIPTORS)
+                    "MAX_CONNECTIONS does not fit under the open-file limit; past about \
+                     {fits_about} clients new connections fail to be accepted"
                 );
-            } else {
-                info!(open_file_limit = limit, "open-file limit");
             }
         }
         Err(error) => warn!(%error, "cannot read or raise the open-file limit"),
     }
+}
+
+/// The one start-up line a person reads: where to open it and what runs
+/// behind it (`switchyard 0.1.0 listening on http://localhost:8080 ·
+/// dashboard: … · worker: … · redis: …`); never a secret (Redis's host
+/// only).
+fn startup_line(config: &Config, addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_owned(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    let dashboard = match (&config.dashboard_url, &config.dashboard_command) {
+        (Some(url), Some(_)) => format!("{url} (started and supervised)"),
+        (Some(url), None) => url.to_string(),
+        (None, _) => "none (the console is at /)".to_owned(),
+    };
+    let worker = if config.worker_command.is_some() {
+        "supervised"
+    } else {
+        "none"
+    };
+    let redis = config
+        .redis_url
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |url| config::redis_host(url.expose()));
+    format!(
+        "switchyard {} listening on http://{host}:{} · dashboard: {dashboard} · worker: {worker} · redis: {redis}",
+        env!("CARGO_PKG_VERSION"),
+        addr.port()
+    )
 }
 
 /// Ticks for every client's keepalive until shutdown.

@@ -11,6 +11,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use serde::Serialize;
 
 use crate::hub::HubError;
+use crate::upstream::CrashLoop;
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -92,16 +93,40 @@ pub fn error_page(status: StatusCode, message: &str, wants_json: bool) -> Respon
 }
 
 /// 503 while a supervised or configured dashboard has not answered yet: the
-/// page reloads itself, and API clients get `Retry-After`.
-pub fn starting_page(wants_json: bool) -> Response<Body> {
+/// page reloads itself, and API clients get `Retry-After`. A dashboard
+/// that keeps exiting before its first answer (`crash`) gets a page that
+/// says so instead of "starting" forever.
+pub fn starting_page(wants_json: bool, crash: Option<CrashLoop>) -> Response<Body> {
+    let crashed = crash.map(|crash| {
+        let how = crash
+            .code
+            .map_or_else(|| "is killed by a signal".to_owned(), |code| format!("exits with code {code}"));
+        format!(
+            "The dashboard {how} before it answers ({} times in a row). \
+             See the gateway's log: the dashboard's own output is there, under target \"dashboard\".",
+            crash.exits
+        )
+    });
     let mut response = if wants_json {
-        json_error(StatusCode::SERVICE_UNAVAILABLE, "dashboard starting")
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crashed.as_deref().unwrap_or("dashboard starting"),
+        )
     } else {
-        let page = "<!doctype html><html><head><meta charset=\"utf-8\">\
-            <meta http-equiv=\"refresh\" content=\"2\"><title>Starting…</title>\
-            <style>body{font-family:system-ui,sans-serif;margin:4rem auto;max-width:36rem;color:#222}</style>\
-            </head><body><h1>The dashboard is starting…</h1>\
-            <p>This page reloads by itself in a moment.</p><small>switchyard</small></body></html>";
+        let (title, text) = match &crashed {
+            Some(message) => ("The dashboard keeps exiting", escape_html(message)),
+            None => (
+                "The dashboard is starting…",
+                "This page reloads by itself in a moment.".to_owned(),
+            ),
+        };
+        let page = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\">\
+            <meta http-equiv=\"refresh\" content=\"2\"><title>{title}</title>\
+            <style>body{{font-family:system-ui,sans-serif;margin:4rem auto;max-width:36rem;color:#222}}</style>\
+            </head><body><h1>{title}</h1>\
+            <p>{text}</p><small>switchyard</small></body></html>"
+        );
         let mut response = with_type(StatusCode::SERVICE_UNAVAILABLE, HTML, full(page));
         response.headers_mut().insert(CACHE_CONTROL, NO_STORE);
         response

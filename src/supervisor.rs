@@ -221,6 +221,7 @@ async fn supervise(
     } = spec;
     let name = kind.name();
     let script = script(&command, grace);
+    let last = Arc::new(LastLines::default());
     let mut backoff = FIRST_BACKOFF;
     loop {
         if let Some(gate) = &mut gate {
@@ -243,8 +244,9 @@ async fn supervise(
         }
         let started = Instant::now();
         status.set(ChildState::Running);
-        match spawn(kind, &script, &env) {
-            Ok(mut child) => {
+        last.take();
+        match spawn(kind, &script, &env, &last) {
+            Ok((mut child, stderr)) => {
                 let pid = child.id();
                 child_log!(info, kind, pid, command, "{name} started");
                 tokio::select! {
@@ -255,10 +257,16 @@ async fn supervise(
                         if let Some(group) = pid.and_then(|id| Pid::from_raw(id as i32)) {
                             let _ = rustix::process::kill_process_group(group, Signal::KILL);
                         }
+                        let code = status.as_ref().ok().and_then(ExitStatus::code);
                         if let Some(upstream) = &upstream {
-                            upstream.mark_exited();
+                            upstream.mark_exited(code);
                         }
-                        log_exit(kind, status, started.elapsed());
+                        // Its last stderr lines, once the pipe is drained
+                        // (a grandchild may hold it open: not for long).
+                        if let Some(stderr) = stderr {
+                            let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
+                        }
+                        log_exit(kind, status, started.elapsed(), &last.take());
                     }
                     _ = stop.cancelled() => {
                         let deadline = stop_deadline.lock().ok().and_then(|d| *d).unwrap_or_else(Instant::now);
@@ -320,13 +328,23 @@ async fn closed(gate: &mut Option<watch::Receiver<Permit>>) -> Instant {
     }
 }
 
-fn log_exit(kind: ChildKind, status: std::io::Result<ExitStatus>, ran: Duration) {
+/// How long an exit's log line waits for the rest of the child's stderr.
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
+
+/// A child that exited by itself: WARN, with its last stderr lines.
+fn log_exit(kind: ChildKind, status: std::io::Result<ExitStatus>, ran: Duration, last: &str) {
     let name = kind.name();
     let ran_secs = ran.as_secs_f64();
     match status {
-        Ok(status) => {
-            child_log!(warn, kind, %status, code = status.code(), ran_secs, "{name} exited")
-        }
+        Ok(status) => child_log!(
+            warn,
+            kind,
+            %status,
+            code = status.code(),
+            ran_secs,
+            last_stderr = last,
+            "{name} exited"
+        ),
         Err(wait_error) => {
             child_log!(error, kind, %wait_error, ran_secs, "cannot wait for the {name}")
         }
@@ -368,7 +386,12 @@ fn script(command: &str, grace: Duration) -> String {
 }
 
 /// Starts `sh -c script` in a group of its own.
-fn spawn(kind: ChildKind, script: &str, env: &[(String, String)]) -> std::io::Result<Child> {
+fn spawn(
+    kind: ChildKind,
+    script: &str,
+    env: &[(String, String)],
+    last: &Arc<LastLines>,
+) -> std::io::Result<(Child, Option<tokio::task::JoinHandle<()>>)> {
     let gateway_pid = std::process::id();
     let mut child = Command::new("sh");
     for variable in NOT_INHERITED {
@@ -405,16 +428,54 @@ fn spawn(kind: ChildKind, script: &str, env: &[(String, String)]) -> std::io::Re
     }
     let mut child = child.spawn()?;
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward_lines(kind, stdout, "stdout"));
+        tokio::spawn(forward_lines(kind, stdout, "stdout", None));
     }
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward_lines(kind, stderr, "stderr"));
-    }
-    Ok(child)
+    let stderr = child
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(forward_lines(kind, stderr, "stderr", Some(last.clone()))));
+    Ok((child, stderr))
 }
 
-/// Copies a pipe into the log, one event per line, never mid-line.
-async fn forward_lines(kind: ChildKind, pipe: impl AsyncRead + Unpin, stream: &'static str) {
+/// The last lines a child wrote to stderr, for the log line of its exit:
+/// a dashboard that dies at start says why there (a typo in the script's
+/// name), not only in lines scrolled away.
+#[derive(Default)]
+struct LastLines(std::sync::Mutex<std::collections::VecDeque<String>>);
+
+/// How many stderr lines an exit's log line carries, at most.
+const LAST_LINES: usize = 10;
+/// How long one of those lines may be.
+const LAST_LINE_CHARS: usize = 300;
+
+impl LastLines {
+    fn push(&self, line: &str) {
+        let line: String = line.chars().take(LAST_LINE_CHARS).collect();
+        if let Ok(mut lines) = self.0.lock() {
+            if lines.len() == LAST_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line);
+        }
+    }
+
+    /// The lines so far, joined, and forgotten (the next run starts empty).
+    fn take(&self) -> String {
+        self.0
+            .lock()
+            .map(|mut lines| lines.drain(..).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+}
+
+/// Copies a pipe into the log, one event per line, never mid-line; blank
+/// lines are left out.
+async fn forward_lines(
+    kind: ChildKind,
+    pipe: impl AsyncRead + Unpin,
+    stream: &'static str,
+    last: Option<Arc<LastLines>>,
+) {
     let mut reader = BufReader::new(pipe);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -428,6 +489,12 @@ async fn forward_lines(kind: ChildKind, pipe: impl AsyncRead + Unpin, stream: &'
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                if let Some(last) = &last {
+                    last.push(text);
+                }
                 child_log!(info, kind, stream, "{text}");
             }
         }
@@ -448,7 +515,13 @@ async fn terminate(kind: ChildKind, child: &mut Child, deadline: Instant, starte
     );
     let _ = rustix::process::kill_process_group(group, Signal::TERM);
     match tokio::time::timeout_at(deadline, child.wait()).await {
-        Ok(status) => log_exit(kind, status, started.elapsed()),
+        // We stopped it: not a warning, whatever its exit status (143 for
+        // SIGTERM).
+        Ok(status) => {
+            let code = status.as_ref().ok().and_then(ExitStatus::code);
+            let ran_secs = started.elapsed().as_secs_f64();
+            child_log!(info, kind, code, ran_secs, "{name} stopped");
+        }
         Err(_) => {
             child_log!(warn, kind, "{name} still running at the deadline; SIGKILL");
             let _ = rustix::process::kill_process_group(group, Signal::KILL);

@@ -9,7 +9,7 @@
 //!
 //! Does not own: starting or restarting the dashboard (see `supervisor`).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,9 @@ use crate::shutdown::Shutdown;
 
 /// How often the background probe connects to the dashboard.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `last_code` when the last exit had no code (a signal).
+const NO_CODE: i64 = i64::MIN;
 
 /// How long one probe may take before it counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,10 +50,28 @@ impl UpstreamState {
     }
 }
 
+/// A supervised dashboard that exited this many times in a row before it
+/// ever answered is crash-looping: its "starting" page says so.
+pub const CRASH_LOOP_EXITS: u32 = 3;
+
+/// A dashboard that keeps exiting before it answers (a typo in the script's
+/// name, a missing module): what the "starting" page tells the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashLoop {
+    /// Exits before its first answer.
+    pub exits: u32,
+    /// The last one's exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+}
+
 /// Shared between the prober, the proxy and `/health`; lock-free.
 #[derive(Debug)]
 pub struct UpstreamHealth {
     state: AtomicU8,
+    /// Exits of a supervised dashboard before its first answer.
+    early_exits: AtomicU32,
+    /// The last exit's code; NO_CODE for a signal.
+    last_code: AtomicI64,
     /// Another replica's (see `replicas`), not the dashboard: its changes
     /// are logged as the replica's.
     replica: bool,
@@ -65,6 +86,8 @@ impl UpstreamHealth {
         };
         UpstreamHealth {
             state: AtomicU8::new(initial as u8),
+            early_exits: AtomicU32::new(0),
+            last_code: AtomicI64::new(NO_CODE),
             replica: false,
         }
     }
@@ -74,6 +97,8 @@ impl UpstreamHealth {
     pub fn replica() -> UpstreamHealth {
         UpstreamHealth {
             state: AtomicU8::new(UpstreamState::None as u8),
+            early_exits: AtomicU32::new(0),
+            last_code: AtomicI64::new(NO_CODE),
             replica: true,
         }
     }
@@ -111,10 +136,31 @@ impl UpstreamHealth {
         }
     }
 
-    /// A supervised dashboard that exited will answer again only after its
-    /// restart; until then it is down (or still starting, if it never ran).
-    pub fn mark_exited(&self) {
+    /// A supervised dashboard that exited (with `code`; `None` for a
+    /// signal) will answer again only after its restart; until then it is
+    /// down, or still starting if it never answered (then the exit counts
+    /// towards a [`CrashLoop`]).
+    pub fn mark_exited(&self, code: Option<i32>) {
+        if self.state() == UpstreamState::Starting {
+            self.last_code
+                .store(code.map_or(NO_CODE, i64::from), Ordering::Release);
+            self.early_exits.fetch_add(1, Ordering::AcqRel);
+        }
         self.mark_down("process exited");
+    }
+
+    /// Some while the dashboard has exited CRASH_LOOP_EXITS times or more
+    /// without ever answering.
+    pub fn crash_loop(&self) -> Option<CrashLoop> {
+        let exits = self.early_exits.load(Ordering::Acquire);
+        if self.state() != UpstreamState::Starting || exits < CRASH_LOOP_EXITS {
+            return None;
+        }
+        let code = self.last_code.load(Ordering::Acquire);
+        Some(CrashLoop {
+            exits,
+            code: (code != NO_CODE).then_some(code as i32),
+        })
     }
 
     fn swap(&self, state: UpstreamState) -> UpstreamState {

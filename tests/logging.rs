@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{dead_port, get, post, text_body};
+use support::{dead_port, get, is_listening_line, post, text_body};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -67,7 +67,7 @@ async fn start(keep_reading: bool) -> Run {
             let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if value["message"] == "listening" {
+            if is_listening_line(&value) {
                 let port: u16 = value["addr"]
                     .as_str()
                     .and_then(|a| a.rsplit(':').next())

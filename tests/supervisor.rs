@@ -56,7 +56,7 @@ async fn supervises_a_child_restarts_it_after_a_crash_and_logs_its_output() {
             v["target"] == "dashboard"
                 && v["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains("\"listening\""))
+                    .is_some_and(|m| m.contains(" listening on http://"))
         })
         .expect("the child's own listening line, forwarded");
     assert_eq!(child_line["stream"], "stdout");
@@ -118,7 +118,10 @@ async fn a_child_that_keeps_failing_backs_off_exponentially() {
             "DASHBOARD_URL",
             &format!("http://127.0.0.1:{}", dead_port()),
         ),
-        ("DASHBOARD_COMMAND", "echo failing; exit 3"),
+        (
+            "DASHBOARD_COMMAND",
+            "echo failing; echo; echo 'No such file: app.py' >&2; exit 3",
+        ),
     ])
     .await;
     // Restarts are due at about 0 s, 1 s and 3 s (backoff 1, 2, 4); the
@@ -132,11 +135,30 @@ async fn a_child_that_keeps_failing_backs_off_exponentially() {
     assert_eq!(backoffs, [1, 2, 4]);
     let exits = gateway.log_events("dashboard exited");
     assert!(exits.iter().all(|e| e["code"] == 3));
+    // The exit is a warning that carries what the child said on stderr,
+    // and the blank line it printed is not logged.
+    assert!(exits.iter().all(|e| e["level"] == "WARN"
+        && e["last_stderr"]
+            .as_str()
+            .is_some_and(|t| t.contains("No such file: app.py"))));
+    assert!(gateway
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .all(|line| line["target"] != "dashboard" || line["message"] != ""));
     // Never answered: still starting, and the health check says so.
     let (status, health) = gateway.health().await;
     assert_eq!(status, 503);
     assert_eq!(health["status"], "starting");
     assert_eq!(health["restarts"], 3);
+    // The page says why instead of "starting" forever.
+    let response = get(&gateway.url("/")).await;
+    assert_eq!(response.status(), 503);
+    let page = text_body(response).await;
+    assert!(
+        page.contains("exits with code 3 before it answers") && page.contains("times in a row"),
+        "{page}"
+    );
 }
 
 #[tokio::test]
@@ -174,6 +196,10 @@ async fn sigterm_stops_the_child_group_and_leaves_no_orphan() {
         .wait_for_log("stopping the dashboard (SIGTERM)", 1)
         .await
         .is_empty());
+    // We stopped it: an INFO line, no warning about its exit status.
+    let stopped = gateway.wait_for_log("dashboard stopped", 1).await;
+    assert_eq!(stopped[0]["level"], "INFO");
+    assert!(gateway.log_events("dashboard exited").is_empty());
 }
 
 #[tokio::test]

@@ -172,7 +172,7 @@ async fn beside_a_dashboard_each_child_logs_under_its_own_target_and_sigterm_sto
     .await;
     assert!(lines_of(&gateway, "dashboard").iter().any(|v| v["message"]
         .as_str()
-        .is_some_and(|m| m.contains("\"listening\""))));
+        .is_some_and(|m| m.contains(" listening on http://"))));
     assert!(!lines_of(&gateway, "dashboard")
         .iter()
         .any(|v| v["message"] == "worker says hello"));

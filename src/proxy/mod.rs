@@ -351,7 +351,7 @@ impl Proxy {
                 wants_json,
             ),
             Failure::Refused(_) if self.health.state() == UpstreamState::Starting => {
-                response::starting_page(wants_json)
+                response::starting_page(wants_json, self.health.crash_loop())
             }
             Failure::Refused(_) => {
                 self.health.mark_down("connection refused");

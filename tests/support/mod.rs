@@ -70,7 +70,7 @@ impl Gateway {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if value["message"] == "listening" {
+                    if is_listening_line(&value) {
                         let port: u16 = value["addr"]
                             .as_str()
                             .and_then(|a| a.rsplit(':').next())
@@ -318,6 +318,15 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let after = &stat[stat.rfind(')').expect("comm") + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The gateway's start-up line (`switchyard 0.1.0 listening on http://…`),
+/// which carries the bound address as `addr`.
+pub fn is_listening_line(value: &serde_json::Value) -> bool {
+    value["addr"].is_string()
+        && value["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(" listening on http://"))
 }
 
 /// The Redis of `SWITCHYARD_TEST_REDIS`; without it the caller says what it

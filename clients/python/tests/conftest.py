@@ -69,7 +69,7 @@ class Gateway:
             for line in process.stdout:
                 self.logs.append(line)
                 try:
-                    if json.loads(line).get("message") == "listening":
+                    if " listening on http://" in str(json.loads(line).get("message")):
                         ready.set()
                 except ValueError:
                     pass
