@@ -204,7 +204,7 @@ async fn switchyard_tokens_are_removed_even_without_basic_auth() {
         assert_eq!(uri, path, "{name}");
         assert_eq!(
             values(&headers, "authorization"),
-            [header.clone()],
+            std::slice::from_ref(header),
             "{name}"
         );
         assert!(
