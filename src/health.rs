@@ -1,9 +1,12 @@
 //! `GET /health`: Railway's health check and an operator's first look.
 //!
-//! 200 `{"status":"healthy",…}` normally; 503 `{"status":"starting",…}` while
-//! a configured dashboard has not answered once, so a deployment is not
-//! marked ready before its dashboard is. The worker (`WORKER_COMMAND`) is
-//! reported but never holds readiness back.
+//! 200 `{"status":"healthy",…}` normally; 200 `{"status":"degraded",…}`
+//! while Redis is down (`"redis":"down"`: publishes answer 503, clients stay
+//! connected; a restart would not bring Redis back, so Railway must keep the
+//! replica); 503 `{"status":"starting",…}` while a configured dashboard has
+//! not answered once, so a deployment is not marked ready before its
+//! dashboard is. The worker (`WORKER_COMMAND`) is reported but never holds
+//! readiness back.
 
 use std::time::SystemTime;
 
@@ -76,18 +79,23 @@ pub fn respond(sources: Sources<'_>, method: &Method) -> Response<Body> {
     }
     let upstream = sources.upstream.state();
     let starting = upstream == UpstreamState::Starting;
+    let redis_up = sources.hub.backplane_up();
     let report = HealthReport {
-        status: if starting { "starting" } else { "healthy" },
+        // Redis down: still 200 (this replica serves its clients and the
+        // dashboard; Railway must not restart it for Redis's sake), but
+        // not "healthy": publishes answer 503 until Redis is back.
+        status: match (starting, redis_up) {
+            (true, _) => "starting",
+            (false, Some(false)) => "degraded",
+            (false, _) => "healthy",
+        },
         connections: sources.connections,
         timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         websocket_enabled: sources.websocket_enabled,
         upstream,
         version: env!("CARGO_PKG_VERSION"),
         restarts: sources.dashboard.map(ChildStatus::restarts),
-        redis: sources
-            .hub
-            .backplane_up()
-            .map(|up| if up { "up" } else { "down" }),
+        redis: redis_up.map(|up| if up { "up" } else { "down" }),
         worker: sources.worker.map(|worker| WorkerReport {
             state: worker.state(),
             restarts: worker.restarts(),

@@ -379,3 +379,35 @@ async fn an_unreadable_history_entry_means_a_reset_never_a_hole_or_a_stall() {
     assert_eq!(hello(&mut after).await["resumed"], true);
     assert_eq!(next_json(&mut after).await["seq"], 5);
 }
+
+/// A wrong REDIS_URL is said at once (WARN, with the host, never the
+/// password) and again with backoff, and `/health` says `degraded` (still
+/// 200: a restart would not bring Redis back). Needs no Redis: nothing
+/// listens on the port.
+#[tokio::test]
+async fn an_unreachable_redis_is_said_at_once_and_health_is_degraded() {
+    let port = support::dead_port();
+    let gateway = Gateway::start(&[(
+        "REDIS_URL",
+        &format!("redis://:hunter2-secret@127.0.0.1:{port}/0"),
+    )])
+    .await;
+    let unreachable =
+        "redis unreachable; retrying with backoff (publishes answer 503 until it is back)";
+    let warned = gateway.wait_for_log(unreachable, 1).await;
+    assert_eq!(warned[0]["level"], "WARN");
+    assert_eq!(warned[0]["host"], format!("127.0.0.1:{port}"));
+    let (status, health) = gateway.health().await;
+    assert_eq!(
+        (status, health["status"].as_str(), health["redis"].as_str()),
+        (200, Some("degraded"), Some("down")),
+        "{health}"
+    );
+    // Said again while it stays down (2 s, then 4 s, … up to 60 s apart).
+    let again = gateway.wait_for_log(unreachable, 2).await;
+    assert!(again.len() >= 2);
+    assert!(
+        gateway.logs().iter().all(|line| !line.contains("hunter2")),
+        "the password reached the log"
+    );
+}

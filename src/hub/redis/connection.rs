@@ -8,6 +8,7 @@
 //! [`listener`](super::listener)).
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, Script, ScriptInvocation};
@@ -28,14 +29,54 @@ pub async fn connect(client: &redis::Client) -> redis::RedisResult<MultiplexedCo
         .await
 }
 
+/// First pause between two "redis unreachable" warnings; it doubles up to
+/// [`DOWN_LOG_MAX`] while Redis stays down, so a wrong REDIS_URL is said at
+/// once and then again and again, without flooding the log.
+const DOWN_LOG_FIRST: Duration = Duration::from_secs(2);
+const DOWN_LOG_MAX: Duration = Duration::from_secs(60);
+
+/// The warning, with `host` and `reason` beside it.
+const REDIS_UNREACHABLE: &str =
+    "redis unreachable; retrying with backoff (publishes answer 503 until it is back)";
+
+/// When the next "redis unreachable" warning may go out.
+#[derive(Debug, Default)]
+pub(super) struct DownLog {
+    /// `None`: the next failure is said at once (at start, or after Redis
+    /// was up).
+    next: Option<Instant>,
+    every: Duration,
+}
+
 impl RedisHub {
     pub(super) fn set_up(&self, up: bool, reason: &str) {
-        if self.up.swap(up, Ordering::AcqRel) != up {
-            if up {
-                info!("redis is up");
-            } else {
-                warn!(reason, "redis is down; reconnecting with backoff");
+        let was_up = self.up.swap(up, Ordering::AcqRel);
+        if up {
+            *lock(&self.down_log) = DownLog::default();
+            if !was_up {
+                info!(host = %self.host, "redis is up");
             }
+            return;
+        }
+        let now = Instant::now();
+        let due = {
+            let mut log = lock(&self.down_log);
+            let due = was_up || log.next.is_none_or(|next| now >= next);
+            if due {
+                log.every = match log.next {
+                    None => DOWN_LOG_FIRST,
+                    Some(_) => (log.every * 2).min(DOWN_LOG_MAX),
+                };
+                log.next = Some(now + log.every);
+            }
+            due
+        };
+        if due {
+            warn!(
+                host = %self.host,
+                reason,
+                "{REDIS_UNREACHABLE}"
+            );
         }
     }
 

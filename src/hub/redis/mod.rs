@@ -192,6 +192,10 @@ pub struct RedisHub {
     commands: Mutex<Option<MultiplexedConnection>>,
     /// What `/health` reports as `"redis"`.
     up: AtomicBool,
+    /// Redis's host and port, for log lines (never the password).
+    host: String,
+    /// When "redis unreachable" may be said again.
+    down_log: Mutex<connection::DownLog>,
     belief: Mutex<Belief>,
     local: Mutex<Local>,
 }
@@ -246,6 +250,8 @@ impl RedisHub {
             snapshot: script(scripts::SNAPSHOT),
             commands: Mutex::new(None),
             up: AtomicBool::new(false),
+            host: crate::config::redis_host(url),
+            down_log: Mutex::new(connection::DownLog::default()),
             belief: Mutex::new(Belief::default()),
             local: Mutex::new(Local {
                 epoch: Epoch::from_string(""),
