@@ -395,7 +395,9 @@ async fn shutdown_finishes_within_the_grace_when_a_loop_is_stuck() {
         took < Duration::from_secs(4),
         "shutdown took {took:?} with a grace of 2 s"
     );
-    let abandoned = gateway.log_events("an event loop did not stop in time; abandoned");
+    let abandoned = gateway
+        .wait_for_log("an event loop did not stop in time; abandoned", 1)
+        .await;
     assert_eq!(abandoned.len(), 1, "logs: {:#?}", gateway.logs());
 }
 
@@ -468,6 +470,9 @@ async fn a_panic_in_a_proxied_request_answers_500_and_the_gateway_keeps_serving(
 
     let (status, _) = connection.request("GET", "/page", Bytes::new()).await;
     assert_eq!(status, 200, "the gateway keeps serving");
-    let logged = gateway.log_events("a request handler panicked; answered 500");
+    // The log is read by a task of this runtime: wait for the line.
+    let logged = gateway
+        .wait_for_log("a request handler panicked; answered 500", 1)
+        .await;
     assert_eq!(logged.len(), 1);
 }
