@@ -172,6 +172,8 @@ def main() -> int:
         env["PORT"] = str(free_port())
         env["PIP_FIND_LINKS"] = str(Path(wheel).resolve().parent)
         env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+        env["PIP_PROGRESS_BAR"] = "off"  # CI's log: what ran and how it ended
+        env["PIP_QUIET"] = "1"
         for block in blocks(readme):
             where = f"README.md:{block.line} ({block.kind} {block.arg})".replace(" )", ")")
             try:
