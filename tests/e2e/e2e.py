@@ -281,6 +281,9 @@ def rendered_pid(page):
 
 BASIC_USER = "viewer"
 BASIC_PASSWORD = "e2e-site-password"
+# A second user whose password is first tried while the address is limited.
+SECOND_USER = "auditor"
+SECOND_PASSWORD = "e2e-second-password"
 
 
 def basic_auth_phase():
@@ -292,7 +295,8 @@ def basic_auth_phase():
     import requests
 
     hashed = bcrypt.hashpw(BASIC_PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
-    gw = Gateway("gateway-basic", BASIC_AUTH=f"{BASIC_USER}:{hashed}")
+    second = bcrypt.hashpw(SECOND_PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+    gw = Gateway("gateway-basic", BASIC_AUTH=f"{BASIC_USER}:{hashed},{SECOND_USER}:{second}")
     gw.start()
     http = requests.Session()
     http.trust_env = False  # no proxy from the environment: loopback only
@@ -435,12 +439,18 @@ def basic_auth_phase():
             failures = 2 + len(codes) - 1
             assert failures == 10, f"429 after {failures} failed attempts (expected 10): {codes}"
             assert retry_after.isdigit() and int(retry_after) >= 1, f"Retry-After {retry_after!r}"
-            locked = http.get(gw.base + "/", auth=good, timeout=10).status_code
-            assert locked == 429, f"the right password while limited: {locked}"
+            # A right password not yet verified from this address waits it
+            # out too; one verified here before (the browser's login above)
+            # is not locked out by someone else's failures.
+            locked = http.get(gw.base + "/", auth=(SECOND_USER, SECOND_PASSWORD), timeout=10).status_code
+            assert locked == 429, f"a right password never verified here, while limited: {locked}"
+            kept = http.get(gw.base + "/", auth=good, timeout=10).status_code
+            assert kept == 200, f"the password verified here before, while limited: {kept}"
             health = http.get(gw.base + "/health", timeout=10).status_code
             assert health == 200, f"/health while limited: {health}"
             return (f"{failures} failures then 429 (codes here {codes}), Retry-After {retry_after}; "
-                    f"right password while limited {locked}; /health {health}")
+                    f"an unverified right password while limited {locked}, the cached one {kept}; "
+                    f"/health {health}")
 
         run_test("basic_auth_brute_force_429", basic_auth_brute_force_429)
     finally:
