@@ -206,13 +206,17 @@ fn with_frames(head: serde_json::Value, field: &str, events: &[Arc<Event>]) -> B
     out.freeze()
 }
 
-/// `history=N`: 1 to MAX_HISTORY events.
-fn parse_history(query: Option<&str>) -> Result<Option<usize>, &'static str> {
-    let Some(value) = query
+/// The raw value of `name=` in the query, if present.
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query
         .unwrap_or("")
         .split('&')
-        .find_map(|pair| pair.strip_prefix("history="))
-    else {
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `history=N`: 1 to MAX_HISTORY events.
+fn parse_history(query: Option<&str>) -> Result<Option<usize>, &'static str> {
+    let Some(value) = query_value(query, "history") else {
         return Ok(None);
     };
     match value.parse::<usize>() {
@@ -223,11 +227,7 @@ fn parse_history(query: Option<&str>) -> Result<Option<usize>, &'static str> {
 
 /// `wait=N`: whole seconds, 0 to 30.
 fn parse_wait(query: Option<&str>) -> Result<Option<Duration>, &'static str> {
-    let Some(value) = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("wait="))
-    else {
+    let Some(value) = query_value(query, "wait") else {
         return Ok(None);
     };
     match value.parse::<u64>() {
