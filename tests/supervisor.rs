@@ -288,7 +288,12 @@ async fn when_only_the_shell_dies_the_whole_group_is_replaced() {
     })
     .await;
     gateway.wait_upstream("up").await;
-    assert_eq!(gateway.health().await.1["restarts"], 1);
+    assert_eq!(
+        gateway.health().await.1["restarts"],
+        1,
+        "the restarted dashboard exited again: {:#?}",
+        gateway.log_events("dashboard exited")
+    );
     assert_eq!(get(&gateway.url("/")).await.status(), 200);
     // The new child got the port: no "address in use" exit after the restart.
     assert_eq!(gateway.wait_for_log("dashboard exited", 1).await.len(), 1);
