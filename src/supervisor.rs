@@ -256,6 +256,7 @@ async fn supervise(
                         // it would keep the port from the next start.
                         if let Some(group) = pid.and_then(|id| Pid::from_raw(id as i32)) {
                             let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                            group_gone(group).await;
                         }
                         let code = status.as_ref().ok().and_then(ExitStatus::code);
                         if let Some(upstream) = &upstream {
@@ -326,6 +327,43 @@ async fn closed(gate: &mut Option<watch::Receiver<Permit>>) -> Instant {
         },
         Err(_) => Instant::now(),
     }
+}
+
+/// Longest wait for a killed group to be gone before the next start.
+const GROUP_EXIT_LIMIT: Duration = Duration::from_secs(2);
+
+/// Waits (at most GROUP_EXIT_LIMIT) until no process of `group` is left:
+/// SIGKILL is delivered at once but a process needs CPU time to exit, and
+/// on a busy machine the next start would otherwise find the old one still
+/// holding the port. A zombie does not count (it holds no port; whoever
+/// reaps it may take its time), as in the shell script's own check.
+async fn group_gone(group: Pid) {
+    let deadline = Instant::now() + GROUP_EXIT_LIMIT;
+    while group_has_live_member(group) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a process other than a zombie is in `group` (read from `/proc`;
+/// without it, the group counts as gone).
+fn group_has_live_member(group: Pid) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let group = group.as_raw_nonzero().get().to_string();
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid pgrp ...: the fields after the command.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1);
+        pgrp == Some(group.as_str()) && state != Some("Z")
+    })
 }
 
 /// How long an exit's log line waits for the rest of the child's stderr.
