@@ -89,6 +89,28 @@ pub struct Death {
     pub survived: bool,
 }
 
+impl Death {
+    /// The child (`what`) had its grace (SIGTERM first, still alive 500 ms
+    /// later) and was gone within `grace` + 2 s of its gateway's SIGKILL.
+    pub fn assert_within_grace(&self, what: &str, grace: Duration) {
+        println!(
+            "{what} ignoring SIGTERM gone {:?} after the gateway's SIGKILL (grace {grace:?})",
+            self.gone_after
+        );
+        assert!(
+            !self.survived,
+            "the {what} outlived the gateway by {:?}",
+            self.gone_after
+        );
+        assert!(self.alive_during_grace, "the {what} got no grace");
+        assert!(
+            self.gone_after <= grace + Duration::from_secs(2),
+            "gone only after {:?}",
+            self.gone_after
+        );
+    }
+}
+
 /// Watches `pid` from the moment its gateway died until it is gone, at most
 /// `grace` + 10 s; kills it if it survives, so no test leaves it behind.
 pub async fn watch_death(pid: u32, grace: Duration) -> Death {
