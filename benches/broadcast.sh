@@ -250,7 +250,8 @@ row() {
     uw=$(results "$key" "$id.uws")
     nw=$(results "$key" "$id.ws")
     awk -v metric="$metric" -v sy="$sy" -v uw="$uw" -v nw="$nw" -v scale="$scale" \
-        -v fmt="$fmt" -v cmp="$cmp" -v target="$target" -v summary="$SUMMARY" '
+        -v fmt="$fmt" -v cmp="$cmp" -v target="$target" -v summary="$SUMMARY" \
+        -v table="${TABLE_TSV:-}" '
         function num(v) { return v != "" && v != "-" && v != "nan" && v != "NaN" }
         function show(v) { return num(v) ? sprintf(fmt, v / scale) : "-" }
         # the median of the rounds that have a figure ("" if none has)
@@ -275,6 +276,8 @@ row() {
             printf "%-46s %11s %11s %11s %8s  %-22s %s\n", metric, show(sy), show(uw), show(nw), ratio, target, verdict
             if (verdict != "-")
                 printf "issue12: %s  %s: switchyard %s, uWS %s (%s), target %s\n", verdict, metric, show(sy), show(uw), ratio, target >>summary
+            if (table != "" && cmp != "-" && cmp != "info")
+                printf "%s\t%s\tuWS\t%s\t%s\t%s\t%s\tNode ws %s\n", metric, show(sy), show(uw), ratio, target, verdict, show(nw) >>table
         }'
 }
 

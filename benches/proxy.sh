@@ -408,8 +408,13 @@ rows12 = [
      s["cpu"] <= target_cpu_ratio * n["cpu"], "%.2f"),
     ("added p50 us at 1 connection", sa, na, "<= 1.0x", sa <= na, "%.1f"),
 ]
+import os
+table = open(os.environ["TABLE_TSV"], "a") if os.environ.get("TABLE_TSV") else None
 for name, mine, theirs, target, ok, fmt in rows12:
     print("%-32s %12s %12s %7.2fx %10s %s" % (name, fmt % mine, fmt % theirs, ratio(mine, theirs), target, verdict(ok)))
+    if table:
+        table.write("\t".join([name, fmt % mine, "nginx", fmt % theirs, "%.2fx" % ratio(mine, theirs),
+                                target.replace("x", "x nginx"), verdict(ok), ""]) + "\n")
 print("target: req/s >= %.1fx nginx         %s (%.2fx)" % (target_ratio, verdict(s["rps"] >= target_ratio * n["rps"]), ratio(s["rps"], n["rps"])))
 print("target: cpu/req <= %.1fx nginx       %s (%.2fx)" % (target_cpu_ratio, verdict(s["cpu"] <= target_cpu_ratio * n["cpu"]), ratio(s["cpu"], n["cpu"])))
 print("target: added p50 (1c) <= nginx's    %s (%.1f us vs %.1f us)" % (verdict(sa <= na), sa, na))
