@@ -191,8 +191,16 @@ fuzz_target!(|data: &[u8]| {
         let forwarded_host = values(&headers, &HeaderName::from_static("x-forwarded-host"));
         assert_eq!(forwarded_host, host.into_iter().collect::<Vec<_>>());
         // An untrusted peer cannot tell the dashboard where it came from.
-        for name in ["forwarded", "x-forwarded-port", "x-forwarded-prefix", "x-scheme"] {
-            assert!(!headers.contains_key(name), "{name} from an untrusted peer survived");
+        for name in [
+            "forwarded",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-scheme",
+        ] {
+            assert!(
+                !headers.contains_key(name),
+                "{name} from an untrusted peer survived"
+            );
         }
     }
 });
