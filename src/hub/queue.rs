@@ -5,8 +5,8 @@
 //! costs: an empty queue allocates nothing (tokio's channel allocates a
 //! 32-slot block and its shared state up front, about 1 KiB per client), and
 //! tens of thousands of idle clients are the common case. The lock is held
-//! only to push or drain, never across an `.await`, and the wake happens
-//! after it is released.
+//! only to push, drain or write directly (one non-blocking write), never
+//! across an `.await`, and the wake happens after it is released.
 //!
 //! Direct writes: a transport may attach a [`Sink`] (its socket). While the
 //! transport's task is not writing, a delivery pushed with
@@ -413,5 +413,47 @@ mod tests {
         queue.close();
         assert_eq!(queue.push(delivery(5)), Err(PushError::Closed));
         assert!(!queue.recv_many(&mut Vec::new(), 10).await);
+    }
+
+    /// A socket that takes, at each write, what it was told to report.
+    struct Scripted(Mutex<VecDeque<Progress>>);
+
+    impl Sink for Scripted {
+        fn write_now(&self, _: &VecDeque<Delivery>, _: usize) -> std::io::Result<Progress> {
+            let mut script = self.0.lock().unwrap();
+            Ok(script.pop_front().unwrap_or(Progress {
+                whole: 0,
+                into_next: 0,
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_a_direct_write_stopped_inside_is_handed_to_the_task_first() {
+        let queue = ClientQueue::new(8);
+        let progress = |whole, into_next| Progress { whole, into_next };
+        let sink = Scripted(Mutex::new([progress(1, 5)].into()));
+        queue.attach_sink(Arc::new(sink));
+        assert_eq!(queue.push_direct(delivery(1)), Ok(true));
+        assert_eq!(queue.push_direct(delivery(2)), Ok(false), "a flush is owed");
+        assert_eq!(queue.push_direct(delivery(3)), Ok(false));
+        // 1 went whole, 2 in part: the task is woken for the rest.
+        assert!(queue.flush());
+        // The task takes the socket; the part-written one is not in the
+        // batch but handed over with its count, ahead of it.
+        let mut out = Vec::new();
+        assert!(queue.recv_many(&mut out, 10).await);
+        assert_eq!(out.iter().map(Delivery::seq).collect::<Vec<_>>(), [3]);
+        let part = queue.begin_write().expect("the part-written delivery");
+        assert_eq!((part.delivery.seq(), part.written), (2, 5));
+        // While the task writes, the fan-out leaves the socket alone.
+        assert_eq!(queue.push_direct(delivery(4)), Ok(false));
+        assert!(!queue.flush());
+        assert!(queue.begin_write().is_none(), "handed over once");
+        queue.end_write();
+        // Given back: direct writes again, from a frame boundary.
+        assert_eq!(queue.push_direct(delivery(5)), Ok(true));
+        assert!(queue.detach_sink().is_some());
+        assert_eq!(queue.push_direct(delivery(6)), Ok(false));
     }
 }
