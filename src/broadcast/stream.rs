@@ -8,8 +8,9 @@
 //! is released; a batch buffer left large by a burst is released too, so an
 //! idle client holds neither.
 //!
-//! Does not own: encoding (each transport's framing) or writing (each
-//! transport, under WRITE_TIMEOUT_SECS).
+//! Does not own: encoding (each transport's framing), writing (each
+//! transport, under WRITE_TIMEOUT_SECS), or who may write to a socket and
+//! how much of a delivery is on it (`hub::queue`'s write state).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +30,10 @@ const KEEP_BATCH_CAPACITY: usize = 16;
 pub enum Step<'a> {
     /// First, once: the hello's snapshot (state, or the resumed events).
     Hello(&'a Snapshot),
-    /// Live deliveries, in order.
+    /// Live deliveries, in order. Empty when all there was is the rest of
+    /// a delivery the fan-out began writing to the socket itself (only with
+    /// a sink attached to the queue; see `hub::queue`): the transport gets
+    /// it from `ClientQueue::begin_write`.
     Deliveries(&'a [Delivery]),
     /// The keepalive clock ticked (PING_INTERVAL_SECS).
     Keepalive,
@@ -50,8 +54,6 @@ pub struct ClientStream {
     subscription: Subscription,
     hello_given: bool,
     batch: Vec<Delivery>,
-    /// Bytes of `batch[0]` already written directly (see `hub::queue`).
-    skip: usize,
     /// The keepalive clock; one per client, polled for an atomic load.
     pings: Signal,
     /// The drain; one per client, polled for an atomic load.
@@ -64,7 +66,6 @@ impl ClientStream {
             subscription,
             hello_given: false,
             batch: Vec::new(),
-            skip: 0,
             pings,
             stop,
         }
@@ -79,13 +80,6 @@ impl ClientStream {
     /// client at once, even while its socket is full).
     pub fn queue(&self) -> &Arc<ClientQueue> {
         &self.subscription.queue
-    }
-
-    /// Bytes of the first delivery of the last `Step::Deliveries` that
-    /// were already written to the socket directly (a transport that
-    /// attached a sink to its queue skips them).
-    pub fn skip(&self) -> usize {
-        self.skip
     }
 
     /// Runs `work` (a write) unless the client is cut off or the gateway
@@ -126,11 +120,11 @@ impl ClientStream {
             biased;
             _ = &mut self.stop => Step::End(End::Shutdown),
             _ = &mut self.pings => Step::Keepalive,
-            received = queue.recv_many(&mut self.batch, BATCH, &mut self.skip) => {
-                if received == 0 {
-                    Step::End(End::CutOff)
-                } else {
+            open = queue.recv_many(&mut self.batch, BATCH) => {
+                if open {
                     Step::Deliveries(&self.batch)
+                } else {
+                    Step::End(End::CutOff)
                 }
             }
         }

@@ -11,8 +11,16 @@
 //! 60 KB hello left ~63 KiB on every idle client), and a copy of every
 //! pending frame per client.
 //!
+//! Also owns the one count of bytes on the wire: a frame is its header then
+//! its payload ([`OnWire`]), and how far a write has got into a run of
+//! frames is a [`Position`], moved on and sliced by the functions here —
+//! for the task's [`Writer`] and for the fan-out's direct writes (`socket`,
+//! over [`TextFrame`]s borrowing the shared event bytes) alike.
+//!
 //! Does not own: what a frame means (`protocol`), when to write or close
-//! (the client loop in `ws`).
+//! (the client loop in `ws`), or who may write to a client's socket and
+//! where the fan-out stopped (`hub::queue`'s write state, which hands that
+//! to the task: [`Writer::resume`]).
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -319,19 +327,57 @@ impl Frame {
             payload,
         }
     }
+}
 
-    fn header(&self) -> &[u8] {
-        &self.header[..usize::from(self.header_len)]
+/// A text frame over payload bytes it borrows: what a direct write sends
+/// for each delivery (built on the stack, no reference count touched).
+#[derive(Clone, Copy)]
+pub struct TextFrame<'a> {
+    header: [u8; 10],
+    header_len: u8,
+    payload: &'a [u8],
+}
+
+impl<'a> TextFrame<'a> {
+    pub fn new(payload: &'a [u8]) -> TextFrame<'a> {
+        let (header, header_len) = header(OP_TEXT, payload.len());
+        TextFrame {
+            header,
+            header_len,
+            payload,
+        }
     }
+}
 
-    fn len(&self) -> usize {
-        usize::from(self.header_len) + self.payload.len()
+/// A frame as it goes on the wire: its header, then its payload. The only
+/// place that says so; [`slices`] and [`Position::advance`] count bytes
+/// through it, for the task's writes and the fan-out's direct ones alike.
+pub trait OnWire {
+    /// The header, then the payload.
+    fn parts(&self) -> [&[u8]; 2];
+
+    /// Bytes it takes on the wire.
+    fn wire_len(&self) -> usize {
+        let [header, payload] = self.parts();
+        header.len() + payload.len()
+    }
+}
+
+impl OnWire for Frame {
+    fn parts(&self) -> [&[u8]; 2] {
+        [&self.header[..usize::from(self.header_len)], &self.payload]
+    }
+}
+
+impl OnWire for TextFrame<'_> {
+    fn parts(&self) -> [&[u8]; 2] {
+        [&self.header[..usize::from(self.header_len)], self.payload]
     }
 }
 
 /// The header of an unmasked, final frame of `len` payload bytes, and how
 /// many of its 10 bytes it uses.
-pub fn header(opcode: u8, len: usize) -> ([u8; 10], u8) {
+fn header(opcode: u8, len: usize) -> ([u8; 10], u8) {
     let mut header = [0u8; 10];
     header[0] = 0x80 | opcode;
     let used = if len < 126 {
@@ -356,24 +402,56 @@ pub fn close_frame(code: u16, reason: &str) -> Frame {
     Frame::new(OP_CLOSE, payload)
 }
 
-/// What is left to write of `frames`, the first `offset` bytes of which are
-/// out, as slices for one vectored write: fills `slices` (on the stack, no
-/// allocation per write) and answers how many it used.
-fn slices<'a>(frames: &'a [Frame], offset: usize, slices: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+/// How far a write has got into a run of frames: `whole` of them are out,
+/// and `offset` bytes of the next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub whole: usize,
+    pub offset: usize,
+}
+
+impl Position {
+    /// `offset` bytes into the first frame of a run.
+    pub fn at(offset: usize) -> Position {
+        Position { whole: 0, offset }
+    }
+
+    /// Moves on by `written` bytes of `frames` (the run it counts in).
+    pub fn advance<F: OnWire>(&mut self, frames: &[F], mut written: usize) {
+        while written > 0 {
+            let Some(frame) = frames.get(self.whole) else {
+                break;
+            };
+            let left = frame.wire_len() - self.offset;
+            if written < left {
+                self.offset += written;
+                break;
+            }
+            written -= left;
+            self.whole += 1;
+            self.offset = 0;
+        }
+    }
+}
+
+/// What is left to write of `frames` from `at`, as slices for one vectored
+/// write: fills `out` (on the caller's stack, no allocation per write) and
+/// answers how many it used.
+pub fn slices<'a, F: OnWire>(frames: &'a [F], at: Position, out: &mut [IoSlice<'a>]) -> usize {
     let mut used = 0;
-    let mut skip = offset;
-    'frames: for frame in frames {
-        for part in [frame.header(), &frame.payload[..]] {
+    let mut skip = at.offset;
+    'frames: for frame in frames.iter().skip(at.whole) {
+        for part in frame.parts() {
             if skip >= part.len() {
                 skip -= part.len();
                 continue;
             }
-            slices[used] = IoSlice::new(&part[skip..]);
-            used += 1;
-            skip = 0;
-            if used == MAX_SLICES {
+            if used == out.len() {
                 break 'frames;
             }
+            out[used] = IoSlice::new(&part[skip..]);
+            used += 1;
+            skip = 0;
         }
     }
     used
@@ -395,13 +473,12 @@ pub enum WriteError {
 pub struct Writer<W> {
     io: W,
     write_timeout: Duration,
-    /// The frames being written: `done` of them are out, and `offset`
-    /// bytes of the next. A write that is interrupted (cut-off, shutdown)
-    /// leaves its rest here, so a close frame can still follow at a frame
-    /// boundary; emptied (and freed) once written.
+    /// The frames being written, and how far into them the socket is. A
+    /// write that is interrupted (cut-off, shutdown) leaves its rest here,
+    /// so a close frame can still follow at a frame boundary; emptied (and
+    /// freed) once written.
     pending: Vec<Frame>,
-    done: usize,
-    offset: usize,
+    at: Position,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -410,36 +487,22 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             io,
             write_timeout,
             pending: Vec::new(),
-            done: 0,
-            offset: 0,
+            at: Position::default(),
         }
     }
 
-    /// Writes `frames` (after whatever an interrupted write left). Each
-    /// write must move some bytes within WRITE_TIMEOUT_SECS; any progress
-    /// restarts the clock. A timer exists only while the socket is full.
-    /// Cancel-safe: dropped midway, the rest stays pending.
+    /// Writes `frames` (after whatever an interrupted or resumed write
+    /// left). Each write must move some bytes within WRITE_TIMEOUT_SECS;
+    /// any progress restarts the clock. A timer exists only while the
+    /// socket is full. Cancel-safe: dropped midway, the rest stays pending.
     pub async fn send(&mut self, frames: Vec<Frame>) -> Result<(), WriteError> {
-        self.send_skipping(frames, 0).await
-    }
-
-    /// [`Writer::send`], the first `skip` bytes of `frames` being out
-    /// already (written by the fan-out, see `socket`). Only after a
-    /// complete write: an interrupted one ends the connection.
-    pub async fn send_skipping(
-        &mut self,
-        frames: Vec<Frame>,
-        skip: usize,
-    ) -> Result<(), WriteError> {
-        if self.done >= self.pending.len() {
+        if self.at.whole >= self.pending.len() {
             self.pending = frames;
-            self.done = 0;
-            self.offset = 0;
-            self.advance(skip);
+            self.at = Position::default();
         } else {
             self.pending.extend(frames);
         }
-        while self.done < self.pending.len() {
+        while self.at.whole < self.pending.len() {
             let written = match self.write_some().now_or_never() {
                 Some(written) => written,
                 // Boxed: the timer exists only while the socket is full,
@@ -450,27 +513,23 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             };
             match written {
                 Ok(0) | Err(_) => return Err(WriteError::Gone),
-                Ok(n) => self.advance(n),
+                Ok(n) => self.at.advance(&self.pending, n),
             }
         }
         self.pending = Vec::new();
-        self.done = 0;
-        self.offset = 0;
+        self.at = Position::default();
         Ok(())
     }
 
-    /// One vectored write of what is pending. The slices are built on the
-    /// stack at each poll, so they are never part of a suspended future:
-    /// every client task is as large as its largest await, idle or not.
-    /// Makes `frame`, of which the first `skip` bytes are out already (a
-    /// direct write stopped inside it), the next thing written. Only when
-    /// nothing else is pending: while the task writes, nobody else does.
-    pub fn resume(&mut self, frame: Frame, skip: usize) {
-        if self.done >= self.pending.len() {
+    /// Makes `frame`, `at` bytes of which are out already (someone else
+    /// wrote them: a direct write that stopped inside it, see
+    /// `hub::queue`), the next thing [`Writer::send`] writes. Only when
+    /// nothing is pending: a frame is resumed only when the task takes the
+    /// socket over, and the task has always finished its own writes then.
+    pub fn resume(&mut self, frame: Frame, at: usize) {
+        if self.at.whole >= self.pending.len() {
             self.pending = vec![frame];
-            self.done = 0;
-            self.offset = 0;
-            self.advance(skip);
+            self.at = Position::at(at);
         }
     }
 
@@ -479,33 +538,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         &self.io
     }
 
+    /// One vectored write of what is pending. The slices are built on the
+    /// stack at each poll, so they are never part of a suspended future:
+    /// every client task is as large as its largest await, idle or not.
     fn write_some(&mut self) -> impl Future<Output = std::io::Result<usize>> + '_ {
         let Writer {
-            io,
-            pending,
-            done,
-            offset,
-            ..
+            io, pending, at, ..
         } = self;
         std::future::poll_fn(move |cx| {
             let mut parts = [IoSlice::new(&[]); MAX_SLICES];
-            let used = slices(&pending[*done..], *offset, &mut parts);
+            let used = slices(pending, *at, &mut parts);
             Pin::new(&mut *io).poll_write_vectored(cx, &parts[..used])
         })
-    }
-
-    fn advance(&mut self, mut written: usize) {
-        while written > 0 && self.done < self.pending.len() {
-            let left = self.pending[self.done].len() - self.offset;
-            if written >= left {
-                written -= left;
-                self.done += 1;
-                self.offset = 0;
-            } else {
-                self.offset += written;
-                written = 0;
-            }
-        }
     }
 
     /// Writes the rest of an interrupted write and then `frame`, within
@@ -528,9 +572,10 @@ mod tests {
     fn headers_by_length() {
         for (len, header) in [(0, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
             let frame = Frame::new(OP_TEXT, vec![b'a'; len]);
-            assert_eq!(frame.header().len(), header);
-            assert_eq!(frame.len(), len + header);
-            assert_eq!(frame.header()[0], 0x81);
+            let [head, _] = frame.parts();
+            assert_eq!(head.len(), header);
+            assert_eq!(frame.wire_len(), len + header);
+            assert_eq!(head[0], 0x81);
         }
     }
 
@@ -544,8 +589,9 @@ mod tests {
             .collect();
         let mut expected = Vec::new();
         for frame in &frames {
-            expected.extend_from_slice(frame.header());
-            expected.extend_from_slice(&frame.payload);
+            for part in frame.parts() {
+                expected.extend_from_slice(part);
+            }
         }
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();

@@ -25,10 +25,13 @@
 //! connection's patterns) replaced the grant. Without AUTH_SECRET nothing
 //! waits and a connection holds no timer.
 //!
-//! Does not own: ordering, resume or fan-out (the hub), the stream of what
-//! to send (`broadcast`), what a frame means (`protocol`), what a token
-//! allows (`auth`), framing ([`codec`]), the handshake's
-//! headers ([`handshake`]).
+//! Does not own: ordering, resume or fan-out (the hub), who may write to
+//! the socket and how much of a delivery the fan-out wrote (the hub's
+//! client queue: the task takes the socket from it before each write and
+//! gives it back after), the stream of what to send (`broadcast`), what a
+//! frame means (`protocol`), what a token allows (`auth`), framing and the
+//! byte count of frames ([`codec`]), the handshake's headers
+//! ([`handshake`]).
 
 pub mod codec;
 pub mod handshake;
@@ -500,12 +503,7 @@ impl Client {
                 // task's alone to write; a frame a direct write stopped
                 // inside is finished before it.
                 drop(stream.queue().detach_sink());
-                if let Some((delivery, skip)) = stream.queue().begin_write() {
-                    writer.resume(
-                        Frame::new(codec::OP_TEXT, Bytes::from(delivery.frame())),
-                        skip,
-                    );
-                }
+                take_socket(writer, &stream);
                 ending
             }
             Err(HubError::TooManyPatterns { .. }) => Ending::TooManyPatterns,
@@ -614,14 +612,13 @@ impl Client {
                             Ok(frame) => vec![Frame::new(codec::OP_TEXT, frame.into_bytes())],
                             Err(ending) => return ending,
                         };
-                        if let Err(ending) = write(writer, stream, out, 0).await {
+                        if let Err(ending) = write(writer, stream, out).await {
                             return ending;
                         }
                         continue;
                     }
                     step = stream.next() => {
                         let hello = matches!(step, Step::Hello(_));
-                        let deliveries = matches!(step, Step::Deliveries(_));
                         let out = match encode_step(step) {
                             Encoded::Frames(frames) => frames,
                             Encoded::Keepalive => {
@@ -632,8 +629,7 @@ impl Client {
                             }
                             Encoded::End(end) => return end.into(),
                         };
-                        let skip = if deliveries { stream.skip() } else { 0 };
-                        if let Err(ending) = write(writer, stream, out, skip).await {
+                        if let Err(ending) = write(writer, stream, out).await {
                             return ending;
                         }
                         if hello {
@@ -669,7 +665,7 @@ impl Client {
             };
             if let Some((opcode, payload)) = reply {
                 let out = vec![Frame::new(opcode, payload)];
-                if let Err(ending) = write(writer, stream, out, 0).await {
+                if let Err(ending) = write(writer, stream, out).await {
                     return ending;
                 }
             }
@@ -791,30 +787,34 @@ async fn close(writer: &mut Writer, ending: Ending) {
     writer.finish(frame, limit).await;
 }
 
-/// Writes `out` (its first `skip` bytes were written by the fan-out)
-/// unless the client is cut off or the gateway drains first. While it
-/// writes, the fan-out leaves the socket to it; after a failed write it
-/// never writes to it again.
+/// Writes `out` unless the client is cut off or the gateway drains first.
+/// While it writes, the fan-out leaves the socket to it; after a failed
+/// write it never writes to it again.
 async fn write(
     writer: &mut Writer,
     stream: &mut ClientStream,
-    mut out: Vec<Frame>,
-    mut skip: usize,
+    out: Vec<Frame>,
 ) -> Result<(), Ending> {
-    // A frame a direct write stopped inside goes first (its rest), or the
-    // client would get our frame in the middle of it.
-    if let Some((delivery, done)) = stream.queue().begin_write() {
-        out.insert(0, Frame::new(codec::OP_TEXT, Bytes::from(delivery.frame())));
-        skip = done;
-    }
+    take_socket(writer, stream);
     // Boxed: see `connect`.
-    match Box::pin(stream.guard(writer.send_skipping(out, skip))).await {
+    match Box::pin(stream.guard(writer.send(out))).await {
         Ok(Ok(())) => {
             stream.queue().end_write();
             Ok(())
         }
         Ok(Err(error)) => Err(error.into()),
         Err(end) => Err(end.into()),
+    }
+}
+
+/// Takes the socket from the fan-out (see `hub::queue`): until
+/// `end_write`, only the task writes to it. A frame a direct write stopped
+/// inside becomes the writer's next (its rest), or the client would get
+/// our frames in the middle of it.
+fn take_socket(writer: &mut Writer, stream: &ClientStream) {
+    if let Some(part) = stream.queue().begin_write() {
+        let frame = Frame::new(codec::OP_TEXT, Bytes::from(part.delivery.frame()));
+        writer.resume(frame, part.written);
     }
 }
 

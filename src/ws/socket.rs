@@ -12,8 +12,10 @@
 //! client's task is not writing (see `hub::queue`), so an idle client's
 //! task is not woken for each event.
 //!
-//! Does not own: when the fan-out may write (the queue decides, under its
-//! lock), framing rules (`codec`), or any timeout (the task's writer).
+//! Does not own: when the fan-out may write or how much of the first
+//! queued delivery is out (`hub::queue`'s write state, under the queue's
+//! lock: this only reports how far a write got), framing rules or the
+//! byte count of a frame (`codec`), or any timeout (the task's writer).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -25,8 +27,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::codec;
-use crate::hub::queue::Sink;
+use super::codec::{self, Position, TextFrame};
+use crate::hub::queue::{Progress, Sink};
 use crate::hub::Delivery;
 
 /// Most deliveries one direct write takes; the rest wait for the next.
@@ -43,36 +45,26 @@ impl Socket {
 }
 
 impl Sink for Socket {
-    fn write_now(&self, items: &VecDeque<Delivery>, skip: usize) -> io::Result<usize> {
-        let count = items.len().min(DIRECT_FRAMES);
-        let mut headers = [([0u8; 10], 0u8); DIRECT_FRAMES];
-        for (header, delivery) in headers.iter_mut().zip(items.iter().take(count)) {
-            *header = codec::header(codec::OP_TEXT, delivery.frame_bytes().len());
+    /// Each delivery goes as a text frame over its shared bytes; bytes are
+    /// counted by `codec` (the same count the task's writer keeps).
+    fn write_now(&self, items: &VecDeque<Delivery>, head_written: usize) -> io::Result<Progress> {
+        let mut frames = [TextFrame::new(&[]); DIRECT_FRAMES];
+        for (frame, delivery) in frames.iter_mut().zip(items) {
+            *frame = TextFrame::new(delivery.frame_bytes());
         }
+        let frames = &frames[..items.len().min(DIRECT_FRAMES)];
+        let mut at = Position::at(head_written);
         let mut slices = [IoSlice::new(&[]); 2 * DIRECT_FRAMES];
-        let mut used = 0;
-        let mut skip = skip;
-        for ((header, len), delivery) in headers.iter().zip(items.iter().take(count)) {
-            for part in [&header[..usize::from(*len)], delivery.frame_bytes()] {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    continue;
-                }
-                slices[used] = IoSlice::new(&part[skip..]);
-                used += 1;
-                skip = 0;
-            }
-        }
+        let used = codec::slices(frames, at, &mut slices);
         match self.stream.try_write_vectored(&slices[..used]) {
-            Ok(written) => Ok(written),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(error) => Err(error),
+            Ok(written) => at.advance(frames, written),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
         }
-    }
-
-    fn wire_len(&self, delivery: &Delivery) -> usize {
-        let len = delivery.frame_bytes().len();
-        usize::from(codec::header(codec::OP_TEXT, len).1) + len
+        Ok(Progress {
+            whole: at.whole,
+            into_next: at.offset,
+        })
     }
 }
 
