@@ -40,10 +40,104 @@ use super::{Delivery, Epoch, Event, HubError, HubStats, Reset, Seq, SubscriberId
 struct Subscriber {
     serial: u64,
     /// Its patterns, each with the seq it was added at.
-    patterns: HashMap<Pattern, Seq>,
+    patterns: PatternSet,
     queue: Arc<ClientQueue>,
     /// Seq of the last event queued: a second matching pattern is a no-op.
     last_seq: Seq,
+}
+
+/// Past this many patterns a subscriber's set is a hash map; up to it, a
+/// list (what almost every client holds: one pattern, one small
+/// allocation, where even an empty-ish hash map costs ~200 bytes).
+const FEW_PATTERNS: usize = 16;
+
+/// A subscriber's distinct patterns, each with the seq it was added at.
+enum PatternSet {
+    Few(Vec<(Pattern, Seq)>),
+    Many(HashMap<Pattern, Seq>),
+}
+
+impl PatternSet {
+    fn with_capacity(capacity: usize) -> PatternSet {
+        if capacity > FEW_PATTERNS {
+            PatternSet::Many(HashMap::with_capacity(capacity))
+        } else {
+            PatternSet::Few(Vec::with_capacity(capacity))
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            PatternSet::Few(list) => list.len(),
+            PatternSet::Many(map) => map.len(),
+        }
+    }
+
+    fn contains(&self, pattern: &Pattern) -> bool {
+        match self {
+            PatternSet::Few(list) => list.iter().any(|(held, _)| held == pattern),
+            PatternSet::Many(map) => map.contains_key(pattern),
+        }
+    }
+
+    /// Adds a pattern the set does not hold.
+    fn insert(&mut self, pattern: Pattern, added_at: Seq) {
+        match self {
+            PatternSet::Few(list) if list.len() < FEW_PATTERNS => list.push((pattern, added_at)),
+            PatternSet::Few(list) => {
+                let mut map: HashMap<Pattern, Seq> = list.drain(..).collect();
+                map.insert(pattern, added_at);
+                *self = PatternSet::Many(map);
+            }
+            PatternSet::Many(map) => {
+                map.insert(pattern, added_at);
+            }
+        }
+    }
+
+    /// Removes a pattern; answers the seq it was added at.
+    fn remove(&mut self, pattern: &Pattern) -> Option<Seq> {
+        match self {
+            PatternSet::Few(list) => {
+                let at = list.iter().position(|(held, _)| held == pattern)?;
+                Some(list.swap_remove(at).1)
+            }
+            PatternSet::Many(map) => map.remove(pattern),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Pattern, &Seq)> + '_ {
+        match self {
+            PatternSet::Few(list) => Either::Few(list.iter().map(|(pattern, seq)| (pattern, seq))),
+            PatternSet::Many(map) => Either::Many(map.iter()),
+        }
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&Pattern, &mut Seq)> + '_ {
+        match self {
+            PatternSet::Few(list) => {
+                Either::Few(list.iter_mut().map(|(pattern, seq)| (&*pattern, seq)))
+            }
+            PatternSet::Many(map) => Either::Many(map.iter_mut()),
+        }
+    }
+}
+
+/// One iterator type for both shapes of a [`PatternSet`].
+enum Either<A, B> {
+    Few(A),
+    Many(B),
+}
+
+impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for Either<A, B> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Either::Few(few) => few.next(),
+            Either::Many(many) => many.next(),
+        }
+    }
 }
 
 /// What `add` hands to the transport.
@@ -187,7 +281,7 @@ impl Subscribers {
         let serial = self.next_serial;
         let slot = self.slots.insert(Subscriber {
             serial,
-            patterns: HashMap::with_capacity(patterns.len().min(self.max_patterns)),
+            patterns: PatternSet::with_capacity(patterns.len().min(self.max_patterns)),
             queue: queue.clone(),
             last_seq: seq,
         });
@@ -216,7 +310,7 @@ impl Subscribers {
         let mut added = Vec::new();
         let mut seen = HashSet::new();
         for pattern in patterns {
-            if subscriber.patterns.contains_key(pattern) || !seen.insert(pattern) {
+            if subscriber.patterns.contains(pattern) || !seen.insert(pattern) {
                 continue;
             }
             if subscriber.patterns.len() + added.len() >= self.max_patterns {
@@ -275,7 +369,7 @@ impl Subscribers {
         let subscriber = self.slots.remove(slot);
         // A reader still waiting learns it is out once the queue drains.
         subscriber.queue.close();
-        for (pattern, added_at) in &subscriber.patterns {
+        for (pattern, added_at) in subscriber.patterns.iter() {
             self.index.remove(pattern, (slot, *added_at));
         }
     }
@@ -367,7 +461,11 @@ impl Subscribers {
                     *added_at = seq;
                 }
             }
-            let patterns: Vec<Pattern> = subscriber.patterns.keys().cloned().collect();
+            let patterns: Vec<Pattern> = subscriber
+                .patterns
+                .iter()
+                .map(|(pattern, _)| pattern.clone())
+                .collect();
             let state = retained.matching(&patterns);
             let reset = Reset {
                 epoch: epoch.clone(),
@@ -551,6 +649,41 @@ mod tests {
         // The lock-free pre-check agrees.
         assert!(distinct_patterns(twice, 2).is_ok());
         assert!(distinct_patterns(over, 4).is_err());
+    }
+
+    #[test]
+    fn a_set_past_the_few_patterns_a_list_holds_keeps_its_seqs_and_removals() {
+        let mut subscribers = Subscribers::default();
+        let client = subscribers
+            .add(&patterns(["p/0".to_owned()]), 0, 64)
+            .unwrap();
+        // One at a time, past FEW_PATTERNS: the list becomes a map.
+        for i in 1..FEW_PATTERNS + 4 {
+            let added = subscribers
+                .add_patterns(client.id, &patterns([format!("p/{i}")]), i as Seq)
+                .unwrap();
+            assert_eq!(added.len(), 1);
+        }
+        let count = FEW_PATTERNS + 4;
+        assert_eq!(subscribers.pattern_count(client.id), Some(count));
+        // Held ones are not added again, whichever shape holds them.
+        let again = subscribers
+            .add_patterns(
+                client.id,
+                &patterns(["p/0".to_owned(), "p/19".to_owned()]),
+                99,
+            )
+            .unwrap();
+        assert!(again.is_empty());
+        // Each pattern kept the seq it was added at.
+        assert_eq!(subscribers.deliver(&event(3, "p/5"), false), 0);
+        assert_eq!(subscribers.deliver(&event(6, "p/5"), false), 1);
+        subscribers
+            .remove_patterns(client.id, &patterns(["p/5".to_owned()]))
+            .unwrap();
+        assert_eq!(subscribers.pattern_count(client.id), Some(count - 1));
+        assert_eq!(subscribers.deliver(&event(30, "p/5"), false), 0);
+        assert_eq!(subscribers.deliver(&event(31, "p/0"), false), 1);
     }
 
     #[test]
