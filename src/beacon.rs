@@ -1,30 +1,34 @@
 //! A signal that thousands of long-lived tasks wait on (the drain, the
 //! keepalive clock), made cheap to wait on.
 //!
-//! Owns: a generation counter and the list of waiting tasks. A [`Signal`]
-//! registers its task in the shared list once per firing; when its task
-//! is woken for anything else (an event to write, a frame to read) and
-//! polls it again, the check is one atomic load. tokio's `watch` and
-//! tokio-util's `CancellationToken` take a lock shared by every waiter at
-//! each such poll, and with 10,000 WebSocket clients each woken per event
-//! those locks were a measurable share of the broadcaster's CPU.
+//! Owns: a generation counter and the list of waiting tasks' wakers. A
+//! [`Signal`] puts its task's waker in the shared list once per firing;
+//! when its task is woken for anything else (an event to write, a frame to
+//! read) and polls it again, the check is one atomic load. tokio's `watch`
+//! and tokio-util's `CancellationToken` take a lock shared by every waiter
+//! at each such poll, and with 10,000 WebSocket clients each woken per
+//! event those locks were a measurable share of the broadcaster's CPU. A
+//! waiting signal costs one slot of the shared list (a waker): no
+//! allocation of its own, where a `Notify` waiter is a boxed node of 64
+//! bytes — for every idle connection, twice.
 //!
 //! Does not own: what a firing means (`shutdown`, the ping clock in `lib`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use tokio::sync::futures::OwnedNotified;
-use tokio::sync::Notify;
+use slab::Slab;
 
 #[derive(Debug, Default)]
 pub struct Beacon {
-    /// How many times it has fired.
+    /// How many times it has fired; changes only under `waiting`'s lock,
+    /// together with the list being taken.
     generation: AtomicU64,
-    waiting: Arc<Notify>,
+    /// The wakers of the signals waiting for the next firing.
+    waiting: Mutex<Slab<Waker>>,
 }
 
 impl Beacon {
@@ -32,11 +36,24 @@ impl Beacon {
         Arc::new(Beacon::default())
     }
 
+    fn lock(&self) -> MutexGuard<'_, Slab<Waker>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Wakes every waiting [`Signal`].
     pub fn fire(&self) {
-        // Counted before the wake-up: a woken Signal sees the new generation.
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.waiting.notify_waiters();
+        let waiting = {
+            let mut waiting = self.lock();
+            // Counted with the list taken: a signal that saw the old
+            // generation is in this list, a later one sees the new one.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            std::mem::take(&mut *waiting)
+        };
+        for (_, waker) in waiting {
+            waker.wake();
+        }
     }
 
     /// A signal that resolves at the next firing, then at each one after.
@@ -58,8 +75,9 @@ pub struct Signal {
     beacon: Arc<Beacon>,
     /// The generation this signal has already reported.
     seen: u64,
-    /// Our place in the beacon's list, and the waker it will wake.
-    registered: Option<(Pin<Box<OwnedNotified>>, Waker)>,
+    /// Our slot in the beacon's list (valid while the generation is
+    /// `seen`: a firing takes the whole list), and the waker it holds.
+    registered: Option<(usize, Waker)>,
 }
 
 impl Signal {
@@ -78,6 +96,7 @@ impl Signal {
             return false;
         }
         self.seen = now;
+        // The firing took the list, and our slot with it.
         self.registered = None;
         true
     }
@@ -96,19 +115,37 @@ impl Future for Signal {
                 return Poll::Pending;
             }
         }
-        let mut notified = Box::pin(this.beacon.waiting.clone().notified_owned());
-        notified.as_mut().enable();
-        // A firing between the first check and `enable` is seen here; one
-        // after `enable` wakes us through `notified`.
+        let beacon = Arc::clone(&this.beacon);
+        let mut waiting = beacon.lock();
+        // A firing since the check above took the list: nothing to join.
         if this.take_firing() {
             return Poll::Ready(());
         }
-        if notified.as_mut().poll(cx).is_ready() {
-            this.take_firing();
-            return Poll::Ready(());
+        let waker = cx.waker().clone();
+        match &mut this.registered {
+            Some((slot, held)) => {
+                if let Some(listed) = waiting.get_mut(*slot) {
+                    *listed = waker.clone();
+                }
+                *held = waker;
+            }
+            None => this.registered = Some((waiting.insert(waker.clone()), waker)),
         }
-        this.registered = Some((notified, cx.waker().clone()));
         Poll::Pending
+    }
+}
+
+impl Drop for Signal {
+    fn drop(&mut self) {
+        let Some((slot, _)) = self.registered.take() else {
+            return;
+        };
+        let mut waiting = self.beacon.lock();
+        // Only a slot of the list in force is ours: a firing took the one
+        // we joined, and its slots are someone else's now.
+        if self.beacon.generation.load(Ordering::Acquire) == self.seen {
+            waiting.try_remove(slot);
+        }
     }
 }
 
@@ -116,6 +153,34 @@ impl Future for Signal {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use tokio::sync::Notify;
+
+    #[tokio::test]
+    async fn a_waiting_signal_holds_one_slot_until_it_fires_or_is_dropped() {
+        let beacon = Beacon::new();
+        let mut first = beacon.next_firing();
+        let mut second = beacon.next_firing();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+        assert_eq!(beacon.lock().len(), 2, "one slot per waiting signal");
+        drop(second);
+        assert_eq!(beacon.lock().len(), 1);
+        beacon.fire();
+        assert_eq!(beacon.lock().len(), 0, "a firing takes the list");
+        // Joins the new list, leaves it on drop; the old slot number is
+        // not taken from whoever holds it now.
+        let mut third = beacon.next_firing();
+        assert!(Pin::new(&mut third).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut first).poll(&mut cx).is_ready());
+        assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+        assert_eq!(beacon.lock().len(), 2);
+        drop(first);
+        assert_eq!(beacon.lock().len(), 1);
+        drop(third);
+        assert_eq!(beacon.lock().len(), 0);
+    }
 
     #[tokio::test]
     async fn a_signal_resolves_at_each_firing() {
