@@ -17,12 +17,18 @@
 //! whole connection (EventSource reconnects and resumes), and a stall
 //! stalls every stream on it anyway.
 //!
+//! Also owns holding back a WebSocket's 101: a handler that answers an
+//! upgrade asks ([`ConnectionHandle::hold_upgrade`]) and the response head
+//! hyper writes is kept (at most [`HOLD_LIMIT`] bytes) instead of sent, so
+//! the WebSocket task sends it in one write with its hello
+//! ([`Watched::into_parts`]).
+//!
 //! Does not own: upgraded connections (a WebSocket task bounds its own
 //! writes: hyper's connection future ends at the upgrade), or what any
 //! response says.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +46,10 @@ use crate::hub::queue::ClientQueue;
 /// client.
 pub const DRAIN_STALL: Duration = Duration::from_secs(1);
 
+/// Most bytes of a 101 held back (its head is a few hundred); a write past
+/// it fails the connection.
+pub const HOLD_LIMIT: usize = 4096;
+
 /// What a connection's IO and its watchdog share.
 #[derive(Debug)]
 struct Progress {
@@ -50,6 +60,8 @@ struct Progress {
     stalled_since: AtomicU64,
     /// A handler asked for the connection to close.
     killed: AtomicBool,
+    /// Writes are held back in `Watcher::held` (the 101 of a WebSocket).
+    holding: AtomicBool,
     watcher: Mutex<Watcher>,
 }
 
@@ -59,6 +71,8 @@ struct Watcher {
     waker: Option<Waker>,
     /// A client queue registered since the watchdog last looked.
     queue: Option<Arc<ClientQueue>>,
+    /// What was written while `holding`.
+    held: Vec<u8>,
 }
 
 impl Progress {
@@ -118,6 +132,7 @@ pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
         base: Instant::now(),
         stalled_since: AtomicU64::new(0),
         killed: AtomicBool::new(false),
+        holding: AtomicBool::new(false),
         watcher: Mutex::new(Watcher::default()),
     });
     (
@@ -131,9 +146,32 @@ pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
 
 impl<T> Watched<T> {
     /// The socket itself, for a connection that leaves hyper (an upgraded
-    /// WebSocket bounds its own writes).
-    pub fn into_inner(self) -> T {
-        self.inner
+    /// WebSocket bounds its own writes), and what was held back for it to
+    /// send first (see [`ConnectionHandle::hold_upgrade`]).
+    pub fn into_parts(self) -> (T, Vec<u8>) {
+        let held = if self.progress.holding.load(Ordering::Acquire) {
+            std::mem::take(&mut self.progress.lock().held)
+        } else {
+            Vec::new()
+        };
+        (self.inner, held)
+    }
+
+    /// Keeps `bufs` instead of writing them, while holding; `None` when not
+    /// holding.
+    fn hold(&self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        if !self.progress.holding.load(Ordering::Acquire) {
+            return None;
+        }
+        let len: usize = bufs.iter().map(|buf| buf.len()).sum();
+        let mut watcher = self.progress.lock();
+        if watcher.held.len() + len > HOLD_LIMIT {
+            return Some(Err(io::Error::other("held response head too large")));
+        }
+        for buf in bufs {
+            watcher.held.extend_from_slice(buf);
+        }
+        Some(Ok(len))
     }
 }
 
@@ -153,6 +191,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(held) = self.hold(&[IoSlice::new(buf)]) {
+            return Poll::Ready(held);
+        }
         let outcome = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.progress.note(&outcome, |n| *n > 0);
         outcome
@@ -161,8 +202,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(held) = self.hold(bufs) {
+            return Poll::Ready(held);
+        }
         let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.progress.note(&outcome, |n| *n > 0);
         outcome
@@ -173,6 +217,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.progress.holding.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
         let outcome = Pin::new(&mut self.inner).poll_flush(cx);
         self.progress.note(&outcome, |_| false);
         outcome
@@ -193,6 +240,14 @@ impl ConnectionHandle {
     pub fn kill(&self) {
         self.0.killed.store(true, Ordering::Release);
         self.0.wake();
+    }
+
+    /// From now on what hyper writes to this connection is held back, not
+    /// sent: call it with the 101 of a WebSocket upgrade (HTTP/1.1 only),
+    /// whose task takes it with [`Watched::into_parts`] and sends it ahead
+    /// of its first frame. Nothing follows a 101 on the connection.
+    pub fn hold_upgrade(&self) {
+        self.0.holding.store(true, Ordering::Release);
     }
 
     /// Closes the connection as soon as `queue` is closed (its client cut
@@ -371,6 +426,32 @@ mod tests {
         let ending = Watchdog::new(stuck, &handle, Duration::from_millis(150), never_stops()).await;
         assert!(matches!(ending, Ending::Stalled(_)), "{ending:?}");
         assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_held_upgrade_keeps_what_hyper_writes_for_the_websocket_task() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let (mut io, handle) = watch(near);
+        io.write_all(b"before").await.unwrap();
+        handle.hold_upgrade();
+        io.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .unwrap();
+        io.flush().await.unwrap();
+        let (inner, held) = io.into_parts();
+        assert_eq!(held, b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        drop(inner);
+        let mut sent = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut far, &mut sent)
+            .await
+            .unwrap();
+        assert_eq!(sent, b"before", "only what came before the hold went out");
+
+        // Bounded: past HOLD_LIMIT the write fails.
+        let (near, _far) = tokio::io::duplex(64);
+        let (mut io, handle) = watch(near);
+        handle.hold_upgrade();
+        assert!(io.write_all(&vec![0u8; HOLD_LIMIT + 1]).await.is_err());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! UTF-8: 1007. A control frame inside a fragmented message does not count
 //! against MAX_MESSAGE_BYTES. A message in progress must complete within
 //! WRITE_TIMEOUT_SECS, whatever pings and pongs arrive meanwhile: 1008.
+//! The 101 and the hello go out in one write.
 
 mod support;
 
@@ -137,6 +138,39 @@ fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
 }
 
 const LIMIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn the_101_and_the_hello_arrive_together() {
+    let gateway = Gateway::start(&[]).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.expect("connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        gateway.addr
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    // One read: whatever the first segment carried.
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(LIMIT, stream.read(&mut first))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let first = &first[..n];
+    let end = first
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+        .expect("the whole 101 head in the first read");
+    assert!(first.starts_with(b"HTTP/1.1 101"), "{first:?}");
+    let frame = &first[end..];
+    assert!(
+        frame.len() > 2 && frame[0] == 0x81 && usize::from(frame[1]) == frame.len() - 2,
+        "the hello, whole, right after the head: {:?}",
+        String::from_utf8_lossy(first)
+    );
+    let hello: serde_json::Value = serde_json::from_slice(&frame[2..]).expect("JSON");
+    assert_eq!(hello["type"], "hello");
+}
 
 #[tokio::test]
 async fn close_codes_the_rfc_reserves_are_answered_with_1002_never_echoed() {

@@ -327,6 +327,16 @@ impl Frame {
             payload,
         }
     }
+
+    /// Bytes that go out as they are, with no frame header: the held-back
+    /// 101 of the handshake, sent in the same write as the hello.
+    pub fn raw(bytes: impl Into<Bytes>) -> Frame {
+        Frame {
+            header: [0; 10],
+            header_len: 0,
+            payload: bytes.into(),
+        }
+    }
 }
 
 /// A text frame over payload bytes it borrows: what a direct write sends
