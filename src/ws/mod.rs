@@ -962,7 +962,7 @@ mod tests {
     /// tokio task cell: the future and ~100 bytes of tokio's, rounded up to
     /// 128) for as long as it is connected, idle or not: 15,000 idle
     /// clients hold 15,000 of them. It was 1,664 bytes before the setup,
-    /// the subscribe and the handling of client frames left it (760 then).
+    /// the subscribe and the handling of client frames left it (736 then).
     #[test]
     fn a_client_task_stays_small() {
         let bytes = future_size(run);
