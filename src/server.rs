@@ -457,7 +457,7 @@ impl App {
 /// load shedding ([`ShedLayer`], MAX_HTTP_CONNECTIONS), then [`handle`].
 /// One per connection (it knows the peer and the connection's watchdog).
 /// Each layer is ours, with a concrete future and nothing allocated per
-/// request (see `layers` for what that saved on the proxy path).
+/// request; [`handle`]'s future is boxed once (see `layers` for the cost).
 fn pipeline(
     app: Arc<App>,
     peer: SocketAddr,

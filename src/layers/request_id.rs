@@ -111,15 +111,25 @@ where
 /// The request's id: the one `headers` carry when it is sane, else a new
 /// one, set in `headers` (replacing whatever was there).
 pub fn set(headers: &mut HeaderMap) -> HeaderValue {
-    let mut sent = headers.get_all(X_REQUEST_ID).iter();
-    if let (Some(id), None) = (sent.next(), sent.next()) {
-        if is_sane(id) {
-            return id.clone();
+    // One lookup whether the header is there or not.
+    match headers.entry(X_REQUEST_ID) {
+        Entry::Occupied(mut sent) => {
+            let mut values = sent.iter();
+            if let (Some(id), None) = (values.next(), values.next()) {
+                if is_sane(id) {
+                    return id.clone();
+                }
+            }
+            let id = next_id();
+            sent.insert(id.clone());
+            id
+        }
+        Entry::Vacant(slot) => {
+            let id = next_id();
+            slot.insert(id.clone());
+            id
         }
     }
-    let id = next_id();
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
 }
 
 /// An id worth keeping: short, and of characters no log or header parser
