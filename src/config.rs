@@ -76,6 +76,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
             var("MAX_RETAINED_BYTES", "67108864", "retained state cap; a publish past it answers 507"),
             var("MAX_PATTERNS_PER_CLIENT", "256", "topic patterns one client may hold"),
             var("MAX_CONNECTIONS", "100000", "WebSocket + SSE clients + waiting long-polls; past it 503"),
+            var("MAX_HTTP_CONNECTIONS", "auto", "HTTP connections open at once (+ h2c requests in flight); past it 503 and close; auto: half the open-file limit, <= 100000"),
             var("MAX_MESSAGE_BYTES", "65536", "largest publish body or client frame (413 / close 1009)"),
             var("CLIENT_QUEUE", "1024", "messages queued per client before it is cut off (close 1008)"),
             var("WRITE_TIMEOUT_SECS", "30", "a client that accepts no bytes this long is closed"),
@@ -144,6 +145,23 @@ pub fn redis_host(url: &str) -> String {
 /// the open-file limit allows).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
+/// Descriptors the process needs besides its clients: listener, dashboard
+/// connections, logs, the child process.
+pub const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// MAX_HTTP_CONNECTIONS when unset: what the open-file limit holds (the
+/// hard one: `run` raises the soft limit to it) once [`RESERVED_DESCRIPTORS`]
+/// are set aside, halved because a proxied connection may hold a
+/// dashboard connection too (nginx counts both against
+/// `worker_connections`), within 64..=100 000.
+pub fn default_max_http_connections() -> usize {
+    let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(_, hard)| hard);
+    let fits = hard.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+    usize::try_from(fits)
+        .unwrap_or(usize::MAX)
+        .clamp(64, 100_000)
+}
+
 /// Whether `name` is one of the variables `Config` reads.
 pub fn is_variable(name: &str) -> bool {
     GROUPS
@@ -210,6 +228,9 @@ pub struct Config {
     pub history_size: usize,
     /// WebSocket + SSE clients at once; past it new ones get 503.
     pub max_connections: usize,
+    /// HTTP connections open at once, plus h2c requests in flight (see
+    /// `layers::shed`); past it a connection gets 503 and is closed.
+    pub max_http_connections: usize,
     /// Largest publish body or client frame.
     pub max_message_bytes: usize,
     /// Messages queued per client before it is cut off as too slow.
@@ -341,6 +362,7 @@ struct RawEnv {
     cors_origins: Option<String>,
     history_size: Option<String>,
     max_connections: Option<String>,
+    max_http_connections: Option<String>,
     max_message_bytes: Option<String>,
     client_queue: Option<String>,
     ping_interval_secs: Option<String>,
@@ -507,6 +529,10 @@ impl Checker {
             DEFAULT_MAX_CONNECTIONS,
             1,
         );
+        let max_http_connections = match non_empty(&raw.max_http_connections) {
+            Some(_) => self.count("MAX_HTTP_CONNECTIONS", &raw.max_http_connections, 0, 1),
+            None => default_max_http_connections(),
+        };
         let max_message_bytes = self.count("MAX_MESSAGE_BYTES", &raw.max_message_bytes, 65_536, 64);
         let client_queue = self.count("CLIENT_QUEUE", &raw.client_queue, 1024, 1);
         let ping_interval = self.seconds("PING_INTERVAL_SECS", &raw.ping_interval_secs, 25, 1);
@@ -610,6 +636,7 @@ impl Checker {
             cors_origins,
             history_size,
             max_connections,
+            max_http_connections,
             max_message_bytes,
             client_queue,
             ping_interval,

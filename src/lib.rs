@@ -45,6 +45,7 @@ pub use config::Config;
 
 use crate::beacon::Beacon;
 use crate::broadcast::Broadcaster;
+use crate::config::RESERVED_DESCRIPTORS;
 use crate::hub::memory::MemoryHub;
 use crate::hub::redis::RedisHub;
 use crate::hub::Hub;
@@ -280,10 +281,6 @@ fn child_environment(config: &Config, bound: SocketAddr, kind: ChildKind) -> Vec
     }
     env
 }
-
-/// Descriptors the process needs besides its clients: listener, dashboard
-/// connections, logs, the child process.
-const RESERVED_DESCRIPTORS: u64 = 256;
 
 /// Raises the soft open-file limit to the hard one (a process may always do
 /// that) and warns once when MAX_CONNECTIONS cannot fit under it.

@@ -2,23 +2,28 @@
 //! `prometheus-client`.
 //!
 //! Owns: the metric names and the registry. Counters the hot paths touch
-//! (connections by transport, proxy requests, upstream latency) are
-//! prometheus-client atomics updated in place; everything another module
-//! already counts (hub totals, dashboard state and restarts) is read at
-//! scrape time by a collector, so no number is kept twice.
+//! (connections by transport) are prometheus-client atomics updated in
+//! place; the proxy's figures (requests by status class, time to the
+//! response head) are kept per event loop ([`ProxyFigures`]: plain atomics
+//! no other loop writes, summed at scrape), since prometheus-client's
+//! histogram takes a lock every loop would contend for on every proxied
+//! request. Everything another module already counts (hub totals,
+//! dashboard state and restarts) is read at scrape time by a collector, so
+//! no number is kept twice.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Response, StatusCode};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::broadcast::Transport;
@@ -41,10 +46,9 @@ struct StatusClassLabel {
 pub struct Metrics {
     registry: Registry,
     connections: Family<TransportLabel, Gauge>,
-    /// `switchyard_proxy_requests_total` by class 1xx..5xx, looked up once:
-    /// a proxied request touches one atomic, not the family's map.
-    proxy_requests: [Counter; 5],
-    upstream_latency: Histogram,
+    /// `switchyard_proxy_requests_total` and
+    /// `switchyard_proxy_response_seconds`, per loop.
+    proxy: Arc<ProxyFigures>,
 }
 
 impl Metrics {
@@ -63,35 +67,18 @@ impl Metrics {
             "Live broadcaster clients by transport",
             connections.clone(),
         );
-        let proxy_requests = Family::<StatusClassLabel, Counter>::default();
-        registry.register(
-            "proxy_requests",
-            "Requests proxied to the dashboard, by status class of the answer",
-            proxy_requests.clone(),
-        );
-        // 0.5 ms .. ~16 s
-        let upstream_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
-            "proxy_response_seconds",
-            "Time from receiving a proxied request to sending its response head (502/504 included)",
-            upstream_latency.clone(),
-        );
+        let proxy = Arc::new(ProxyFigures::new(crate::event_loops::count() + 1));
+        registry.register_collector(Box::new(ProxyCollector(proxy.clone())));
         registry.register_collector(Box::new(Live {
             hub,
             upstream,
             dashboard,
             worker,
         }));
-        let proxy_requests = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-            proxy_requests
-                .get_or_create(&StatusClassLabel { class })
-                .clone()
-        });
         Metrics {
             registry,
             connections,
-            proxy_requests,
-            upstream_latency,
+            proxy,
         }
     }
 
@@ -109,9 +96,7 @@ impl Metrics {
 
     /// One proxied request: its answer's status and the time to its head.
     pub fn record_proxied(&self, status: StatusCode, elapsed: Duration) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.proxy_requests[class].inc();
-        self.upstream_latency.observe(elapsed.as_secs_f64());
+        self.proxy.record(status, elapsed);
     }
 
     /// Adds the sticky-session figures: replicas known and requests
@@ -135,6 +120,104 @@ impl Metrics {
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             response::full(text),
         )
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Upper bounds of `proxy_response_seconds`' buckets, in nanoseconds:
+/// 0.5 ms doubling to ~16 s, then +Inf.
+const BUCKETS: usize = 17;
+
+fn bucket_bound_nanos(i: usize) -> u64 {
+    500_000u64 << i
+}
+
+/// The proxy's figures, one [`Shard`] per event loop (and one for any
+/// other thread), each written by its own loop only.
+struct ProxyFigures {
+    shards: Vec<Shard>,
+}
+
+/// One loop's counts; a cache line (two, for adjacent-line prefetch) of
+/// its own, so loops never write the same line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    classes: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS],
+    sum_nanos: AtomicU64,
+}
+
+impl ProxyFigures {
+    fn new(shards: usize) -> ProxyFigures {
+        ProxyFigures {
+            shards: (0..shards.max(1)).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    fn record(&self, status: StatusCode, elapsed: Duration) {
+        let shard = &self.shards[crate::event_loops::current() % self.shards.len()];
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        shard.classes[class].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = (0..BUCKETS - 1)
+            .find(|&i| nanos <= bucket_bound_nanos(i))
+            .unwrap_or(BUCKETS - 1);
+        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn sum(&self, read: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| read(shard).load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add)
+    }
+}
+
+/// [`ProxyFigures`] as the registry reads them, at each scrape.
+struct ProxyCollector(Arc<ProxyFigures>);
+
+impl fmt::Debug for ProxyCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProxyFigures")
+    }
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let figures = &self.0;
+        let mut family = encoder.encode_descriptor(
+            "proxy_requests",
+            "Requests proxied to the dashboard, by status class of the answer",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, class) in CLASSES.into_iter().enumerate() {
+            let value = figures.sum(|shard| &shard.classes[i]);
+            ConstCounter::new(value).encode(family.encode_family(&StatusClassLabel { class })?)?;
+        }
+        let buckets: Vec<(f64, u64)> = (0..BUCKETS)
+            .map(|i| {
+                let bound = if i == BUCKETS - 1 {
+                    f64::MAX
+                } else {
+                    bucket_bound_nanos(i) as f64 / 1e9
+                };
+                (bound, figures.sum(|shard| &shard.buckets[i]))
+            })
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = figures.sum(|shard| &shard.sum_nanos) as f64 / 1e9;
+        encoder
+            .encode_descriptor(
+                "proxy_response_seconds",
+                "Time from receiving a proxied request to sending its response head (502/504 included)",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 }
 
@@ -268,5 +351,33 @@ impl Collector for Live {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_figures_read_as_a_counter_family_and_a_histogram() {
+        let figures = Arc::new(ProxyFigures::new(3));
+        figures.record(StatusCode::OK, Duration::from_micros(300));
+        figures.record(StatusCode::OK, Duration::from_millis(3));
+        figures.record(StatusCode::BAD_GATEWAY, Duration::from_secs(100));
+        let mut registry = Registry::with_prefix("switchyard");
+        registry.register_collector(Box::new(ProxyCollector(figures)));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "switchyard_proxy_requests_total{class=\"2xx\"} 2",
+            "switchyard_proxy_requests_total{class=\"5xx\"} 1",
+            "switchyard_proxy_requests_total{class=\"1xx\"} 0",
+            "switchyard_proxy_response_seconds_bucket{le=\"0.0005\"} 1",
+            "switchyard_proxy_response_seconds_bucket{le=\"0.004\"} 2",
+            "switchyard_proxy_response_seconds_bucket{le=\"+Inf\"} 3",
+            "switchyard_proxy_response_seconds_count 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

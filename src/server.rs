@@ -15,50 +15,52 @@
 //! order of shutdown: stop accepting → tell upgraded tasks to finish → let
 //! in-flight requests complete → give up after the grace period.
 //!
-//! The router is a tower `Service` ([`Router`], one per connection, behind
-//! catch-panic); the reserved routes, the pages and the proxy each sit
-//! behind their own `ServiceBuilder` stack, composed here once at start
-//! ([`App`]) from the layers in [`layers`](crate::layers).
+//! Every request, proxied or routed, goes through one tower stack, the
+//! [`pipeline`] (request id, catch-panic, load shedding: see
+//! [`layers`](crate::layers)), composed here in one place, per connection,
+//! around [`handle`], which sends it to the proxy or to the router. The
+//! reserved routes and the pages have their own stacks inside, built once
+//! at start ([`App`]). The accept loop refuses a connection past
+//! MAX_HTTP_CONNECTIONS with a 503 ([`refuse`]).
 //!
 //! Does not own: any route's behaviour; each handler lives in its module and
 //! the router below names it in one hop. Nor what each layer does
 //! (`layers`).
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
+use bytes::Bytes;
+use futures_util::future::Either;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_http::catch_panic::CatchPanic;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::{debug, error, info, warn};
 
 use crate::auth::{self, Access};
 use crate::broadcast::Broadcaster;
 use crate::config::{Config, RESERVED_PREFIX};
+use crate::layers::panic::{CatchPanicBody, CatchPanicLayer};
+use crate::layers::request_id::RequestIdLayer;
+use crate::layers::shed::{ShedLayer, Slots};
 use crate::layers::{self, Peer};
 use crate::lease::LeaseView;
 use crate::metrics::Metrics;
 use crate::proxy::{Forwarding, Proxy};
 use crate::replicas::{Replicas, Route};
-use crate::response::{self, Body, BoxError};
+use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::supervisor::ChildStatus;
 use crate::upstream::UpstreamHealth;
@@ -77,6 +79,14 @@ const MAX_HEADERS: usize = 128;
 /// After an accept error (EMFILE and friends) the loop pauses this long
 /// instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A connection refused past MAX_HTTP_CONNECTIONS: how long its request is
+/// awaited, its 503 given to write, and the client given to close after.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// Refused connections one loop keeps open at once to answer them (each
+/// for at most 3 × [`REFUSAL_WAIT`]); past it, one is closed unanswered.
+const REFUSALS_AT_ONCE: usize = 64;
 
 /// Everything the router needs, built once at start.
 pub struct Gateway {
@@ -120,7 +130,9 @@ pub async fn serve(
     let mut loops = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
         let (drained, on_drained) = oneshot::channel();
-        let (app, seen) = (app.clone(), watch_phase.clone());
+        // Each loop its own `App` (the same stacks and slots): the count
+        // every request bumps is then this loop's alone.
+        let (app, seen) = (Arc::new(app.for_loop()), watch_phase.clone());
         let number = index + 1;
         let thread = event_loops::start(number, failures.clone(), move || {
             serve_loop(listener, app, seen, drained)
@@ -244,6 +256,7 @@ async fn accept_loop(
     let gateway = &app.gateway;
     let builder = connection_builder();
     let mut last_accept_warning: Option<Instant> = None;
+    let mut refusals = Refusals::default();
     let stop = phase.wait_for(|&now| now >= Phase::Draining);
     tokio::pin!(stop);
     let injected_panic = faults::loop_panic_requested();
@@ -261,19 +274,14 @@ async fn accept_loop(
             },
             _ = &mut stop => break,
         };
+        let Some(slot) = app.slots.take() else {
+            refuse(stream, app, &mut refusals);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         debug!(%peer, event_loop = event_loops::current(), "connection opened");
         let (stream, handle) = watchdog::watch(stream);
-        let router = ServiceBuilder::new()
-            .layer(layers::panic::layer())
-            .service(Router {
-                app: app.clone(),
-                peer,
-            });
-        let request_handle = handle.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
-            dispatch(router.clone(), peer, &request_handle, request)
-        });
+        let service = OneAtATime(RefCell::new(pipeline(app.clone(), peer, handle.clone())));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = connections.watch(connection.into_owned());
         let connection = Watchdog::new(
@@ -290,8 +298,73 @@ async fn accept_loop(
                 }
                 ending => debug!(%peer, ?ending, "connection closed by its watchdog"),
             }
+            // hyper is done with it (closed, or handed over at an upgrade).
+            drop(slot);
         });
     }
+}
+
+/// What a loop counts of the connections it refused, for its warning.
+#[derive(Default)]
+struct Refusals {
+    last_warning: Option<Instant>,
+    since_warning: u64,
+}
+
+/// A connection past MAX_HTTP_CONNECTIONS: answered 503 and closed, on a
+/// task of its own (see [`answer_and_close`]), with a warning a second at
+/// most. Like nginx at `worker_connections`, the gateway never queues it;
+/// unlike nginx, which closes it unanswered, it says why (see
+/// docs/operations.md). Past [`REFUSALS_AT_ONCE`] being answered, it is
+/// closed at once.
+fn refuse(stream: TcpStream, app: &App, refusals: &mut Refusals) {
+    refusals.since_warning += 1;
+    let now = Instant::now();
+    if refusals
+        .last_warning
+        .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+    {
+        warn!(
+            max_http_connections = app.slots.max(),
+            refused = refusals.since_warning,
+            "MAX_HTTP_CONNECTIONS reached: new connections are answered 503 and closed"
+        );
+        refusals.last_warning = Some(now);
+        refusals.since_warning = 0;
+    }
+    let Some(answering) = app.refusing.take() else {
+        return;
+    };
+    let answer = app.refusal.clone();
+    tokio::spawn(async move {
+        answer_and_close(stream, answer).await;
+        drop(answering);
+    });
+}
+
+/// Reads the request (for at most [`REFUSAL_WAIT`]: a client that has not
+/// sent it yet would take an early answer for garbage), writes `answer`,
+/// shuts the sending side, then reads until the client closes (at most 64
+/// KiB, [`REFUSAL_WAIT`]): closing on unread bytes sends a reset, which
+/// can discard the answer before the client reads it.
+async fn answer_and_close(mut stream: TcpStream, answer: Bytes) {
+    let mut scratch = [0u8; 2048];
+    let _ = tokio::time::timeout(REFUSAL_WAIT, stream.read(&mut scratch)).await;
+    match tokio::time::timeout(REFUSAL_WAIT, stream.write_all(&answer)).await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_WAIT, drain).await;
 }
 
 /// hyper's settings for every accepted connection: HTTP/1.1 with a header
@@ -317,17 +390,24 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
 type Routes = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
 
 /// Built once at start: the gateway and the tower stacks in front of its
-/// handlers (see [`layers`] for the picture).
+/// handlers (see [`layers`] for the picture). Each loop has a copy
+/// ([`App::for_loop`]) sharing all of it but [`App::refusing`].
 struct App {
     gateway: Arc<Gateway>,
-    /// `/_switchyard/*`: request id, trace, then [`reserved`].
+    /// `/_switchyard/*`: trace, then [`reserved`].
     reserved: Routes,
     /// The console at `/` (no dashboard): gzip when asked.
     console: Routes,
+    /// MAX_HTTP_CONNECTIONS, for every loop.
+    slots: Arc<Slots>,
+    /// What a connection past MAX_HTTP_CONNECTIONS is answered.
+    refusal: Bytes,
+    /// Refused connections this loop is answering ([`REFUSALS_AT_ONCE`]).
+    refusing: Arc<Slots>,
 }
 
 impl App {
-    fn new(gateway: Arc<Gateway>) -> Arc<App> {
+    fn new(gateway: Arc<Gateway>) -> App {
         let pages = {
             let gateway = gateway.clone();
             ServiceBuilder::new()
@@ -344,77 +424,127 @@ impl App {
             let pages = pages.clone();
             ServiceBuilder::new()
                 .map_response(layers::rebox)
-                .layer(SetRequestIdLayer::x_request_id(
-                    layers::request_id::CountingIds::default(),
-                ))
                 .layer(layers::request_id::trace())
-                .layer(PropagateRequestIdLayer::x_request_id())
                 .service_fn(move |request: Request<Incoming>| {
                     reserved(gateway.clone(), pages.clone(), request)
                 })
         };
-        Arc::new(App {
+        let max = gateway.config.max_http_connections;
+        App {
             reserved: Routes::new(reserved),
             console: pages,
+            slots: Slots::new(max),
+            refusal: layers::shed::refused_connection(max),
+            refusing: Slots::new(REFUSALS_AT_ONCE),
             gateway,
-        })
-    }
-}
-
-/// What a connection answers with: the proxy's body as it is, or the tower
-/// stack's (catch-panic boxes it once more).
-type ConnectionBody = Either<Body, tower_http::body::UnsyncBoxBody<bytes::Bytes, BoxError>>;
-
-/// Every request of a connection starts here. A proxied request goes to
-/// the proxy without the tower stack: that stack (catch-panic, a boxed
-/// future, a re-boxed body, and the in-flight bound) measured about 4%
-/// more CPU per proxied request (benches/proxy.sh, two runs), over the 2%
-/// a layer may cost on that path. It still has catch-panic, unboxed (see
-/// [`forward_or_route`]). Everything else goes through [`Router`].
-///
-/// Only routed requests carry the connection's [`ConnectionHandle`] (the
-/// SSE handler registers with it): the extension costs a proxied request
-/// three allocations for nothing.
-fn dispatch(
-    router: CatchPanic<Router, layers::panic::PanicAnswer>,
-    peer: SocketAddr,
-    connection: &ConnectionHandle,
-    mut request: Request<Incoming>,
-) -> impl Future<Output = Result<Response<ConnectionBody>, Infallible>> {
-    if let Some(fault) = faults::requested(peer, &request) {
-        faults::apply_on_loop(fault);
-    }
-    let gateway = &router.get_ref().app.gateway;
-    let proxied = gateway.proxy.is_some() && is_proxied(gateway, request.uri().path());
-    if !proxied {
-        request.extensions_mut().insert(connection.clone());
-    }
-    forward_or_route(router, peer, request)
-}
-
-async fn forward_or_route(
-    router: CatchPanic<Router, layers::panic::PanicAnswer>,
-    peer: SocketAddr,
-    request: Request<Incoming>,
-) -> Result<Response<ConnectionBody>, Infallible> {
-    let gateway = &router.get_ref().app.gateway;
-    let proxy = gateway.proxy.as_ref();
-    let Some(proxy) = proxy.filter(|_| is_proxied(gateway, request.uri().path())) else {
-        let answer = router.oneshot(request).await?;
-        return Ok(answer.map(Either::Right));
-    };
-    // Catch-panic without tower's boxing: the same answer and log line
-    // (`layers::panic`), no allocation, nothing to pay unless it panics.
-    let forwarded = AssertUnwindSafe(async {
-        if faults::requested(peer, &request) == Some(faults::Fault::Panic) {
-            panic!("fault injected: a proxied request panics");
         }
-        proxied(gateway, proxy, peer, request).await
-    })
-    .catch_unwind()
-    .await;
-    let answer = forwarded.unwrap_or_else(layers::panic::answer);
-    Ok(answer.map(Either::Left))
+    }
+
+    fn for_loop(&self) -> App {
+        App {
+            gateway: self.gateway.clone(),
+            reserved: self.reserved.clone(),
+            console: self.console.clone(),
+            slots: self.slots.clone(),
+            refusal: self.refusal.clone(),
+            refusing: Slots::new(REFUSALS_AT_ONCE),
+        }
+    }
+}
+
+/// Every request's way through the gateway, proxied or not, outermost
+/// first: its id ([`RequestIdLayer`]), catch-panic ([`CatchPanicLayer`]),
+/// load shedding ([`ShedLayer`], MAX_HTTP_CONNECTIONS), then [`handle`].
+/// One per connection (it knows the peer and the connection's watchdog).
+/// Each layer is ours, with a concrete future and nothing allocated per
+/// request; [`handle`]'s future is boxed once (see `layers` for the cost).
+fn pipeline(
+    app: Arc<App>,
+    peer: SocketAddr,
+    connection: ConnectionHandle,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<CatchPanicBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
+       + 'static {
+    let slots = app.slots.clone();
+    let handler = tower::service_fn(move |mut request: Request<Incoming>| {
+        let fault = faults::requested(peer, &request);
+        if let Some(fault) = fault {
+            faults::apply_on_loop(fault);
+        }
+        let gateway = &app.gateway;
+        let proxied = gateway.proxy.is_some() && is_proxied(gateway, request.uri().path());
+        // Only routed requests carry the connection's handle (the SSE
+        // handler registers with it): an extension costs allocations.
+        if !proxied {
+            request.extensions_mut().insert(connection.clone());
+        }
+        let panics = fault == Some(faults::Fault::Panic);
+        handle(app.clone(), peer, proxied, panics, request)
+    });
+    ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .layer(CatchPanicLayer)
+        .layer(ShedLayer::new(slots))
+        .service(handler)
+}
+
+/// A connection's [`pipeline`] as hyper calls it: through `&self`, where a
+/// tower service is called through `&mut self`. hyper calls a connection's
+/// service one request at a time, and the borrow lasts only as long as
+/// `call` (which returns the request's future), so it never meets
+/// another; no clone of the stack per request. `poll_ready` is not asked:
+/// no layer of the pipeline applies backpressure (the shed layer answers
+/// 503 in `call` instead), and `tower::service_fn` is always ready.
+struct OneAtATime<S>(RefCell<S>);
+
+impl<S> hyper::service::Service<Request<Incoming>> for OneAtATime<S>
+where
+    S: Service<Request<Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: Request<Incoming>) -> S::Future {
+        self.0.borrow_mut().call(request)
+    }
+}
+
+/// The handler at the bottom of the pipeline: a dashboard request to the
+/// proxy, anything else to [`route`]. Both futures are boxed, here, once:
+/// the proxy's is about 4 KB, and a request's future is moved into each
+/// layer's and then into hyper's, so unboxed its bytes were copied five
+/// times per request (a quarter of what the pipeline cost the proxy path
+/// under callgrind, more than the one allocation this costs).
+/// `panics` is the fault injected by tests (`faults`).
+fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    proxied: bool,
+    panics: bool,
+    request: Request<Incoming>,
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
+    if proxied && app.gateway.proxy.is_some() {
+        Either::Left(Box::pin(async move {
+            let gateway = &app.gateway;
+            let Some(proxy) = gateway.proxy.as_ref() else {
+                return Ok(response::json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "no dashboard",
+                ));
+            };
+            if panics {
+                panic!("fault injected: a proxied request panics");
+            }
+            Ok(self::proxied(gateway, proxy, peer, request).await)
+        }))
+    } else {
+        Either::Right(Box::pin(route(app, peer, request)))
+    }
 }
 
 /// A dashboard request: the site password, then this replica's dashboard,
@@ -526,28 +656,6 @@ async fn admit<B>(
     gateway.access.pass_site(peer, request).await
 }
 
-/// The router as a tower `Service`, one per connection: it knows the
-/// client's address. Every route but the proxy's (see [`dispatch`]).
-#[derive(Clone)]
-struct Router {
-    app: Arc<App>,
-    peer: SocketAddr,
-}
-
-impl Service<Request<Incoming>> for Router {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        Box::pin(route(self.app.clone(), self.peer, request))
-    }
-}
-
 /// The router: one hop from a path to the module that answers it.
 async fn route(
     app: Arc<App>,
@@ -583,7 +691,7 @@ async fn route(
         request.extensions_mut().insert(Peer(peer));
         app.reserved.clone().oneshot(request).await?
     } else if path == "/" && matches!(*request.method(), Method::GET | Method::HEAD) {
-        // With a dashboard, `/` is the dashboard's: `dispatch` sent it there.
+        // With a dashboard, `/` is the dashboard's: `pipeline` sent it there.
         app.console.clone().oneshot(request).await?
     } else {
         let wants_json = response::wants_json(request.headers());

@@ -109,6 +109,11 @@ impl UpstreamHealth {
 
     /// The dashboard answered.
     pub fn mark_up(&self) {
+        // Every proxied answer lands here: a read, which every loop can
+        // hold at once, rather than a write they would pass between them.
+        if self.state() == UpstreamState::Up {
+            return;
+        }
         let previous = self.swap(UpstreamState::Up);
         if previous != UpstreamState::Up {
             if self.replica {

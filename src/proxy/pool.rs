@@ -4,9 +4,10 @@
 //! ones that are free, forgetting closed ones and closing ones idle too long,
 //! and sending a request again on a fresh connection when a kept-alive one
 //! closed before the dashboard saw it — or, for an idempotent request
-//! without a body (GET, HEAD, OPTIONS), when a kept-alive one broke before
-//! any answer (once, on a new connection: the dashboard may have closed it
-//! just as the request went out, the race every keep-alive client has).
+//! without a body (GET, HEAD, OPTIONS), when a kept-alive one that had sat
+//! idle for [`RACE_IDLE`] broke before any answer (once, on a new
+//! connection: the dashboard may have closed it just as the request went
+//! out, the race every keep-alive client has).
 //!
 //! Does not own: what goes into the request (`proxy`), or what happens after
 //! a 101 (`tunnel`); a connection that switched protocols is never kept.
@@ -44,6 +45,15 @@ const MAX_KEPT: usize = 512;
 /// busy one to finish its exchange before opening one (see `take_free`).
 const FINISHING: Duration = Duration::from_millis(20);
 
+/// A kept connection idle at least this long may have been closed by the
+/// dashboard (its idle timeout: seconds, in every server) just as a
+/// request goes out on it, so the request's head is copied to send again.
+/// One used more recently is not in that race: the copy (the whole header
+/// map, a few allocations) would be paid by every request under load for
+/// nothing. A dashboard dying under such a connection fails its requests
+/// either way.
+const RACE_IDLE: Duration = Duration::from_millis(100);
+
 /// How often connections idle longer than the idle timeout are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
@@ -71,6 +81,8 @@ struct Kept {
 struct Taken {
     sender: SendRequest<Outgoing>,
     home: usize,
+    /// When its last exchange got its answer (its idle time starts there).
+    since: Instant,
 }
 
 /// Why a request got no response head.
@@ -125,21 +137,32 @@ impl Pool {
             } else {
                 self.take_free().await
             };
-            let (Taken { mut sender, home }, reused) = match free {
+            let (
+                Taken {
+                    mut sender,
+                    home,
+                    since,
+                },
+                reused,
+            ) = match free {
                 Some(taken) => (taken, true),
                 None => {
-                    let sender = self.connect().await.map_err(SendError::Connect)?;
+                    // Boxed: connecting (a timeout and hyper's handshake)
+                    // is rare and its state large; inline, every request's
+                    // future would carry (and copy) it.
+                    let sender = Box::pin(self.connect()).await.map_err(SendError::Connect)?;
                     (
                         Taken {
                             sender,
                             home: self.here(),
+                            since: Instant::now(),
                         },
                         false,
                     )
                 }
             };
             // The head is copied only when a replay could happen.
-            let replay = (reused && !replayed)
+            let replay = (reused && !replayed && since.elapsed() >= RACE_IDLE)
                 .then(|| replayable(&request))
                 .flatten();
             match sender.try_send_request(request).await {
@@ -174,8 +197,12 @@ impl Pool {
         let here = self.here();
         {
             let mut own = lock(&self.kept[here]);
-            if let Some(sender) = take_ready(&mut own) {
-                return Some(Taken { sender, home: here });
+            if let Some((sender, since)) = take_ready(&mut own) {
+                return Some(Taken {
+                    sender,
+                    home: here,
+                    since,
+                });
             }
             if !own.is_empty() {
                 return None;
@@ -184,8 +211,12 @@ impl Pool {
         let loops = self.kept.len();
         let others = || (1..loops).map(|step| (here + step) % loops);
         let ready = others().find_map(|home| {
-            let sender = take_ready(&mut lock(&self.kept[home]))?;
-            Some(Taken { sender, home })
+            let (sender, since) = take_ready(&mut lock(&self.kept[home]))?;
+            Some(Taken {
+                sender,
+                home,
+                since,
+            })
         });
         if ready.is_some() {
             return ready;
@@ -200,7 +231,12 @@ impl Pool {
             Some((kept.swap_remove(open).sender, home))
         })?;
         match tokio::time::timeout(FINISHING, sender.ready()).await {
-            Ok(Ok(())) => Some(Taken { sender, home }),
+            // Busy until just now: not idle.
+            Ok(Ok(())) => Some(Taken {
+                sender,
+                home,
+                since: Instant::now(),
+            }),
             Ok(Err(_)) => None,
             Err(_) => {
                 self.keep(sender, home);
@@ -256,9 +292,10 @@ impl Pool {
     }
 }
 
-/// A kept connection that can take a request now, forgetting closed ones
-/// on the way. Newest first: the connection most likely still open.
-fn take_ready(kept: &mut Vec<Kept>) -> Option<SendRequest<Outgoing>> {
+/// A kept connection that can take a request now, and when it was kept,
+/// forgetting closed ones on the way. Newest first: the connection most
+/// likely still open.
+fn take_ready(kept: &mut Vec<Kept>) -> Option<(SendRequest<Outgoing>, Instant)> {
     let mut index = kept.len();
     while index > 0 {
         index -= 1;
@@ -266,7 +303,8 @@ fn take_ready(kept: &mut Vec<Kept>) -> Option<SendRequest<Outgoing>> {
         if sender.is_closed() {
             kept.swap_remove(index);
         } else if sender.is_ready() {
-            return Some(kept.swap_remove(index).sender);
+            let Kept { sender, since } = kept.swap_remove(index);
+            return Some((sender, since));
         }
     }
     None
