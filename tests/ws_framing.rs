@@ -39,6 +39,18 @@ impl ServerFrame {
     }
 }
 
+/// A connection that has sent a WebSocket upgrade request for `/ws`.
+async fn send_upgrade(gateway: &Gateway) -> TcpStream {
+    let mut stream = TcpStream::connect(gateway.addr).await.expect("connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        gateway.addr
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    stream
+}
+
 /// A client that writes raw frames.
 struct RawClient {
     stream: TcpStream,
@@ -47,13 +59,7 @@ struct RawClient {
 impl RawClient {
     /// Connects to `/ws` and reads the 101 and the hello.
     async fn connect(gateway: &Gateway) -> RawClient {
-        let mut stream = TcpStream::connect(gateway.addr).await.expect("connect");
-        let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            gateway.addr
-        );
-        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut stream = send_upgrade(gateway).await;
         // The response head, byte by byte, so nothing past it is consumed.
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -142,13 +148,7 @@ const LIMIT: Duration = Duration::from_secs(5);
 #[tokio::test]
 async fn the_101_and_the_hello_arrive_together() {
     let gateway = Gateway::start(&[]).await;
-    let mut stream = TcpStream::connect(gateway.addr).await.expect("connect");
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        gateway.addr
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut stream = send_upgrade(&gateway).await;
     // One read: whatever the first segment carried.
     let mut first = vec![0u8; 4096];
     let n = tokio::time::timeout(LIMIT, stream.read(&mut first))
