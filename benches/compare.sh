@@ -12,12 +12,15 @@
 #
 # Usage: benches/compare.sh                      (about 15 minutes, one round each)
 #        ROUNDS=3 benches/compare.sh             (medians of 3 interleaved rounds)
+#        PROXY_ROUNDS=3 FANOUT_ROUNDS=1 benches/compare.sh   (each script its own)
 #        PROXY_DURATION=5s FANOUT_DURATION=10 MARKDOWN=1 benches/compare.sh
 #          MARKDOWN=1 also prints the table as Markdown (for docs/benchmarks.md)
 # Needs what the two scripts need: cargo, node + npm, and apt for wrk and nginx.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-1}
+PROXY_ROUNDS=${PROXY_ROUNDS:-$ROUNDS}
+FANOUT_ROUNDS=${FANOUT_ROUNDS:-$ROUNDS}
 PROXY_DURATION=${PROXY_DURATION:-5s}
 FANOUT_DURATION=${FANOUT_DURATION:-10}
 MARKDOWN=${MARKDOWN:-0}
@@ -31,14 +34,14 @@ export TABLE_TSV="$TMP/table.tsv"
 : >"$TABLE_TSV"
 
 status=0
-ROUNDS=$ROUNDS DURATION=$PROXY_DURATION benches/proxy.sh || status=1
-ROUNDS=$ROUNDS DURATION=$FANOUT_DURATION SCENARIOS=issue12 benches/broadcast.sh || status=1
+ROUNDS=$PROXY_ROUNDS DURATION=$PROXY_DURATION benches/proxy.sh || status=1
+ROUNDS=$FANOUT_ROUNDS DURATION=$FANOUT_DURATION SCENARIOS=issue12 benches/broadcast.sh || status=1
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 echo
 echo "## switchyard against its peers, this run"
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), switchyard $(git describe --always --dirty 2>/dev/null || echo '?')," \
-    "$(nproc) cores ($cpu), $(uname -r); ROUNDS=$ROUNDS$( [ "$ROUNDS" -gt 1 ] && echo ' (medians)')"
+    "$(nproc) cores ($cpu), $(uname -r); rounds: proxy $PROXY_ROUNDS, fan-out $FANOUT_ROUNDS (medians when > 1)"
 python3 - "$TABLE_TSV" "$MARKDOWN" <<'EOF'
 import sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
