@@ -444,27 +444,53 @@ impl Position {
     }
 }
 
+/// Bytes of `frames` left to write from `at`.
+pub fn left<F: OnWire>(frames: &[F], at: Position) -> usize {
+    let all: usize = frames.iter().skip(at.whole).map(OnWire::wire_len).sum();
+    all.saturating_sub(at.offset)
+}
+
+/// Appends what is left to write of `frames` from `at` to `out` (the
+/// fan-out's cork buffer: the same bytes [`slices`] would point at).
+pub fn copy_left<F: OnWire>(frames: &[F], at: Position, out: &mut Vec<u8>) {
+    each_left(frames, at, |bytes| {
+        out.extend_from_slice(bytes);
+        true
+    });
+}
+
 /// What is left to write of `frames` from `at`, as slices for one vectored
 /// write: fills `out` (on the caller's stack, no allocation per write) and
 /// answers how many it used.
 pub fn slices<'a, F: OnWire>(frames: &'a [F], at: Position, out: &mut [IoSlice<'a>]) -> usize {
     let mut used = 0;
+    each_left(frames, at, |bytes| {
+        let Some(slot) = out.get_mut(used) else {
+            return false;
+        };
+        *slot = IoSlice::new(bytes);
+        used += 1;
+        true
+    });
+    used
+}
+
+/// Hands `part` each piece (header or payload) left to write of `frames`
+/// from `at`, in order, until it answers false.
+fn each_left<'a, F: OnWire>(frames: &'a [F], at: Position, mut part: impl FnMut(&'a [u8]) -> bool) {
     let mut skip = at.offset;
-    'frames: for frame in frames.iter().skip(at.whole) {
-        for part in frame.parts() {
-            if skip >= part.len() {
-                skip -= part.len();
+    for frame in frames.iter().skip(at.whole) {
+        for bytes in frame.parts() {
+            if skip >= bytes.len() {
+                skip -= bytes.len();
                 continue;
             }
-            if used == out.len() {
-                break 'frames;
+            if !part(&bytes[skip..]) {
+                return;
             }
-            out[used] = IoSlice::new(&part[skip..]);
-            used += 1;
             skip = 0;
         }
     }
-    used
 }
 
 /// Most slices handed to one vectored write.
@@ -616,6 +642,34 @@ mod tests {
         let got = reader.await.unwrap();
         expected.extend_from_slice(&[0x88, 2, 0x03, 0xE8]);
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn the_cork_copy_is_what_the_slices_point_at_from_any_position() {
+        let payloads: Vec<Vec<u8>> = [0usize, 1, 125, 126, 300, 70_000]
+            .iter()
+            .map(|&len| (0..len).map(|i| (i % 251) as u8).collect())
+            .collect();
+        let frames: Vec<TextFrame> = payloads.iter().map(|p| TextFrame::new(p)).collect();
+        let all = left(&frames, Position::at(0));
+        let mut whole = Vec::new();
+        copy_left(&frames, Position::at(0), &mut whole);
+        assert_eq!(whole.len(), all);
+        // Positions a partial write can leave: every byte through the small
+        // frames and into the large one's header and payload, then sparser.
+        let near_start = (0..=1_000).filter(|&w| w <= all);
+        for written in near_start.chain((1_000..=all).step_by(997)).chain([all]) {
+            let mut at = Position::at(0);
+            at.advance(&frames, written);
+            let mut copied = Vec::new();
+            copy_left(&frames, at, &mut copied);
+            assert_eq!(copied, whole[written..], "after {written} bytes");
+            assert_eq!(left(&frames, at), all - written);
+            let mut out = [IoSlice::new(&[]); MAX_SLICES];
+            let used = slices(&frames, at, &mut out);
+            let pointed: Vec<u8> = out[..used].iter().flat_map(|s| s.iter().copied()).collect();
+            assert_eq!(pointed, copied);
+        }
     }
 
     #[tokio::test]

@@ -47,6 +47,17 @@ impl Socket {
 impl Sink for Socket {
     /// Each delivery goes as a text frame over its shared bytes; bytes are
     /// counted by `codec` (the same count the task's writer keeps).
+    ///
+    /// What is left of the frames, when it is at most [`CORK_BYTES`] (an
+    /// idle client's one event, the usual case), is copied into this
+    /// thread's cork buffer and goes out with one `send(2)`, as uWS does:
+    /// at 10k clients the copy is cheaper than `writev`'s vector and file
+    /// lookups (per delivered message, `writev` cost ~10% of the server's
+    /// CPU against ~6.6% for `send` in a `perf` profile). The syscall is
+    /// made on the socket's descriptor without tokio's readiness check (a
+    /// cold cache line per client); a `WouldBlock` leaves tokio's
+    /// readiness as it was, which only costs the task one more try when it
+    /// takes over. Larger runs go out with one vectored write.
     fn write_now(&self, items: &VecDeque<Delivery>, head_written: usize) -> io::Result<Progress> {
         let mut frames = [TextFrame::new(&[]); DIRECT_FRAMES];
         for (frame, delivery) in frames.iter_mut().zip(items) {
@@ -54,9 +65,18 @@ impl Sink for Socket {
         }
         let frames = &frames[..items.len().min(DIRECT_FRAMES)];
         let mut at = Position::at(head_written);
-        let mut slices = [IoSlice::new(&[]); 2 * DIRECT_FRAMES];
-        let used = codec::slices(frames, at, &mut slices);
-        match self.stream.try_write_vectored(&slices[..used]) {
+        let sent = if codec::left(frames, at) <= CORK_BYTES {
+            CORK.with_borrow_mut(|cork| {
+                cork.clear();
+                codec::copy_left(frames, at, cork);
+                send(&self.stream, cork)
+            })
+        } else {
+            let mut slices = [IoSlice::new(&[]); 2 * DIRECT_FRAMES];
+            let used = codec::slices(frames, at, &mut slices);
+            self.stream.try_write_vectored(&slices[..used])
+        };
+        match sent {
             Ok(written) => at.advance(frames, written),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error),
@@ -66,6 +86,20 @@ impl Sink for Socket {
             into_next: at.offset,
         })
     }
+}
+
+/// Largest run of frames a direct write copies into the cork buffer.
+const CORK_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// The cork buffer: one per thread that fans out, reused.
+    static CORK: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(CORK_BYTES));
+}
+
+/// One non-blocking `send(2)` of `bytes` (the socket is non-blocking).
+fn send(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    rustix::net::send(stream, bytes, rustix::net::SendFlags::NOSIGNAL).map_err(io::Error::from)
 }
 
 /// The task's reading end: the bytes hyper read past the upgrade request
