@@ -59,11 +59,22 @@ impl Sink for Socket {
     /// readiness as it was, which only costs the task one more try when it
     /// takes over. Larger runs go out with one vectored write.
     fn write_now(&self, items: &VecDeque<Delivery>, head_written: usize) -> io::Result<Progress> {
+        // One queued event, the usual case for an idle client, needs no
+        // array of [`DIRECT_FRAMES`] (a kilobyte filled per client per event).
+        if let (Some(delivery), 1) = (items.front(), items.len()) {
+            return self.write_frames(&[TextFrame::new(delivery.frame_bytes())], head_written);
+        }
         let mut frames = [TextFrame::new(&[]); DIRECT_FRAMES];
         for (frame, delivery) in frames.iter_mut().zip(items) {
             *frame = TextFrame::new(delivery.frame_bytes());
         }
-        let frames = &frames[..items.len().min(DIRECT_FRAMES)];
+        self.write_frames(&frames[..items.len().min(DIRECT_FRAMES)], head_written)
+    }
+}
+
+impl Socket {
+    /// What [`Sink::write_now`] does once its frames are laid out.
+    fn write_frames(&self, frames: &[TextFrame<'_>], head_written: usize) -> io::Result<Progress> {
         let mut at = Position::at(head_written);
         let sent = if codec::left(frames, at) <= CORK_BYTES {
             CORK.with_borrow_mut(|cork| {
