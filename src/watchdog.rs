@@ -17,6 +17,13 @@
 //! whole connection (EventSource reconnects and resumes), and a stall
 //! stalls every stream on it anyway.
 //!
+//! Also owns the connection's first read: [`Watched`] makes it into a
+//! per-thread buffer of [`FIRST_READ`] bytes, whatever the caller asked
+//! for, and hands out the rest from memory. The caller is hyper-util's
+//! `auto` builder, which reads 24 bytes to tell an HTTP/2 preface from
+//! HTTP/1.1, after which hyper reads the rest of the request: one
+//! `recvfrom(2)` instead of two per connection.
+//!
 //! Also owns holding back a WebSocket's 101: a handler that answers an
 //! upgrade asks ([`ConnectionHandle::hold_upgrade`]) and the response head
 //! hyper writes is kept (at most [`HOLD_LIMIT`] bytes) instead of sent, so
@@ -35,6 +42,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -49,6 +57,16 @@ pub const DRAIN_STALL: Duration = Duration::from_secs(1);
 /// Most bytes of a 101 held back (its head is a few hundred); a write past
 /// it fails the connection.
 pub const HOLD_LIMIT: usize = 4096;
+
+/// Most bytes the first read of a connection takes (see [`Watched`]): a
+/// request head usually fits, and hyper's own first read is larger.
+pub const FIRST_READ: usize = 8 * 1024;
+
+thread_local! {
+    /// Where a connection's first read lands, one per thread, reused.
+    static FIRST: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; FIRST_READ].into_boxed_slice());
+}
 
 /// What a connection's IO and its watchdog share.
 #[derive(Debug)]
@@ -123,6 +141,10 @@ impl Progress {
 pub struct Watched<T> {
     inner: T,
     progress: Arc<Progress>,
+    /// Read from `inner` by the first read but not yet handed out.
+    unread: Bytes,
+    /// The first read has returned bytes (or failed, or met the end).
+    first_read_done: bool,
 }
 
 /// Wraps `io`; the watchdog and the handle go with the connection task and
@@ -139,6 +161,8 @@ pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
         Watched {
             inner: io,
             progress: progress.clone(),
+            unread: Bytes::new(),
+            first_read_done: false,
         },
         ConnectionHandle(progress),
     )
@@ -146,15 +170,17 @@ pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
 
 impl<T> Watched<T> {
     /// The socket itself, for a connection that leaves hyper (an upgraded
-    /// WebSocket bounds its own writes), and what was held back for it to
-    /// send first (see [`ConnectionHandle::hold_upgrade`]).
-    pub fn into_parts(self) -> (T, Vec<u8>) {
+    /// WebSocket bounds its own writes), what was read from it but not
+    /// handed out yet (it comes after whatever hyper kept), and what was
+    /// held back for it to send first (see
+    /// [`ConnectionHandle::hold_upgrade`]).
+    pub fn into_parts(self) -> (T, Bytes, Vec<u8>) {
         let held = if self.progress.holding.load(Ordering::Acquire) {
             std::mem::take(&mut self.progress.lock().held)
         } else {
             Vec::new()
         };
-        (self.inner, held)
+        (self.inner, self.unread, held)
     }
 
     /// Keeps `bufs` instead of writing them, while holding; `None` when not
@@ -176,12 +202,42 @@ impl<T> Watched<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    /// The first read takes up to [`FIRST_READ`] bytes, however few the
+    /// caller asked for, and keeps what did not fit for the next reads.
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            if this.unread.is_empty() {
+                this.unread = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if this.first_read_done || buf.remaining() >= FIRST_READ {
+            this.first_read_done = true;
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        FIRST.with_borrow_mut(|scratch| {
+            let mut first = ReadBuf::new(&mut scratch[..]);
+            let outcome = Pin::new(&mut this.inner).poll_read(cx, &mut first);
+            if outcome.is_pending() {
+                return Poll::Pending;
+            }
+            this.first_read_done = true;
+            let read = first.filled();
+            let n = read.len().min(buf.remaining());
+            buf.put_slice(&read[..n]);
+            if read.len() > n {
+                this.unread = Bytes::copy_from_slice(&read[n..]);
+            }
+            outcome
+        })
     }
 }
 
@@ -438,7 +494,8 @@ mod tests {
             .await
             .unwrap();
         io.flush().await.unwrap();
-        let (inner, held) = io.into_parts();
+        let (inner, unread, held) = io.into_parts();
+        assert!(unread.is_empty());
         assert_eq!(held, b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
         drop(inner);
         let mut sent = Vec::new();
@@ -452,6 +509,36 @@ mod tests {
         let (mut io, handle) = watch(near);
         handle.hold_upgrade();
         assert!(io.write_all(&vec![0u8; HOLD_LIMIT + 1]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_first_read_takes_what_is_there_and_hands_the_rest_out_after() {
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let request: Vec<u8> = (0..200u8).collect();
+        far.write_all(&request).await.unwrap();
+        let (mut io, _handle) = watch(near);
+        // A 24-byte read, as hyper-util's HTTP/2 sniff makes, takes the
+        // whole request off the socket.
+        let mut sniff = [0u8; 24];
+        tokio::io::AsyncReadExt::read_exact(&mut io, &mut sniff)
+            .await
+            .unwrap();
+        assert_eq!(&sniff[..], &request[..24]);
+        far.write_all(b"after").await.unwrap();
+        drop(far);
+        let mut rest = [0u8; 100];
+        let n = tokio::io::AsyncReadExt::read(&mut io, &mut rest)
+            .await
+            .unwrap();
+        assert_eq!(&rest[..n], &request[24..124], "served from memory");
+        let (mut inner, unread, held) = io.into_parts();
+        assert_eq!(&unread[..], &request[124..], "what was not handed out");
+        assert!(held.is_empty());
+        let mut after = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut inner, &mut after)
+            .await
+            .unwrap();
+        assert_eq!(after, b"after", "the first read took the request only");
     }
 
     #[tokio::test]

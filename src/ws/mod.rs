@@ -217,10 +217,15 @@ pub fn upgrade(
                 return;
             }
         };
-        let (stream, held) = parts.io.into_inner().into_parts();
+        let (stream, unread, held) = parts.io.into_inner().into_parts();
+        let early = if unread.is_empty() {
+            parts.read_buf
+        } else {
+            [parts.read_buf, unread].concat().into()
+        };
         let accepted = Accepted {
             stream,
-            early: parts.read_buf,
+            early,
             held,
         };
         let task = run(Box::new(Setup {
