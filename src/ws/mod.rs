@@ -33,10 +33,12 @@
 //! client queue: the task takes the socket from it before each write and
 //! gives it back after), the stream of what to send (`broadcast`), what a
 //! frame means (`protocol`), what a token allows (`auth`), framing and the
-//! byte count of frames ([`codec`]), the handshake's headers
-//! ([`handshake`]).
+//! byte count of frames ([`codec`]), reading the client's messages with
+//! nothing allocated for it while the client is idle (`frames`), the
+//! handshake's headers ([`handshake`]).
 
 pub mod codec;
+mod frames;
 pub mod handshake;
 pub mod socket;
 
@@ -47,7 +49,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming as IncomingBody;
@@ -68,13 +69,13 @@ use crate::response::{self, Body};
 use crate::watchdog::{ConnectionHandle, Watched, DRAIN_STALL};
 use bytes::Bytes;
 use codec::{Frame, Incoming, ReadError, WriteError};
-use socket::{Socket, SocketReader, SocketWriter};
+use frames::ClientFrames;
+use socket::{Socket, SocketWriter};
 
 /// What `server` hands hyper for each accepted socket; taken back whole
 /// after the upgrade.
 type Upgradable = TokioIo<Watched<TcpStream>>;
 type Writer = codec::Writer<SocketWriter>;
-type ClientFrames = Pin<Box<dyn Stream<Item = Result<Incoming, ReadError>> + Send>>;
 
 /// Every this many turns of a client's loop its socket is read before its
 /// queue (see `Client::serve`).
@@ -263,7 +264,7 @@ struct Setup {
 
 /// The client's task: serves the upgraded connection until it ends, then
 /// closes it. What it keeps across its idle await is the client, its
-/// writer, the pointer to its reader, its stream and `Client::serve`'s
+/// writer, its reader's three pointers, its stream and `Client::serve`'s
 /// state; everything used once is in boxed futures or helpers (see the
 /// size test below).
 async fn run(setup: Box<Setup>) {
@@ -323,20 +324,7 @@ fn attach(setup: Box<Setup>) -> Option<(Client, Box<Start>, Writer, ClientFrames
         // Written ahead of the first frame, in the same write.
         writer.resume(Frame::raw(held), 0);
     }
-    // A fragmented message must be complete within WRITE_TIMEOUT_SECS,
-    // however many pings and pongs keep the connection alive meanwhile.
-    let reader = codec::Reader::new(
-        SocketReader::new(socket, early),
-        limits.max_message_bytes,
-        Some(limits.write_timeout),
-    );
-    let frames: ClientFrames = Box::pin(futures_util::stream::unfold(
-        reader,
-        |mut reader: codec::Reader<SocketReader>| async move {
-            let next = reader.next().await;
-            Some((next, reader))
-        },
-    ));
+    let frames = ClientFrames::new(socket, early, &limits);
     Some((client, start, writer, frames))
 }
 
@@ -408,15 +396,15 @@ impl Ending {
 
     /// How a read that yields no message ends the loop; `None` for a
     /// message to handle.
-    fn of_read(message: &Option<Result<Incoming, ReadError>>) -> Option<Ending> {
+    fn of_read(message: &Result<Incoming, ReadError>) -> Option<Ending> {
         match message {
             // The reader let through only a code that may be echoed.
-            Some(Ok(Incoming::Close(code))) => Some(Ending::Gone {
+            Ok(Incoming::Close(code)) => Some(Ending::Gone {
                 answer_close: Some(codec::close_reply(*code)),
             }),
-            Some(Ok(_)) => None,
-            Some(Err(ReadError::Gone)) | None => Some(Ending::Gone { answer_close: None }),
-            Some(Err(error)) => Some(Ending::Refused(*error)),
+            Ok(_) => None,
+            Err(ReadError::Gone) => Some(Ending::Gone { answer_close: None }),
+            Err(error) => Some(Ending::Refused(*error)),
         }
     }
 }
@@ -610,14 +598,14 @@ impl Client {
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(Ending::Unauthorized("no auth frame within 5 s"))
                 }
-                message = frames.next() => message,
+                message = frames.next(&self.broadcaster.limits) => message,
             };
             if let Some(ending) = Ending::of_read(&message) {
                 return Err(ending);
             }
             match message {
-                Some(Ok(Incoming::Ping(_) | Incoming::Pong)) => continue,
-                Some(Ok(Incoming::Text(text))) => match protocol::parse_client_frame(&text) {
+                Ok(Incoming::Ping(_) | Incoming::Pong) => continue,
+                Ok(Incoming::Text(text)) => match protocol::parse_client_frame(&text) {
                     Ok(ClientFrame::Auth(token)) => break token,
                     _ => return Err(Ending::Unauthorized("the first frame must be auth")),
                 },
@@ -667,8 +655,9 @@ impl Client {
                 // no-op one), so a Pending read stays registered for the
                 // next frame. Scoped: nothing of it is part of the task
                 // while it waits below.
+                let limits = &self.broadcaster.limits;
                 let early = std::future::poll_fn(|cx| {
-                    Poll::Ready(match frames.poll_next_unpin(cx) {
+                    Poll::Ready(match frames.poll_next(cx, limits) {
                         Poll::Ready(message) => Some(message),
                         Poll::Pending => None,
                     })
@@ -726,7 +715,7 @@ impl Client {
                         }
                         continue;
                     }
-                    message = frames.next() => message,
+                    message = frames.next(&self.broadcaster.limits) => message,
             };
             last_heard = Instant::now();
             if let Err(ending) = Box::pin(self.received(writer, stream, message)).await {
@@ -743,16 +732,16 @@ impl Client {
         &mut self,
         writer: &mut Writer,
         stream: &mut ClientStream,
-        message: Option<Result<Incoming, ReadError>>,
+        message: Result<Incoming, ReadError>,
     ) -> Result<(), Ending> {
         if let Some(ending) = Ending::of_read(&message) {
             return Err(ending);
         }
         let reply = match message {
-            Some(Ok(Incoming::Text(text))) => Box::pin(self.client_frame(&text, stream))
+            Ok(Incoming::Text(text)) => Box::pin(self.client_frame(&text, stream))
                 .await
                 .map(|reply| (codec::OP_TEXT, reply.into_bytes())),
-            Some(Ok(Incoming::Binary(_))) => Some((
+            Ok(Incoming::Binary(_)) => Some((
                 codec::OP_TEXT,
                 protocol::error_frame(
                     code::BAD_REQUEST,
@@ -760,7 +749,7 @@ impl Client {
                 )
                 .into_bytes(),
             )),
-            Some(Ok(Incoming::Ping(payload))) => Some((codec::OP_PONG, payload)),
+            Ok(Incoming::Ping(payload)) => Some((codec::OP_PONG, payload)),
             // Pong; the rest ended the connection above.
             _ => None,
         };
