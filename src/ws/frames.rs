@@ -6,12 +6,13 @@
 //! reading of one message, a boxed [`codec::Reader::next`] future created
 //! when its first byte is there and kept from then until it returns (it
 //! is not cancel-safe: a partly read header must not be lost), then
-//! dropped; and what one read leaves to the next: the bytes hyper read past
-//! the upgrade request not read yet (they come first), or a fragmented
-//! message in progress when a control frame came in the middle of it (the
-//! next read then starts at once, so the message's time limit keeps
-//! running while nothing arrives). An idle client keeps three pointers
-//! here; it kept a ~200-byte pending read future before.
+//! dropped, unless its reader has something for the next read: the bytes
+//! hyper read past the upgrade request not read yet (they come first), or
+//! a fragmented message in progress when a control frame came in the
+//! middle of it; the next read's future is then created at once, so the
+//! message's time limit keeps running while nothing arrives. An idle
+//! client keeps two pointers here; it kept a ~200-byte pending read future
+//! before.
 //!
 //! Does not own: framing rules and the message time limit (`codec`), the
 //! bytes' source (`socket`), when the client loop reads (`ws`'s fairness
@@ -35,23 +36,18 @@ type Reading = Pin<Box<dyn Future<Output = (Result<Incoming, ReadError>, Reader)
 
 pub struct ClientFrames {
     socket: Arc<Socket>,
-    /// The message being read, from its first byte until it returns.
+    /// The message being read, from its first byte until it returns; or
+    /// the next one, when its reader has something for it (early bytes, a
+    /// fragmented message in progress). `None` for an idle client.
     reading: Option<Reading>,
-    /// A reader with something for the next read (early bytes, or a
-    /// fragmented message in progress); `None` for an idle client.
-    kept: Option<Box<Reader>>,
 }
 
 impl ClientFrames {
     /// `early`: what hyper read past the upgrade request, read first.
     pub fn new(socket: Arc<Socket>, early: Bytes, limits: &Limits) -> ClientFrames {
-        let kept = (!early.is_empty())
-            .then(|| Box::new(reader(SocketReader::new(socket.clone(), early), limits)));
-        ClientFrames {
-            socket,
-            reading: None,
-            kept,
-        }
+        let reading = (!early.is_empty())
+            .then(|| next(reader(SocketReader::new(socket.clone(), early), limits)));
+        ClientFrames { socket, reading }
     }
 
     /// The next whole message. Cancel-safe (a message in progress stays
@@ -64,23 +60,15 @@ impl ClientFrames {
         let reading = match &mut self.reading {
             Some(reading) => reading,
             None => {
-                let reader = match self.kept.take() {
-                    Some(kept) => *kept,
-                    None => {
-                        // Closed or failed counts as readable: the
-                        // reader's first read says which.
-                        ready!(self.socket.poll_readable(cx));
-                        reader(SocketReader::new(self.socket.clone(), Bytes::new()), limits)
-                    }
-                };
-                self.reading.insert(Box::pin(read(reader)))
+                // Closed or failed counts as readable: the reader's first
+                // read says which.
+                ready!(self.socket.poll_readable(cx));
+                let reader = reader(SocketReader::new(self.socket.clone(), Bytes::new()), limits);
+                self.reading.insert(next(reader))
             }
         };
         let (message, reader) = ready!(reading.as_mut().poll(cx));
-        self.reading = None;
-        if reader.mid_message() || reader.io().has_early() {
-            self.kept = Some(Box::new(reader));
-        }
+        self.reading = (reader.mid_message() || reader.io().has_early()).then(|| next(reader));
         Poll::Ready(message)
     }
 
@@ -105,9 +93,12 @@ fn reader(io: SocketReader, limits: &Limits) -> Reader {
     codec::Reader::new(io, limits.max_message_bytes, Some(limits.write_timeout))
 }
 
-async fn read(mut reader: Reader) -> (Result<Incoming, ReadError>, Reader) {
-    let message = reader.next().await;
-    (message, reader)
+/// The next message's future (boxed: see the module's doc).
+fn next(mut reader: Reader) -> Reading {
+    Box::pin(async move {
+        let message = reader.next().await;
+        (message, reader)
+    })
 }
 
 #[cfg(test)]
@@ -188,7 +179,6 @@ mod tests {
 
         assert!(poll_once(&mut frames, &limits).await.is_none());
         assert!(!frames.reading(), "after a message, idle again");
-        assert!(frames.kept.is_none());
         client.write_all(&frame(true, 0x9, b"p")).await.unwrap();
         let message = frames.next(&limits).await;
         assert!(matches!(message, Ok(Incoming::Ping(p)) if p == b"p"));
