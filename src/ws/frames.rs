@@ -11,8 +11,8 @@
 //! a fragmented message in progress when a control frame came in the
 //! middle of it; the next read's future is then created at once, so the
 //! message's time limit keeps running while nothing arrives. An idle
-//! client keeps two pointers here; it kept a ~200-byte pending read future
-//! before.
+//! client keeps 24 bytes here (the socket and an empty slot) and nothing
+//! allocated; it kept a ~200-byte pending read future before.
 //!
 //! Does not own: framing rules and the message time limit (`codec`), the
 //! bytes' source (`socket`), when the client loop reads (`ws`'s fairness
@@ -35,6 +35,7 @@ type Reader = codec::Reader<SocketReader>;
 type Reading = Pin<Box<dyn Future<Output = (Result<Incoming, ReadError>, Reader)> + Send>>;
 
 pub struct ClientFrames {
+    /// Waited on for readiness, and read by each message's reader.
     socket: Arc<Socket>,
     /// The message being read, from its first byte until it returns; or
     /// the next one, when its reader has something for it (early bytes, a

@@ -264,9 +264,9 @@ struct Setup {
 
 /// The client's task: serves the upgraded connection until it ends, then
 /// closes it. What it keeps across its idle await is the client, its
-/// writer, its reader's three pointers, its stream and `Client::serve`'s
-/// state; everything used once is in boxed futures or helpers (see the
-/// size test below).
+/// writer, its reader (the socket and an empty slot), its stream and
+/// `Client::serve`'s state; everything used once is in boxed futures or
+/// helpers (see the size test below).
 async fn run(setup: Box<Setup>) {
     let Some((mut client, start, mut writer, mut frames)) = attach(setup) else {
         return;
