@@ -143,6 +143,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    /// Whether a fragmented message is in progress (a control frame came
+    /// in the middle of it).
+    pub fn mid_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// What it reads from.
+    pub fn io(&self) -> &R {
+        &self.io
+    }
+
     /// The next whole message. Not cancel-safe: keep the future alive
     /// (the client loop reads through a pinned stream).
     pub async fn next(&mut self) -> Result<Incoming, ReadError> {

@@ -42,6 +42,16 @@ impl Socket {
     pub fn new(stream: TcpStream) -> Arc<Socket> {
         Arc::new(Socket { stream })
     }
+
+    /// Ready once a byte can be read, or the socket is closed or failed,
+    /// with nothing read: a one-byte peek (only when tokio says the socket
+    /// is readable), so a client's idle wait holds no state (see
+    /// `frames`). A stale readiness is cleared by the peek's `WouldBlock`.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        self.stream.poll_peek(cx, &mut buf).map(|_| ())
+    }
 }
 
 impl Sink for Socket {
@@ -130,6 +140,11 @@ impl SocketReader {
             Bytes::copy_from_slice(&early)
         };
         SocketReader { early, socket }
+    }
+
+    /// Whether bytes hyper read past the upgrade are still to be read.
+    pub fn has_early(&self) -> bool {
+        !self.early.is_empty()
     }
 }
 
