@@ -334,7 +334,10 @@ impl Proxy {
                 parts.headers.insert(name, value);
             }
         }
-        let lingers = !linger::expects_continue(&parts.headers);
+        // Asked only of a body: an empty one has nothing to linger on
+        // (`Outgoing::new`), and a lookup per GET is not free.
+        let lingers =
+            !hyper::body::Body::is_end_stream(&body) && !linger::expects_continue(&parts.headers);
         let (body, progress) =
             Outgoing::new(body, started, lingers, self.linger_bytes, &self.shutdown);
         (Request::from_parts(parts, body), progress)
