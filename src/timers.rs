@@ -13,7 +13,9 @@
 //! instants only move forward ("now + UPSTREAM_TIMEOUT_SECS", "now + the
 //! header read timeout"): a reused timer is then almost always re-stamped,
 //! not re-registered. A kept timer may fire once, idle, at its old instant:
-//! it wakes the task that used it last, which finds nothing to do.
+//! it wakes the task that used it last, which finds nothing to do (and
+//! until then holds that task's allocation: at most [`KEPT`] per kind per
+//! loop, for at most one timeout).
 //!
 //! Only on an event loop's thread (see `event_loops`): its runtime lives as
 //! long as the thread, so a kept timer never outlives its wheel. Elsewhere
