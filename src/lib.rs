@@ -29,6 +29,7 @@ pub mod shutdown;
 pub mod sse;
 pub mod state;
 pub mod supervisor;
+pub mod timers;
 pub mod upstream;
 pub mod watchdog;
 pub mod ws;

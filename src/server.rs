@@ -39,7 +39,7 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,6 +63,7 @@ use crate::replicas::{Replicas, Route};
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::supervisor::ChildStatus;
+use crate::timers::LoopTimer;
 use crate::upstream::UpstreamHealth;
 use crate::watchdog::{self, ConnectionHandle, Watchdog};
 use crate::{assets, cors, event_loops, faults, health, public_config, publish, sse, state, ws};
@@ -373,14 +374,14 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(LoopTimer)
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     builder
         .http2()
-        .timer(TokioTimer::new())
+        .timer(LoopTimer)
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }

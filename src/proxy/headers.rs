@@ -51,25 +51,39 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `Connection: upgrade`, and keeps every `Sec-WebSocket-*` header.
 ///
 /// Runs twice per proxied request, so it looks before it removes: one pass
-/// over the (few) names present instead of a hashed removal per hop-by-hop
-/// name, and headers named by `Connection` are only collected (and owned)
-/// when they are actually present.
+/// over the (few) names present, each told apart by its text in one
+/// `match` ([`hop_by_hop_index`]) rather than compared with eight
+/// `HeaderName`s, instead of a hashed removal per hop-by-hop name; and the
+/// tokens of `Connection` are only parsed and looked up when it is present
+/// and names something other than a hop-by-hop header (which go anyway:
+/// `Connection: keep-alive`, the usual one, costs no lookup).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|token| headers.contains_key(*token))
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| !(upgrading && is_upgrade_header(name)))
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
     // Bit i set: HOP_BY_HOP[i] is present; bit HOP_BY_HOP.len(): Upgrade.
     let mut present = 0u32;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
             present |= 1 << i;
         } else if !upgrading && name == header::UPGRADE {
             present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|token| {
+                hop_by_hop_index_ignoring_case(token).is_none()
+                    && !token.eq_ignore_ascii_case("close")
+                    && !(upgrading && token.eq_ignore_ascii_case("upgrade"))
+            })
+            .filter(|token| headers.contains_key(*token))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .filter(|name| !(upgrading && is_upgrade_header(name)))
+            .collect();
+        for name in named {
+            if name == header::UPGRADE {
+                present |= 1 << HOP_BY_HOP.len();
+            } else {
+                headers.remove(name);
+            }
         }
     }
     if present != 0 {
@@ -86,6 +100,56 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
+/// The index in [`HOP_BY_HOP`] of the header named `name` (lower case, as
+/// every `HeaderName` is).
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => 5,
+        "proxy-authorization" => 6,
+        "proxy-authenticate" => 7,
+        _ => return None,
+    })
+}
+
+/// [`hop_by_hop_index`] for a `Connection` token, in any case.
+fn hop_by_hop_index_ignoring_case(token: &str) -> Option<usize> {
+    HOP_BY_HOP
+        .iter()
+        .position(|hop| hop.as_str().eq_ignore_ascii_case(token))
+}
+
+/// Bits of [`forwarding_sent`]: which forwarding headers a request carries.
+const SENT_ONLY_IF_TRUSTED: u8 = 1;
+const SENT_FOR: u8 = 1 << 1;
+const SENT_PROTO: u8 = 1 << 2;
+const SENT_HOST: u8 = 1 << 3;
+const SENT_REAL_IP: u8 = 1 << 4;
+
+/// Which forwarding headers `headers` carry, in one pass over the names
+/// present (each told apart by its text) rather than a hashed lookup per
+/// name; any of [`FORWARDED_ONLY_IF_TRUSTED`] is one bit.
+fn forwarding_sent(headers: &HeaderMap) -> u8 {
+    let mut sent = 0;
+    for name in headers.keys() {
+        sent |= match name.as_str() {
+            "forwarded" | "x-forwarded-port" | "x-forwarded-prefix" | "x-scheme" => {
+                SENT_ONLY_IF_TRUSTED
+            }
+            "x-forwarded-for" => SENT_FOR,
+            "x-forwarded-proto" => SENT_PROTO,
+            "x-forwarded-host" => SENT_HOST,
+            "x-real-ip" => SENT_REAL_IP,
+            _ => 0,
+        };
+    }
+    sent
+}
+
 /// Sets the forwarding headers for a request from `peer`. A trusted peer's
 /// X-Forwarded-Proto/-Host and X-Real-IP are kept and its X-Forwarded-For is
 /// appended to; from anyone else they are replaced, so a client cannot
@@ -98,37 +162,42 @@ pub fn set_forwarded(
     trusted: bool,
     original_host: Option<HeaderValue>,
 ) {
-    if !trusted {
+    let sent = forwarding_sent(headers);
+    // Kept: sent, by a trusted peer.
+    let kept = |bit: u8| trusted && sent & bit != 0;
+    if !trusted && sent & SENT_ONLY_IF_TRUSTED != 0 {
         for name in &FORWARDED_ONLY_IF_TRUSTED {
-            if headers.contains_key(name) {
-                headers.remove(name);
-            }
+            headers.remove(name);
         }
     }
     let peer_value = peer_header_value(peer);
-    let forwarded_for = match (trusted, joined(headers, &X_FORWARDED_FOR)) {
-        (true, Some(previous)) => HeaderValue::from_str(&format!("{previous}, {peer}")).ok(),
-        _ => peer_value.clone(),
+    let previous = if kept(SENT_FOR) {
+        joined(headers, &X_FORWARDED_FOR)
+    } else {
+        None
+    };
+    let forwarded_for = match previous {
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {peer}")).ok(),
+        None => peer_value.clone(),
     };
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
-
-    let keep = |headers: &HeaderMap, name: &HeaderName| trusted && headers.contains_key(name);
-    if !keep(headers, &X_FORWARDED_PROTO) {
+    if !kept(SENT_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !keep(headers, &X_FORWARDED_HOST) {
+    if !kept(SENT_HOST) {
         match original_host {
             Some(host) => {
                 headers.insert(X_FORWARDED_HOST, host);
             }
-            None => {
+            None if sent & SENT_HOST != 0 => {
                 headers.remove(X_FORWARDED_HOST);
             }
+            None => {}
         }
     }
-    if !keep(headers, &X_REAL_IP) {
+    if !kept(SENT_REAL_IP) {
         if let Some(value) = peer_value {
             headers.insert(X_REAL_IP, value);
         }
@@ -194,6 +263,42 @@ mod tests {
             );
         }
         headers
+    }
+
+    #[test]
+    fn the_names_told_apart_by_text_are_the_lists() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+            let upper = name.as_str().to_ascii_uppercase();
+            assert_eq!(hop_by_hop_index_ignoring_case(&upper), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index("upgrade"), None);
+        for name in &FORWARDED_ONLY_IF_TRUSTED {
+            let headers = map(&[(name.as_str(), "x")]);
+            assert_eq!(forwarding_sent(&headers), SENT_ONLY_IF_TRUSTED, "{name}");
+        }
+        let sent = forwarding_sent(&map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("X-Forwarded-Proto", "https"),
+            ("x-forwarded-host", "a"),
+            ("x-real-ip", "1.2.3.4"),
+            ("accept", "*/*"),
+        ]));
+        assert_eq!(sent, SENT_FOR | SENT_PROTO | SENT_HOST | SENT_REAL_IP);
+    }
+
+    #[test]
+    fn connection_may_name_upgrade_and_other_hop_headers_in_any_case() {
+        let mut headers = map(&[
+            ("connection", "Keep-Alive, CLOSE, Upgrade, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("x-secret", "1"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
     }
 
     #[test]

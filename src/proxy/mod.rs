@@ -42,6 +42,7 @@ use crate::config::{Config, UpstreamUrl};
 use crate::linger;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
+use crate::timers::{Deadline, Kind};
 use crate::upstream::{UpstreamHealth, UpstreamState};
 
 /// A client that sends no byte of its request body for this long, while the
@@ -238,10 +239,11 @@ impl Proxy {
         let send = self.pool.send(request);
         let Some(mut progress) = progress else {
             // No body: the dashboard is awaited from the start.
-            let deadline = tokio::time::Instant::from_std(started + self.timeout);
-            return match tokio::time::timeout_at(deadline, send).await {
-                Ok(sent) => done(sent),
-                Err(_) => Err(Failure::TimedOut),
+            let expired = Deadline::at((started + self.timeout).into(), Kind::Upstream);
+            return tokio::select! {
+                biased;
+                sent = send => done(sent),
+                () = expired => Err(Failure::TimedOut),
             };
         };
         tokio::pin!(send);
@@ -249,7 +251,7 @@ impl Proxy {
         let mut watching = true;
         loop {
             let deadline = self.deadline(*progress.borrow_and_update());
-            let expired = tokio::time::sleep_until(deadline.into());
+            let expired = Deadline::at(deadline.into(), Kind::Upstream);
             tokio::select! {
                 sent = &mut send => return done(sent),
                 changed = progress.changed(), if watching => watching = changed.is_ok(),
@@ -332,7 +334,10 @@ impl Proxy {
                 parts.headers.insert(name, value);
             }
         }
-        let lingers = !linger::expects_continue(&parts.headers);
+        // Asked only of a body: an empty one has nothing to linger on
+        // (`Outgoing::new`), and a lookup per GET is not free.
+        let lingers =
+            !hyper::body::Body::is_end_stream(&body) && !linger::expects_continue(&parts.headers);
         let (body, progress) =
             Outgoing::new(body, started, lingers, self.linger_bytes, &self.shutdown);
         (Request::from_parts(parts, body), progress)
