@@ -612,7 +612,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -683,18 +683,21 @@ mod tests {
         }
     }
 
+    /// A masked client frame with a payload under 126 bytes (the tests of
+    /// `frames` use it too).
+    pub(crate) fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![
+            if fin { 0x80 } else { 0 } | opcode,
+            0x80 | payload.len() as u8,
+        ];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
     #[tokio::test]
     async fn reads_masked_fragmented_text_and_refuses_large_ones() {
-        fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-            let mask = [1, 2, 3, 4];
-            let mut out = vec![
-                if fin { 0x80 } else { 0 } | opcode,
-                0x80 | payload.len() as u8,
-            ];
-            out.extend_from_slice(&mask);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-            out
-        }
         let mut wire = frame(false, 0x1, b"hel");
         wire.extend(frame(true, 0x9, b"p"));
         wire.extend(frame(true, 0x0, b"lo"));

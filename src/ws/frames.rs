@@ -110,6 +110,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use codec::tests::frame;
 
     fn limits(message_timeout: Duration) -> Limits {
         Limits {
@@ -120,18 +121,6 @@ mod tests {
             ping_interval: Duration::from_secs(30),
             max_message_bytes: 1024,
         }
-    }
-
-    /// A masked client frame.
-    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [9, 8, 7, 6];
-        let mut out = vec![
-            if fin { 0x80 } else { 0 } | opcode,
-            0x80 | payload.len() as u8,
-        ];
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
     }
 
     async fn pair() -> (Arc<Socket>, TcpStream) {
