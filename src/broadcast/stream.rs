@@ -13,7 +13,9 @@
 //! how much of a delivery is on it (`hub::queue`'s write state).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::beacon::Signal;
 use crate::hub::queue::ClientQueue;
@@ -48,6 +50,16 @@ pub enum End {
     CutOff,
     /// The gateway is draining.
     Shutdown,
+}
+
+/// What [`ClientStream::poll_found`] found: a [`Step`] before it borrows
+/// from the stream.
+#[derive(Debug, Clone, Copy)]
+enum Found {
+    Hello,
+    Deliveries,
+    Keepalive,
+    End(End),
 }
 
 pub struct ClientStream {
@@ -97,9 +109,25 @@ impl ClientStream {
     /// The next thing to send. Cancel-safe: nothing is lost when the
     /// future is dropped before it resolves.
     pub async fn next(&mut self) -> Step<'_> {
+        let found = std::future::poll_fn(|cx| self.poll_found(cx)).await;
+        self.step(found)
+    }
+
+    /// [`ClientStream::next`] as a poll, for a caller that polls it among
+    /// other things with no future of its own to keep (a WebSocket client's
+    /// idle wait). Nothing is lost when it answers `Pending`.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Step<'_>> {
+        let found = std::task::ready!(self.poll_found(cx));
+        Poll::Ready(self.step(found))
+    }
+
+    /// What comes next, in this order: the hello; the end if the client
+    /// is cut off (not after writing what is still queued); the drain; a
+    /// keepalive tick; queued deliveries (moved into `batch`).
+    fn poll_found(&mut self, cx: &mut Context<'_>) -> Poll<Found> {
         if !self.hello_given {
             self.hello_given = true;
-            return Step::Hello(&self.subscription.snapshot);
+            return Poll::Ready(Found::Hello);
         }
         // The hello has been written: its catch-up need not stay with us.
         let catchup = &mut self.subscription.snapshot.catchup;
@@ -112,21 +140,33 @@ impl ClientStream {
             self.batch.clear();
         }
         let queue = &self.subscription.queue;
-        // Cut off: end now, not after writing what is still queued.
         if queue.is_closed() {
-            return Step::End(End::CutOff);
+            return Poll::Ready(Found::End(End::CutOff));
         }
-        tokio::select! {
-            biased;
-            _ = &mut self.stop => Step::End(End::Shutdown),
-            _ = &mut self.pings => Step::Keepalive,
-            open = queue.recv_many(&mut self.batch, BATCH) => {
+        if Pin::new(&mut self.stop).poll(cx).is_ready() {
+            return Poll::Ready(Found::End(End::Shutdown));
+        }
+        if Pin::new(&mut self.pings).poll(cx).is_ready() {
+            return Poll::Ready(Found::Keepalive);
+        }
+        queue
+            .poll_recv_many(cx, &mut self.batch, BATCH)
+            .map(|open| {
                 if open {
-                    Step::Deliveries(&self.batch)
+                    Found::Deliveries
                 } else {
-                    Step::End(End::CutOff)
+                    Found::End(End::CutOff)
                 }
-            }
+            })
+    }
+
+    /// The step `found` stands for, lent from the stream.
+    fn step(&self, found: Found) -> Step<'_> {
+        match found {
+            Found::Hello => Step::Hello(&self.subscription.snapshot),
+            Found::Deliveries => Step::Deliveries(&self.batch),
+            Found::Keepalive => Step::Keepalive,
+            Found::End(end) => Step::End(end),
         }
     }
 }

@@ -670,7 +670,7 @@ impl Client {
                     // Only a connection with a grant has a timer; without
                     // one this is a match on `None`.
                     let mut expiry = expiry(&mut self.grant);
-                    let mut step = std::pin::pin!(stream.next());
+                    let step = &mut *stream;
                     let limits = &self.broadcaster.limits;
                     let frames = &mut *frames;
                     // `move`: the closure owns what it polls, so none of
@@ -684,7 +684,7 @@ impl Client {
                         if Pin::new(&mut expiry).poll(cx).is_ready() {
                             return Poll::Ready(Woke::Expiry);
                         }
-                        if let Poll::Ready(step) = step.as_mut().poll(cx) {
+                        if let Poll::Ready(step) = step.poll_next(cx) {
                             return Poll::Ready(Woke::Step {
                                 hello: matches!(step, Step::Hello(_)),
                                 encoded: encode_step(step),
