@@ -4,9 +4,9 @@
 //! events, if any) first, then live deliveries (events and resets) in
 //! batches, keepalive ticks between them — and the reasons it ends: cut off
 //! (the hub closed the queue because the client fell CLIENT_QUEUE behind)
-//! or shutdown. Once the hello has been handed out, the catch-up it carried
-//! is released; a batch buffer left large by a burst is released too, so an
-//! idle client holds neither.
+//! or shutdown. Once the hello has been handed out, it is released (its
+//! state or catch-up, and the snapshot itself); a batch buffer left large
+//! by a burst is released too, so an idle client holds neither.
 //!
 //! Does not own: encoding (each transport's framing), writing (each
 //! transport, under WRITE_TIMEOUT_SECS), or who may write to a socket and
@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 
 use crate::beacon::Signal;
 use crate::hub::queue::ClientQueue;
-use crate::hub::{Catchup, Delivery, Snapshot, Subscription};
+use crate::hub::{Delivery, Snapshot, Subscribed, Subscription};
 
 /// Most queued deliveries handed out in one step.
 pub const BATCH: usize = 256;
@@ -64,6 +64,9 @@ enum Found {
 
 pub struct ClientStream {
     subscription: Subscription,
+    /// The hello, boxed and released at the step after it: an idle client
+    /// keeps neither its state nor its catch-up.
+    hello: Option<Box<Snapshot>>,
     hello_given: bool,
     batch: Vec<Delivery>,
     /// The keepalive clock; one per client, polled for an atomic load.
@@ -73,9 +76,10 @@ pub struct ClientStream {
 }
 
 impl ClientStream {
-    pub(super) fn new(subscription: Subscription, pings: Signal, stop: Signal) -> ClientStream {
+    pub(super) fn new(subscribed: Subscribed, pings: Signal, stop: Signal) -> ClientStream {
         ClientStream {
-            subscription,
+            subscription: subscribed.subscription,
+            hello: Some(Box::new(subscribed.snapshot)),
             hello_given: false,
             batch: Vec::new(),
             pings,
@@ -86,6 +90,11 @@ impl ClientStream {
     /// The hub subscription (for subscribe / unsubscribe frames).
     pub fn subscription(&self) -> &Subscription {
         &self.subscription
+    }
+
+    /// The hello's snapshot, until the step after the hello.
+    pub fn hello(&self) -> Option<&Snapshot> {
+        self.hello.as_deref()
     }
 
     /// The client's queue (the connection watches it to close a cut-off
@@ -129,11 +138,8 @@ impl ClientStream {
             self.hello_given = true;
             return Poll::Ready(Found::Hello);
         }
-        // The hello has been written: its catch-up need not stay with us.
-        let catchup = &mut self.subscription.snapshot.catchup;
-        if !matches!(catchup, Catchup::Resumed(events) if events.is_empty()) {
-            *catchup = Catchup::Resumed(Vec::new());
-        }
+        // The hello has been written: it need not stay with us.
+        self.hello = None;
         if self.batch.capacity() > KEEP_BATCH_CAPACITY {
             self.batch = Vec::new();
         } else {
@@ -163,7 +169,12 @@ impl ClientStream {
     /// The step `found` stands for, lent from the stream.
     fn step(&self, found: Found) -> Step<'_> {
         match found {
-            Found::Hello => Step::Hello(&self.subscription.snapshot),
+            Found::Hello => match &self.hello {
+                Some(snapshot) => Step::Hello(snapshot),
+                // Not reached: the hello is released only at the step
+                // after it.
+                None => Step::End(End::Shutdown),
+            },
             Found::Deliveries => Step::Deliveries(&self.batch),
             Found::Keepalive => Step::Keepalive,
             Found::End(end) => Step::End(end),
