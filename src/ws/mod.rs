@@ -307,8 +307,15 @@ async fn run(setup: Box<Setup>) {
     drop(client.grant.take());
     // Boxed: its timers would otherwise be part of the task's size for as
     // long as the client is connected.
-    Box::pin(close(&mut client.writer, ending)).await;
-    debug!(peer = ?client.peer(), ending = ?ending, "websocket client disconnected");
+    Box::pin(async {
+        // Asked before the close: once the socket is shut, it has no peer.
+        let peer = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| client.peer())
+            .flatten();
+        close(&mut client.writer, ending).await;
+        debug!(?peer, ending = ?ending, "websocket client disconnected");
+    })
+    .await;
 }
 
 /// Moves the socket onto the clients runtime and builds the client with
