@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -24,9 +24,10 @@ use slab::Slab;
 
 #[derive(Debug, Default)]
 pub struct Beacon {
-    /// How many times it has fired; changes only under `waiting`'s lock,
-    /// together with the list being taken.
-    generation: AtomicU64,
+    /// How many times it has fired (wrapping: a signal only asks whether
+    /// it changed); changes only under `waiting`'s lock, together with the
+    /// list being taken.
+    generation: AtomicU32,
     /// The wakers of the signals waiting for the next firing.
     waiting: Mutex<Slab<Waker>>,
 }
@@ -70,21 +71,25 @@ impl Beacon {
 
 /// Resolves when its [`Beacon`] fires; poll it again to wait for the next
 /// firing. Unpin, so one can live in a task and be polled by reference.
+/// 32 bytes: every idle WebSocket client holds two.
 #[derive(Debug)]
 pub struct Signal {
     beacon: Arc<Beacon>,
     /// The generation this signal has already reported.
-    seen: u64,
-    /// Our slot in the beacon's list (valid while the generation is
-    /// `seen`: a firing takes the whole list), and the waker it holds.
-    registered: Option<(usize, Waker)>,
+    seen: u32,
+    /// Our slot in the beacon's list while `registered` is set (valid
+    /// while the generation is `seen`: a firing takes the whole list).
+    slot: u32,
+    /// The waker our slot holds; `None` when we hold no slot.
+    registered: Option<Waker>,
 }
 
 impl Signal {
-    fn new(beacon: Arc<Beacon>, seen: u64) -> Signal {
+    fn new(beacon: Arc<Beacon>, seen: u32) -> Signal {
         Signal {
             beacon,
             seen,
+            slot: 0,
             registered: None,
         }
     }
@@ -110,7 +115,7 @@ impl Future for Signal {
         if this.take_firing() {
             return Poll::Ready(());
         }
-        if let Some((_, waker)) = &this.registered {
+        if let Some(waker) = &this.registered {
             if waker.will_wake(cx.waker()) {
                 return Poll::Pending;
             }
@@ -123,13 +128,22 @@ impl Future for Signal {
         }
         let waker = cx.waker().clone();
         match &mut this.registered {
-            Some((slot, held)) => {
-                if let Some(listed) = waiting.get_mut(*slot) {
+            Some(held) => {
+                if let Some(listed) = waiting.get_mut(this.slot as usize) {
                     *listed = waker.clone();
                 }
                 *held = waker;
             }
-            None => this.registered = Some((waiting.insert(waker.clone()), waker)),
+            None => {
+                let entry = waiting.vacant_entry();
+                // Beyond u32::MAX waiters the slot is not kept: the next
+                // poll joins again, and the firing takes both.
+                if let Ok(slot) = u32::try_from(entry.key()) {
+                    this.slot = slot;
+                    this.registered = Some(waker.clone());
+                }
+                entry.insert(waker);
+            }
         }
         Poll::Pending
     }
@@ -137,14 +151,14 @@ impl Future for Signal {
 
 impl Drop for Signal {
     fn drop(&mut self) {
-        let Some((slot, _)) = self.registered.take() else {
+        if self.registered.take().is_none() {
             return;
-        };
+        }
         let mut waiting = self.beacon.lock();
         // Only a slot of the list in force is ours: a firing took the one
         // we joined, and its slots are someone else's now.
         if self.beacon.generation.load(Ordering::Acquire) == self.seen {
-            waiting.try_remove(slot);
+            waiting.try_remove(self.slot as usize);
         }
     }
 }

@@ -36,7 +36,7 @@ use tracing::debug;
 
 use crate::auth::{token::LEEWAY, Access};
 use crate::broadcast::{self, Broadcaster, ClientSlot, ClientStream, Step, Transport};
-use crate::hub::{Catchup, Delivery, Epoch, Event, Snapshot};
+use crate::hub::{Catchup, Delivery, Epoch, Event, HubError, Snapshot};
 use crate::protocol::{self, parse_event_id, SubscriptionQuery};
 use crate::response::{self, Body, BoxError};
 use crate::watchdog::ConnectionHandle;
@@ -84,9 +84,13 @@ pub async fn handle(
         Ok(stream) => stream,
         Err(error) => return response::hub_error(&error),
     };
+    // A new stream holds its hello until it is handed out.
+    let Some(epoch) = stream.hello().map(|hello| hello.epoch.clone()) else {
+        return response::hub_error(&HubError::Unavailable);
+    };
     let grant = reader.grant();
     debug!(
-        resumed = matches!(stream.subscription().snapshot.catchup, Catchup::Resumed(_)),
+        resumed = matches!(stream.hello().map(|hello| &hello.catchup), Some(Catchup::Resumed(_))),
         subject = ?grant.and_then(|g| g.subject.as_deref()),
         "sse client connected"
     );
@@ -101,7 +105,6 @@ pub async fn handle(
         connection.close_when_cut_off(stream.queue().clone());
     }
 
-    let epoch = stream.subscription().snapshot.epoch.clone();
     let state = Sse {
         stream,
         epoch,

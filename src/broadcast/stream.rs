@@ -4,20 +4,22 @@
 //! events, if any) first, then live deliveries (events and resets) in
 //! batches, keepalive ticks between them — and the reasons it ends: cut off
 //! (the hub closed the queue because the client fell CLIENT_QUEUE behind)
-//! or shutdown. Once the hello has been handed out, the catch-up it carried
-//! is released; a batch buffer left large by a burst is released too, so an
-//! idle client holds neither.
+//! or shutdown. Once the hello has been handed out, it is released (its
+//! state or catch-up, and the snapshot itself); a batch buffer left large
+//! by a burst is released too, so an idle client holds neither.
 //!
 //! Does not own: encoding (each transport's framing), writing (each
 //! transport, under WRITE_TIMEOUT_SECS), or who may write to a socket and
 //! how much of a delivery is on it (`hub::queue`'s write state).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::beacon::Signal;
 use crate::hub::queue::ClientQueue;
-use crate::hub::{Catchup, Delivery, Snapshot, Subscription};
+use crate::hub::{Delivery, Snapshot, Subscribed, Subscription};
 
 /// Most queued deliveries handed out in one step.
 pub const BATCH: usize = 256;
@@ -50,8 +52,21 @@ pub enum End {
     Shutdown,
 }
 
+/// What [`ClientStream::poll_found`] found: a [`Step`] before it borrows
+/// from the stream.
+#[derive(Debug, Clone, Copy)]
+enum Found {
+    Hello,
+    Deliveries,
+    Keepalive,
+    End(End),
+}
+
 pub struct ClientStream {
     subscription: Subscription,
+    /// The hello, boxed and released at the step after it: an idle client
+    /// keeps neither its state nor its catch-up.
+    hello: Option<Box<Snapshot>>,
     hello_given: bool,
     batch: Vec<Delivery>,
     /// The keepalive clock; one per client, polled for an atomic load.
@@ -61,9 +76,10 @@ pub struct ClientStream {
 }
 
 impl ClientStream {
-    pub(super) fn new(subscription: Subscription, pings: Signal, stop: Signal) -> ClientStream {
+    pub(super) fn new(subscribed: Subscribed, pings: Signal, stop: Signal) -> ClientStream {
         ClientStream {
-            subscription,
+            subscription: subscribed.subscription,
+            hello: Some(Box::new(subscribed.snapshot)),
             hello_given: false,
             batch: Vec::new(),
             pings,
@@ -74,6 +90,11 @@ impl ClientStream {
     /// The hub subscription (for subscribe / unsubscribe frames).
     pub fn subscription(&self) -> &Subscription {
         &self.subscription
+    }
+
+    /// The hello's snapshot, until the step after the hello.
+    pub fn hello(&self) -> Option<&Snapshot> {
+        self.hello.as_deref()
     }
 
     /// The client's queue (the connection watches it to close a cut-off
@@ -97,36 +118,66 @@ impl ClientStream {
     /// The next thing to send. Cancel-safe: nothing is lost when the
     /// future is dropped before it resolves.
     pub async fn next(&mut self) -> Step<'_> {
+        let found = std::future::poll_fn(|cx| self.poll_found(cx)).await;
+        self.step(found)
+    }
+
+    /// [`ClientStream::next`] as a poll, for a caller that polls it among
+    /// other things with no future of its own to keep (a WebSocket client's
+    /// idle wait). Nothing is lost when it answers `Pending`.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Step<'_>> {
+        let found = std::task::ready!(self.poll_found(cx));
+        Poll::Ready(self.step(found))
+    }
+
+    /// What comes next, in this order: the hello; the end if the client
+    /// is cut off (not after writing what is still queued); the drain; a
+    /// keepalive tick; queued deliveries (moved into `batch`).
+    fn poll_found(&mut self, cx: &mut Context<'_>) -> Poll<Found> {
         if !self.hello_given {
             self.hello_given = true;
-            return Step::Hello(&self.subscription.snapshot);
+            return Poll::Ready(Found::Hello);
         }
-        // The hello has been written: its catch-up need not stay with us.
-        let catchup = &mut self.subscription.snapshot.catchup;
-        if !matches!(catchup, Catchup::Resumed(events) if events.is_empty()) {
-            *catchup = Catchup::Resumed(Vec::new());
-        }
+        // The hello has been written: it need not stay with us.
+        self.hello = None;
         if self.batch.capacity() > KEEP_BATCH_CAPACITY {
             self.batch = Vec::new();
         } else {
             self.batch.clear();
         }
         let queue = &self.subscription.queue;
-        // Cut off: end now, not after writing what is still queued.
         if queue.is_closed() {
-            return Step::End(End::CutOff);
+            return Poll::Ready(Found::End(End::CutOff));
         }
-        tokio::select! {
-            biased;
-            _ = &mut self.stop => Step::End(End::Shutdown),
-            _ = &mut self.pings => Step::Keepalive,
-            open = queue.recv_many(&mut self.batch, BATCH) => {
+        if Pin::new(&mut self.stop).poll(cx).is_ready() {
+            return Poll::Ready(Found::End(End::Shutdown));
+        }
+        if Pin::new(&mut self.pings).poll(cx).is_ready() {
+            return Poll::Ready(Found::Keepalive);
+        }
+        queue
+            .poll_recv_many(cx, &mut self.batch, BATCH)
+            .map(|open| {
                 if open {
-                    Step::Deliveries(&self.batch)
+                    Found::Deliveries
                 } else {
-                    Step::End(End::CutOff)
+                    Found::End(End::CutOff)
                 }
-            }
+            })
+    }
+
+    /// The step `found` stands for, lent from the stream.
+    fn step(&self, found: Found) -> Step<'_> {
+        match found {
+            Found::Hello => match &self.hello {
+                Some(snapshot) => Step::Hello(snapshot),
+                // Not reached: the hello is released only at the step
+                // after it.
+                None => Step::End(End::Shutdown),
+            },
+            Found::Deliveries => Step::Deliveries(&self.batch),
+            Found::Keepalive => Step::Keepalive,
+            Found::End(end) => Step::End(end),
         }
     }
 }

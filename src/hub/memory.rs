@@ -54,7 +54,7 @@ use super::subscribers::{distinct_patterns, Subscribers};
 use super::topics::{Pattern, PatternIndex};
 use super::{
     Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Limits, Publication, Receipt,
-    Recent, ResumePoint, Seq, Snapshot, SubscriberId, Subscription,
+    Recent, ResumePoint, Seq, Snapshot, Subscribed, SubscriberId, Subscription,
 };
 use crate::shutdown::Shutdown;
 
@@ -426,7 +426,7 @@ impl Hub for MemoryHub {
         patterns: Vec<Pattern>,
         resume: Option<ResumePoint>,
         queue_capacity: usize,
-    ) -> HubFuture<'static, Subscription> {
+    ) -> HubFuture<'static, Subscribed> {
         // Counted and indexed before any lock: a flood costs its sender.
         let patterns = match distinct_patterns(patterns, self.limits.max_patterns_per_client) {
             Ok(patterns) => patterns,
@@ -440,11 +440,13 @@ impl Hub for MemoryHub {
         let registration = lock(&self.subscribers).add(&patterns, snapshot.seq, queue_capacity);
         drop(state);
         let snapshot = ordered(snapshot);
-        let subscription = registration.map(|registration| Subscription {
-            id: registration.id,
+        let subscription = registration.map(|registration| Subscribed {
             snapshot,
-            queue: registration.queue,
-            hub: self,
+            subscription: Subscription {
+                id: registration.id,
+                queue: registration.queue,
+                hub: self,
+            },
         });
         ready(subscription)
     }
@@ -618,14 +620,14 @@ mod tests {
         for i in 0..5 {
             publish(&hub, "t", &i.to_string(), false).await;
         }
-        assert!(slow.queue.is_closed());
+        assert!(slow.subscription.queue.is_closed());
         assert_eq!(hub.subscriber_count(), 1);
         let mut received = Vec::new();
-        while let Some(event) = fast.queue.try_pop() {
+        while let Some(event) = fast.subscription.queue.try_pop() {
             received.push(event.seq());
         }
         assert_eq!(received, [1, 2, 3, 4, 5]);
-        assert_eq!(slow.queue.try_pop().map(|e| e.seq()), Some(1));
+        assert_eq!(slow.subscription.queue.try_pop().map(|e| e.seq()), Some(1));
         drop(fast);
         assert_eq!(hub.subscriber_count(), 0);
     }
@@ -640,8 +642,11 @@ mod tests {
         let subscription = hub.clone().subscribe(patterns, None, 10).await.unwrap();
         publish(&hub, "a/b", "1", false).await;
         publish(&hub, "z", "2", false).await;
-        assert_eq!(subscription.queue.try_pop().map(|e| e.seq()), Some(1));
-        assert!(subscription.queue.try_pop().is_none());
+        assert_eq!(
+            subscription.subscription.queue.try_pop().map(|e| e.seq()),
+            Some(1)
+        );
+        assert!(subscription.subscription.queue.try_pop().is_none());
     }
 
     /// A hub with a fan-out task that never runs: events stay pending until
@@ -665,8 +670,11 @@ mod tests {
         assert_eq!(subscription.snapshot.seq, 1);
         publish(&hub, "t", "2", false).await;
         hub.fan_out_pending();
-        assert_eq!(subscription.queue.try_pop().map(|e| e.seq()), Some(2));
-        assert!(subscription.queue.try_pop().is_none());
+        assert_eq!(
+            subscription.subscription.queue.try_pop().map(|e| e.seq()),
+            Some(2)
+        );
+        assert!(subscription.subscription.queue.try_pop().is_none());
     }
 
     #[tokio::test]
@@ -680,14 +688,17 @@ mod tests {
         publish(&hub, "a", "1", false).await;
         publish(&hub, "b", "2", true).await;
         let state = hub
-            .add_patterns(subscription.id, vec![Pattern::parse("b").unwrap()])
+            .add_patterns(
+                subscription.subscription.id,
+                vec![Pattern::parse("b").unwrap()],
+            )
             .await
             .unwrap();
         assert_eq!(seqs(&state), [2]);
         publish(&hub, "b", "3", false).await;
         hub.fan_out_pending();
         let mut queued = Vec::new();
-        while let Some(event) = subscription.queue.try_pop() {
+        while let Some(event) = subscription.subscription.queue.try_pop() {
             queued.push(event.seq());
         }
         assert_eq!(queued, [1, 3], "seq 2 came with the added pattern's state");
@@ -704,7 +715,10 @@ mod tests {
         for i in 0..PENDING_LIMIT {
             publish(&hub, "t", &i.to_string(), false).await;
         }
-        assert!(subscription.queue.try_pop().is_none(), "still pending");
+        assert!(
+            subscription.subscription.queue.try_pop().is_none(),
+            "still pending"
+        );
         let waiting = hub.publish(vec![publication("t", "0", false)]);
         tokio::pin!(waiting);
         let early = tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting).await;
@@ -715,7 +729,7 @@ mod tests {
             "no seq taken"
         );
         assert!(
-            subscription.queue.try_pop().is_none(),
+            subscription.subscription.queue.try_pop().is_none(),
             "the publisher fanned out nothing"
         );
         // What the fan-out task does: one event, then room for the waiter.
@@ -726,7 +740,7 @@ mod tests {
         assert_eq!(receipt.seqs, [PENDING_LIMIT as Seq + 1]);
         hub.fan_out_pending();
         let mut queued = 0;
-        while subscription.queue.try_pop().is_some() {
+        while subscription.subscription.queue.try_pop().is_some() {
             queued += 1;
         }
         assert_eq!(queued, PENDING_LIMIT + 1);
@@ -781,10 +795,10 @@ mod tests {
         while (early_seen.len() < 2000 || late_seen.len() < 2000)
             && std::time::Instant::now() < deadline
         {
-            while let Some(event) = early.queue.try_pop() {
+            while let Some(event) = early.subscription.queue.try_pop() {
                 early_seen.push(event.seq());
             }
-            while let Some(event) = late.queue.try_pop() {
+            while let Some(event) = late.subscription.queue.try_pop() {
                 late_seen.push(event.seq());
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -913,7 +927,7 @@ mod tests {
             .await;
         assert!(matches!(mixed, Err(HubError::RepeatedId { .. })));
         assert_eq!(publish(&hub, "t", "3", false).await, 3, "nothing applied");
-        let seqs: Vec<Seq> = std::iter::from_fn(|| subscription.queue.try_pop())
+        let seqs: Vec<Seq> = std::iter::from_fn(|| subscription.subscription.queue.try_pop())
             .map(|d| d.seq())
             .collect();
         assert_eq!(seqs, [1, 2, 3]);
@@ -942,16 +956,22 @@ mod tests {
             .await
             .unwrap();
         assert!(hub
-            .add_patterns(subscription.id, four[1..].to_vec())
+            .add_patterns(subscription.subscription.id, four[1..].to_vec())
             .await
             .is_err());
         publish(&hub, "c", "1", false).await;
-        assert!(subscription.queue.try_pop().is_none(), "c was not added");
+        assert!(
+            subscription.subscription.queue.try_pop().is_none(),
+            "c was not added"
+        );
         assert!(hub
-            .add_patterns(subscription.id, four[2..3].to_vec())
+            .add_patterns(subscription.subscription.id, four[2..3].to_vec())
             .await
             .is_ok());
         publish(&hub, "c", "2", false).await;
-        assert_eq!(subscription.queue.try_pop().map(|e| e.seq()), Some(2));
+        assert_eq!(
+            subscription.subscription.queue.try_pop().map(|e| e.seq()),
+            Some(2)
+        );
     }
 }

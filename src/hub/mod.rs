@@ -15,8 +15,8 @@
 //!
 //! Does not own: any transport. The hub never sees HTTP or WebSockets and
 //! imports no crate of theirs: frames are [`Utf8Frame`]s (shared UTF-8
-//! bytes); a transport asks the hub for a [`Subscription`] and writes what
-//! arrives on its queue.
+//! bytes); a transport subscribes ([`Subscribed`]: the hello and a
+//! [`Subscription`]) and writes what arrives on its queue.
 
 pub mod dedup;
 pub mod frame;
@@ -255,12 +255,18 @@ pub struct SubscriberId {
     pub(crate) serial: u64,
 }
 
+/// What a subscribe answers: the hello and the live subscription, apart,
+/// so a transport can release the hello once it is sent.
+pub struct Subscribed {
+    /// The hello: state or missed events, atomically with registration.
+    pub snapshot: Snapshot,
+    pub subscription: Subscription,
+}
+
 /// A live subscription. Dropping it unsubscribes.
 pub struct Subscription {
     pub id: SubscriberId,
-    /// The hello: state or missed events, atomically with registration.
-    pub snapshot: Snapshot,
-    /// Events after `snapshot.seq`, bounded by CLIENT_QUEUE.
+    /// Events after the hello's `seq`, bounded by CLIENT_QUEUE.
     pub queue: Arc<queue::ClientQueue>,
     hub: Arc<dyn Hub>,
 }
@@ -357,7 +363,7 @@ pub trait Hub: Send + Sync + 'static {
         patterns: Vec<Pattern>,
         resume: Option<ResumePoint>,
         queue_capacity: usize,
-    ) -> HubFuture<'static, Subscription>;
+    ) -> HubFuture<'static, Subscribed>;
 
     /// Adds patterns to a subscriber; answers the retained state they match.
     fn add_patterns(

@@ -23,7 +23,7 @@
 //! many bytes of the first queued delivery are on it already. It changes
 //! under the same lock as the items it counts in: the fan-out writes only
 //! through it ([`ClientQueue::flush`]); the task takes the socket from it
-//! ([`ClientQueue::recv_many`], [`ClientQueue::begin_write`], which hands
+//! ([`ClientQueue::poll_recv_many`], [`ClientQueue::begin_write`], which hands
 //! over a delivery a direct write stopped inside, with its bytes already
 //! out) and gives it back ([`ClientQueue::end_write`]) once it has written
 //! everything it took, so the socket always changes hands at a frame
@@ -36,7 +36,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use super::Delivery;
 
@@ -312,36 +312,39 @@ impl ClientQueue {
         .await
     }
 
-    /// Waits until something is queued and moves up to `limit` deliveries
-    /// into `out`; false once the queue is closed and drained. The caller
+    /// Moves up to `limit` queued deliveries into `out`: `Ready(true)`
+    /// once something is queued, `Ready(false)` once the queue is closed
+    /// and drained, else `Pending` with the task's waker kept. The caller
     /// takes the socket (see [`ClientQueue::end_write`]); a delivery a
     /// direct write stopped inside is not moved (so `out` may stay empty):
     /// [`ClientQueue::begin_write`] hands it over, with its count.
-    pub async fn recv_many(&self, out: &mut Vec<Delivery>, limit: usize) -> bool {
-        poll_fn(|cx| {
-            let mut state = self.lock();
-            if !state.items.is_empty() {
-                state.write.task_takes();
-                let first = usize::from(state.write.head_written > 0);
-                let take = (state.items.len() - first).min(limit.max(1));
-                out.extend(state.items.drain(first..first + take));
-                // A burst can leave a large buffer behind; give it back once
-                // the client has caught up, so idle clients stay small.
-                if state.items.is_empty() && state.items.capacity() > 64 {
-                    state.items = VecDeque::new();
-                }
-                return Poll::Ready(true);
+    pub fn poll_recv_many(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Delivery>,
+        limit: usize,
+    ) -> Poll<bool> {
+        let mut state = self.lock();
+        if !state.items.is_empty() {
+            state.write.task_takes();
+            let first = usize::from(state.write.head_written > 0);
+            let take = (state.items.len() - first).min(limit.max(1));
+            out.extend(state.items.drain(first..first + take));
+            // A burst can leave a large buffer behind; give it back once
+            // the client has caught up, so idle clients stay small.
+            if state.items.is_empty() && state.items.capacity() > 64 {
+                state.items = VecDeque::new();
             }
-            if state.closed {
-                return Poll::Ready(false);
-            }
-            match &mut state.reader {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
+            return Poll::Ready(true);
+        }
+        if state.closed {
+            return Poll::Ready(false);
+        }
+        match &mut state.reader {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Takes one delivery if one is queued (tests and drains).
@@ -376,6 +379,11 @@ mod tests {
     use crate::hub::{Event, Publication, Topic};
     use serde_json::value::RawValue;
 
+    /// Waits for up to 10 deliveries.
+    async fn recv_many(queue: &ClientQueue, out: &mut Vec<Delivery>) -> bool {
+        poll_fn(|cx| queue.poll_recv_many(cx, out, 10)).await
+    }
+
     fn delivery(seq: u64) -> Delivery {
         Delivery::Event(Arc::new(Event::new(
             seq,
@@ -395,14 +403,14 @@ mod tests {
         assert_eq!(queue.push(delivery(2)), Ok(()));
         assert_eq!(queue.push(delivery(3)), Err(PushError::Full));
         let mut out = Vec::new();
-        assert!(queue.recv_many(&mut out, 10).await);
+        assert!(recv_many(&queue, &mut out).await);
         assert_eq!(out.iter().map(Delivery::seq).collect::<Vec<_>>(), [1, 2]);
 
         let reader = {
             let queue = queue.clone();
             tokio::spawn(async move {
                 let mut out = Vec::new();
-                let open = queue.recv_many(&mut out, 10).await;
+                let open = recv_many(&queue, &mut out).await;
                 (open, out.len(), out.first().map(Delivery::seq))
             })
         };
@@ -412,7 +420,7 @@ mod tests {
 
         queue.close();
         assert_eq!(queue.push(delivery(5)), Err(PushError::Closed));
-        assert!(!queue.recv_many(&mut Vec::new(), 10).await);
+        assert!(!recv_many(&queue, &mut Vec::new()).await);
     }
 
     /// A socket that takes, at each write, what it was told to report.
@@ -442,7 +450,7 @@ mod tests {
         // The task takes the socket; the part-written one is not in the
         // batch but handed over with its count, ahead of it.
         let mut out = Vec::new();
-        assert!(queue.recv_many(&mut out, 10).await);
+        assert!(recv_many(&queue, &mut out).await);
         assert_eq!(out.iter().map(Delivery::seq).collect::<Vec<_>>(), [3]);
         let part = queue.begin_write().expect("the part-written delivery");
         assert_eq!((part.delivery.seq(), part.written), (2, 5));

@@ -47,47 +47,77 @@ struct Subscriber {
 }
 
 /// Past this many patterns a subscriber's set is a hash map; up to it, a
-/// list (what almost every client holds: one pattern, one small
-/// allocation, where even an empty-ish hash map costs ~200 bytes).
+/// list (one small allocation, where even an empty-ish hash map costs ~200
+/// bytes); one pattern (what almost every client holds) is kept inline,
+/// with no allocation.
 const FEW_PATTERNS: usize = 16;
 
 /// A subscriber's distinct patterns, each with the seq it was added at.
 enum PatternSet {
+    /// Exactly one.
+    One((Pattern, Seq)),
+    /// None, or 2 to FEW_PATTERNS (a list emptied by removals may hold
+    /// one).
     Few(Vec<(Pattern, Seq)>),
-    Many(HashMap<Pattern, Seq>),
+    /// Boxed: rare, and inline (48 bytes) it would make the set, and so
+    /// every subscriber, 8 bytes larger.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<Pattern, Seq>>),
 }
 
 impl PatternSet {
     fn with_capacity(capacity: usize) -> PatternSet {
         if capacity > FEW_PATTERNS {
-            PatternSet::Many(HashMap::with_capacity(capacity))
-        } else {
+            PatternSet::Many(Box::new(HashMap::with_capacity(capacity)))
+        } else if capacity > 1 {
             PatternSet::Few(Vec::with_capacity(capacity))
+        } else {
+            PatternSet::Few(Vec::new())
+        }
+    }
+
+    /// The set as a list, unless it is a hash map.
+    fn as_list(&self) -> Option<&[(Pattern, Seq)]> {
+        match self {
+            PatternSet::One(pair) => Some(std::slice::from_ref(pair)),
+            PatternSet::Few(list) => Some(list),
+            PatternSet::Many(_) => None,
         }
     }
 
     fn len(&self) -> usize {
         match self {
-            PatternSet::Few(list) => list.len(),
             PatternSet::Many(map) => map.len(),
+            listed => listed.as_list().map_or(0, <[_]>::len),
         }
     }
 
     fn contains(&self, pattern: &Pattern) -> bool {
         match self {
-            PatternSet::Few(list) => list.iter().any(|(held, _)| held == pattern),
             PatternSet::Many(map) => map.contains_key(pattern),
+            listed => listed
+                .as_list()
+                .is_some_and(|list| list.iter().any(|(held, _)| held == pattern)),
         }
     }
 
     /// Adds a pattern the set does not hold.
     fn insert(&mut self, pattern: Pattern, added_at: Seq) {
         match self {
+            PatternSet::Few(list) if list.is_empty() && list.capacity() == 0 => {
+                *self = PatternSet::One((pattern, added_at));
+            }
+            PatternSet::One(_) => {
+                if let PatternSet::One(held) = std::mem::replace(self, PatternSet::Few(Vec::new()))
+                {
+                    *self = PatternSet::Few(vec![held, (pattern, added_at)]);
+                }
+            }
             PatternSet::Few(list) if list.len() < FEW_PATTERNS => list.push((pattern, added_at)),
             PatternSet::Few(list) => {
                 let mut map: HashMap<Pattern, Seq> = list.drain(..).collect();
                 map.insert(pattern, added_at);
-                *self = PatternSet::Many(map);
+                *self = PatternSet::Many(Box::new(map));
             }
             PatternSet::Many(map) => {
                 map.insert(pattern, added_at);
@@ -98,6 +128,13 @@ impl PatternSet {
     /// Removes a pattern; answers the seq it was added at.
     fn remove(&mut self, pattern: &Pattern) -> Option<Seq> {
         match self {
+            PatternSet::One((held, _)) if held == pattern => {
+                match std::mem::replace(self, PatternSet::Few(Vec::new())) {
+                    PatternSet::One((_, at)) => Some(at),
+                    _ => None,
+                }
+            }
+            PatternSet::One(_) => None,
             PatternSet::Few(list) => {
                 let at = list.iter().position(|(held, _)| held == pattern)?;
                 Some(list.swap_remove(at).1)
@@ -107,19 +144,21 @@ impl PatternSet {
     }
 
     fn iter(&self) -> impl Iterator<Item = (&Pattern, &Seq)> + '_ {
-        match self {
-            PatternSet::Few(list) => Either::Few(list.iter().map(|(pattern, seq)| (pattern, seq))),
-            PatternSet::Many(map) => Either::Many(map.iter()),
-        }
+        let list = match self {
+            PatternSet::Many(map) => return Either::Many(map.iter()),
+            PatternSet::One(pair) => std::slice::from_ref(pair),
+            PatternSet::Few(list) => list.as_slice(),
+        };
+        Either::Few(list.iter().map(|(pattern, seq)| (pattern, seq)))
     }
 
     fn iter_mut(&mut self) -> impl Iterator<Item = (&Pattern, &mut Seq)> + '_ {
-        match self {
-            PatternSet::Few(list) => {
-                Either::Few(list.iter_mut().map(|(pattern, seq)| (&*pattern, seq)))
-            }
-            PatternSet::Many(map) => Either::Many(map.iter_mut()),
-        }
+        let list = match self {
+            PatternSet::Many(map) => return Either::Many(map.iter_mut()),
+            PatternSet::One(pair) => std::slice::from_mut(pair),
+            PatternSet::Few(list) => list.as_mut_slice(),
+        };
+        Either::Few(list.iter_mut().map(|(pattern, seq)| (&*pattern, seq)))
     }
 }
 
@@ -527,6 +566,42 @@ mod tests {
     use super::*;
     use crate::hub::{Publication, Topic};
     use serde_json::value::RawValue;
+
+    #[test]
+    fn one_pattern_is_held_inline_and_the_set_changes_shape_as_it_grows() {
+        println!(
+            "pattern set: {} bytes, subscriber: {} bytes",
+            std::mem::size_of::<PatternSet>(),
+            std::mem::size_of::<Subscriber>()
+        );
+        // One pattern inline, in no more than the set took before (48).
+        assert!(std::mem::size_of::<PatternSet>() <= 48);
+        let pattern = |text: &str| Pattern::parse(text).unwrap();
+        let mut set = PatternSet::with_capacity(1);
+        set.insert(pattern("a"), 1);
+        assert!(matches!(set, PatternSet::One(_)));
+        assert!(set.contains(&pattern("a")) && !set.contains(&pattern("b")));
+        set.insert(pattern("b"), 2);
+        assert!(matches!(set, PatternSet::Few(_)));
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.remove(&pattern("a")), Some(1));
+        assert_eq!(set.remove(&pattern("b")), Some(2));
+        assert_eq!(set.len(), 0);
+        let mut set = PatternSet::with_capacity(1);
+        set.insert(pattern("a"), 3);
+        for (_, seq) in set.iter_mut() {
+            *seq = 4;
+        }
+        assert_eq!(set.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(), [4]);
+        assert_eq!(set.remove(&pattern("b")), None);
+        assert_eq!(set.remove(&pattern("a")), Some(4));
+        assert!(!set.contains(&pattern("a")));
+        for n in 0..=FEW_PATTERNS {
+            set.insert(pattern(&n.to_string()), 5);
+        }
+        assert!(matches!(set, PatternSet::Many(_)));
+        assert_eq!(set.len(), FEW_PATTERNS + 1);
+    }
 
     fn event(seq: Seq, topic: &str) -> Arc<Event> {
         Arc::new(Event::new(

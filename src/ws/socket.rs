@@ -52,6 +52,11 @@ impl Socket {
         let mut buf = ReadBuf::new(&mut byte);
         self.stream.poll_peek(cx, &mut buf).map(|_| ())
     }
+
+    /// The client's address; none once the connection is reset.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
 }
 
 impl Sink for Socket {

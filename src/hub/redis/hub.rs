@@ -18,7 +18,7 @@ use crate::hub::subscribers::{distinct_patterns, Registration};
 use crate::hub::topics::{Pattern, PatternIndex};
 use crate::hub::{
     Catchup, Epoch, Event, Hub, HubError, HubFuture, HubStats, Publication, Receipt, Recent,
-    ResumePoint, Seq, Snapshot, SubscriberId, Subscription,
+    ResumePoint, Seq, Snapshot, Subscribed, SubscriberId, Subscription,
 };
 
 impl RedisHub {
@@ -81,7 +81,7 @@ impl RedisHub {
         patterns: Vec<Pattern>,
         resume: Option<ResumePoint>,
         queue_capacity: usize,
-    ) -> Result<Subscription, HubError> {
+    ) -> Result<Subscribed, HubError> {
         // Refused before Redis is asked anything.
         let patterns = distinct_patterns(patterns, self.limits.max_patterns_per_client)?;
         let matcher = PatternIndex::of(&patterns);
@@ -101,15 +101,17 @@ impl RedisHub {
             } else {
                 Catchup::Fresh(events)
             };
-            return Ok(Subscription {
-                id: registration.id,
+            return Ok(Subscribed {
                 snapshot: Snapshot {
                     epoch: remote.epoch,
                     seq: remote.seq,
                     catchup,
                 },
-                queue: registration.queue,
-                hub: self,
+                subscription: Subscription {
+                    id: registration.id,
+                    queue: registration.queue,
+                    hub: self,
+                },
             });
         }
         warn!("subscribe: redis and this replica's listener disagree on the epoch; refused");
@@ -206,7 +208,7 @@ impl Hub for RedisHub {
         patterns: Vec<Pattern>,
         resume: Option<ResumePoint>,
         queue_capacity: usize,
-    ) -> HubFuture<'static, Subscription> {
+    ) -> HubFuture<'static, Subscribed> {
         Box::pin(self.subscribe_inner(patterns, resume, queue_capacity))
     }
 
