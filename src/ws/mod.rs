@@ -53,7 +53,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming as IncomingBody;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto::upgrade::downcast;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
@@ -211,7 +210,7 @@ pub fn upgrade(
         drop(connection);
         // The bare socket back from hyper: none of its connection's
         // machinery stays allocated, and the fan-out can write to it.
-        let parts = match downcast::<Upgradable>(upgraded) {
+        let parts = match upgraded.downcast::<Upgradable>() {
             Ok(parts) => parts,
             Err(_) => {
                 warn!(%peer, "websocket upgrade on an unexpected transport");
