@@ -282,6 +282,8 @@ async fn accept_loop(
             refuse(stream, app, &mut refusals);
             continue;
         };
+        // Linux: inherited from the listener (`event_loops::bind`).
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         debug!(%peer, event_loop = event_loops::current(), "connection opened");
         let (mut stream, handle) = watchdog::watch(stream);
