@@ -336,6 +336,11 @@ async fn accept_loop(
             }
             // hyper is done with it (closed, or handed over at an upgrade).
             drop(slot);
+            // A WebSocket's hand-over (`ws::upgrade`): its upgrade is done,
+            // or failed, by now.
+            if let Some(then) = handle.take_then() {
+                then.await;
+            }
         });
     }
 }

@@ -30,7 +30,9 @@
 //! upgrade asks ([`ConnectionHandle::hold_upgrade`]) and the response head
 //! hyper writes is kept (at most [`HOLD_LIMIT`] bytes) instead of sent, so
 //! the WebSocket task sends it in one write with its hello
-//! ([`Watched::into_parts`]).
+//! ([`Watched::into_parts`]); and running the hand-over of that
+//! WebSocket ([`ConnectionHandle::then`]) on the connection's own task
+//! once hyper is done with it, instead of on a task of its own.
 //!
 //! Does not own: upgraded connections (a WebSocket task bounds its own
 //! writes: hyper's connection future ends at the upgrade), or what any
@@ -97,7 +99,7 @@ struct Progress {
     watcher: Mutex<Watcher>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Watcher {
     /// The watchdog's task, woken by a kill or a registration.
     waker: Option<Waker>,
@@ -105,7 +107,23 @@ struct Watcher {
     queue: Option<Arc<ClientQueue>>,
     /// What was written while `holding`.
     held: Vec<u8>,
+    /// What the connection's task runs once hyper is done with it.
+    then: Option<Then>,
 }
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("waker", &self.waker)
+            .field("queue", &self.queue)
+            .field("held", &self.held.len())
+            .field("then", &self.then.is_some())
+            .finish()
+    }
+}
+
+/// Work for the connection's task after hyper (see [`ConnectionHandle::then`]).
+pub type Then = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Progress {
     fn lock(&self) -> MutexGuard<'_, Watcher> {
@@ -341,6 +359,19 @@ impl ConnectionHandle {
     /// of its first frame. Nothing follows a 101 on the connection.
     pub fn hold_upgrade(&self) {
         self.0.holding.store(true, Ordering::Release);
+    }
+
+    /// Has the connection's task run `then` once hyper is done with the
+    /// connection (closed, or handed over at an upgrade), after its
+    /// watchdog: a WebSocket's hand-over, with no task of its own to
+    /// allocate, track and wake on the loop for it.
+    pub fn then(&self, then: Then) {
+        self.0.lock().then = Some(then);
+    }
+
+    /// What [`ConnectionHandle::then`] left, for the connection's task.
+    pub fn take_then(&self) -> Option<Then> {
+        self.0.lock().then.take()
     }
 
     /// Closes the connection as soon as `queue` is closed (its client cut

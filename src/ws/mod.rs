@@ -186,28 +186,21 @@ pub fn upgrade(
         opening,
         resume: query.resume,
     });
-    // The upgrade is awaited here, on the event loop that serves the
-    // connection (hyper completes it on this thread: no wake-up crosses to
-    // the clients runtime for it); the client's own task starts there once
-    // the socket is ours.
-    if let Some(connection) = &connection {
-        connection.hold_upgrade();
-    }
+    // The upgrade is awaited on the event loop that serves the connection
+    // (hyper completes it on this thread: no wake-up crosses to the
+    // clients runtime for it): with the 101 held, by the connection's own
+    // task once hyper is done (ready then, see `watchdog`), else by a task
+    // of its own; the client's own task starts there once the socket is
+    // ours.
     let handover = broadcaster.clone();
-    broadcaster.shutdown.spawn(async move {
+    let handover = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
                 debug!(%peer, %error, "websocket upgrade failed");
-                // A connection that stays HTTP after a held 101 would
-                // answer nothing more: close it.
-                if let Some(connection) = connection {
-                    connection.kill();
-                }
                 return;
             }
         };
-        drop(connection);
         // The bare socket back from hyper: none of its connection's
         // machinery stays allocated, and the fan-out can write to it.
         let parts = match upgraded.downcast::<Upgradable>() {
@@ -235,7 +228,14 @@ pub fn upgrade(
         }));
         debug!(%peer, task_bytes = std::mem::size_of_val(&task), "websocket client task");
         handover.shutdown.spawn_on(task, &handover.client_runtime);
-    });
+    };
+    match &connection {
+        Some(connection) => {
+            connection.hold_upgrade();
+            connection.then(Box::pin(handover));
+        }
+        None => broadcaster.shutdown.spawn(handover),
+    }
 
     let mut answer = Response::new(response::empty());
     *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
