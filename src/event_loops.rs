@@ -114,8 +114,8 @@ pub fn bind(addr: SocketAddr, loops: usize) -> io::Result<Vec<std::net::TcpListe
         };
         socket.set_reuseaddr(true)?;
         // Linux hands TCP_NODELAY on to every accepted socket: one
-        // `setsockopt(2)` per connection fewer (`server` sets it itself
-        // elsewhere).
+        // `setsockopt(2)` per connection fewer (on other systems `server`
+        // sets it on each).
         socket.set_nodelay(true)?;
         if loops > 1 {
             socket.set_reuseport(true)?;
