@@ -211,10 +211,14 @@ pub fn upgrade(
             }
         };
         let (stream, unread, held) = parts.io.into_inner().into_parts();
-        let early = if unread.is_empty() {
-            parts.read_buf
-        } else {
-            [parts.read_buf, unread].concat().into()
+        // A copy, made here: `read_buf` points into hyper's read buffer
+        // (8 KiB, allocated on this loop), which is then freed on this
+        // thread, not by the clients runtime's under the loop's malloc
+        // arena lock.
+        let early = match (parts.read_buf.is_empty(), unread.is_empty()) {
+            (true, true) => Bytes::new(),
+            (false, true) => Bytes::copy_from_slice(&parts.read_buf),
+            _ => [parts.read_buf, unread].concat().into(),
         };
         let accepted = Accepted {
             stream,
