@@ -32,6 +32,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,9 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -65,7 +66,7 @@ use crate::shutdown::Shutdown;
 use crate::supervisor::ChildStatus;
 use crate::timers::LoopTimer;
 use crate::upstream::UpstreamHealth;
-use crate::watchdog::{self, ConnectionHandle, Watchdog};
+use crate::watchdog::{self, ConnectionHandle, Protocol, Watchdog};
 use crate::{assets, cors, event_loops, faults, health, public_config, publish, sse, state, ws};
 
 /// A client sending its request head slower than this is dropped (slowloris).
@@ -255,9 +256,11 @@ async fn accept_loop(
     phase: &mut watch::Receiver<Phase>,
 ) {
     let gateway = &app.gateway;
-    let builder = connection_builder();
+    let builders = Arc::new(Builders::new());
     let mut last_accept_warning: Option<Instant> = None;
     let mut refusals = Refusals::default();
+    // Each connection's own view of the phase (see `until_drained`).
+    let seen = phase.clone();
     let stop = phase.wait_for(|&now| now >= Phase::Draining);
     tokio::pin!(stop);
     let injected_panic = faults::loop_panic_requested();
@@ -279,19 +282,51 @@ async fn accept_loop(
             refuse(stream, app, &mut refusals);
             continue;
         };
+        // Linux: inherited from the listener (`event_loops::bind`).
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         debug!(%peer, event_loop = event_loops::current(), "connection opened");
-        let (stream, handle) = watchdog::watch(stream);
+        let (mut stream, handle) = watchdog::watch(stream);
         let service = OneAtATime(RefCell::new(pipeline(app.clone(), peer, handle.clone())));
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = connections.watch(connection.into_owned());
-        let connection = Watchdog::new(
-            connection,
-            &handle,
-            gateway.config.write_timeout,
-            gateway.shutdown.requested(),
-        );
+        // Counts the connection in the loop's drain from now on.
+        let watcher = connections.watcher();
+        let builders = builders.clone();
+        let mut draining = seen.clone();
+        let write_timeout = gateway.config.write_timeout;
+        let stop = gateway.shutdown.requested();
         tokio::spawn(async move {
+            // A connection that has sent nothing when the drain begins is
+            // closed unserved (as hyper-util's `auto` builder did).
+            let protocol = tokio::select! {
+                protocol = stream.sniff() => protocol,
+                _ = draining.wait_for(|&now| now >= Phase::Draining) => {
+                    Err(io::ErrorKind::Interrupted.into())
+                }
+            };
+            let io = TokioIo::new(stream);
+            let connection = match protocol {
+                Ok(Protocol::Http1) => {
+                    let connection = builders.http1.serve_connection(io, service);
+                    Either::Left(until_drained(
+                        connection.with_upgrades(),
+                        |connection| connection.graceful_shutdown(),
+                        draining,
+                        watcher,
+                    ))
+                }
+                Ok(Protocol::Http2) => Either::Right(until_drained(
+                    builders.http2.serve_connection(io, service),
+                    |connection| connection.graceful_shutdown(),
+                    draining,
+                    watcher,
+                )),
+                Err(error) => {
+                    debug!(%peer, %error, "connection closed before a request");
+                    drop(slot);
+                    return;
+                }
+            };
+            let connection = Watchdog::new(connection, &handle, write_timeout, stop);
             match connection.await {
                 watchdog::Ending::Finished(Ok(())) => debug!(%peer, "connection closed"),
                 watchdog::Ending::Finished(Err(error)) => {
@@ -301,8 +336,36 @@ async fn accept_loop(
             }
             // hyper is done with it (closed, or handed over at an upgrade).
             drop(slot);
+            // A WebSocket's hand-over (`ws::upgrade`): its upgrade is done,
+            // or failed, by now.
+            if let Some(then) = handle.take_then() {
+                then.await;
+            }
         });
     }
+}
+
+/// Serves `connection` until it ends; once the loop drains, first tells it
+/// to finish (`graceful_shutdown`: hyper closes it after the request in
+/// flight). `counted` keeps it in the loop's drain (`GracefulShutdown`,
+/// whose own `watch` has no impl for hyper's upgradeable HTTP/1
+/// connection in hyper-util 0.1).
+async fn until_drained<C: Future>(
+    connection: C,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+    mut phase: watch::Receiver<Phase>,
+    counted: Watcher,
+) -> C::Output {
+    tokio::pin!(connection);
+    tokio::select! {
+        biased;
+        _ = phase.wait_for(|&now| now >= Phase::Draining) => {}
+        ended = &mut connection => return ended,
+    }
+    graceful_shutdown(connection.as_mut());
+    let ended = connection.await;
+    drop(counted);
+    ended
 }
 
 /// What a loop counts of the connections it refused, for its warning.
@@ -368,22 +431,34 @@ async fn answer_and_close(mut stream: TcpStream, answer: Bytes) {
     let _ = tokio::time::timeout(REFUSAL_WAIT, drain).await;
 }
 
-/// hyper's settings for every accepted connection: HTTP/1.1 with a header
-/// read timeout and size limits, or h2c.
-fn connection_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(LoopTimer)
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(LoopTimer)
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    builder
+/// hyper's settings for every accepted connection, one set per loop:
+/// HTTP/1.1 with a header read timeout and size limits, or h2c (with
+/// prior knowledge), as the connection's first bytes tell
+/// ([`Watched::sniff`](crate::watchdog::Watched::sniff)).
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Builders {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(LoopTimer)
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES)
+            // Checked on the parsed head too: the buffer's bound alone
+            // lets one large read past it (how hyper reads, after the
+            // first 8 KiB, decides).
+            .max_header_size(MAX_HEADER_BYTES)
+            .max_headers(MAX_HEADERS)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(LoopTimer)
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
+        Builders { http1, http2 }
+    }
 }
 
 /// A reserved route's or a page's stack, boxed: one type whatever layers

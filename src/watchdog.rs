@@ -17,18 +17,22 @@
 //! whole connection (EventSource reconnects and resumes), and a stall
 //! stalls every stream on it anyway.
 //!
-//! Also owns the connection's first read: [`Watched`] makes it into a
-//! per-thread buffer of [`FIRST_READ`] bytes, whatever the caller asked
-//! for, and hands out the rest from memory. The caller is hyper-util's
-//! `auto` builder, which reads 24 bytes to tell an HTTP/2 preface from
-//! HTTP/1.1, after which hyper reads the rest of the request: one
-//! `recvfrom(2)` instead of two per connection.
+//! Also owns the connection's first read ([`Watched::sniff`]): it takes
+//! up to [`FIRST_READ`] bytes into a per-thread buffer, tells an HTTP/2
+//! preface (h2c) from HTTP/1.1 by them, and keeps them for hyper's first
+//! read, which gets them whole: one `recvfrom(2)` and one parse per
+//! request head. (hyper-util's `auto` builder read 24 bytes to tell, and
+//! hyper's first read then got those 24 alone: a second, failed parse
+//! and a regrown read buffer, ~15% of the user-space instructions of an
+//! accepted WebSocket under callgrind.)
 //!
 //! Also owns holding back a WebSocket's 101: a handler that answers an
 //! upgrade asks ([`ConnectionHandle::hold_upgrade`]) and the response head
 //! hyper writes is kept (at most [`HOLD_LIMIT`] bytes) instead of sent, so
 //! the WebSocket task sends it in one write with its hello
-//! ([`Watched::into_parts`]).
+//! ([`Watched::into_parts`]); and running the hand-over of that
+//! WebSocket ([`ConnectionHandle::then`]) on the connection's own task
+//! once hyper is done with it, instead of on a task of its own.
 //!
 //! Does not own: upgraded connections (a WebSocket task bounds its own
 //! writes: hyper's connection future ends at the upgrade), or what any
@@ -39,7 +43,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -58,9 +62,21 @@ pub const DRAIN_STALL: Duration = Duration::from_secs(1);
 /// it fails the connection.
 pub const HOLD_LIMIT: usize = 4096;
 
-/// Most bytes the first read of a connection takes (see [`Watched`]): a
-/// request head usually fits, and hyper's own first read is larger.
+/// Most bytes the first read of a connection takes (see
+/// [`Watched::sniff`]): a request head usually fits, and hyper's first
+/// read (8 KiB) takes them all.
 pub const FIRST_READ: usize = 8 * 1024;
+
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a connection speaks, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// h2c with prior knowledge.
+    Http2,
+}
 
 thread_local! {
     /// Where a connection's first read lands, one per thread, reused.
@@ -83,7 +99,7 @@ struct Progress {
     watcher: Mutex<Watcher>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Watcher {
     /// The watchdog's task, woken by a kill or a registration.
     waker: Option<Waker>,
@@ -91,7 +107,23 @@ struct Watcher {
     queue: Option<Arc<ClientQueue>>,
     /// What was written while `holding`.
     held: Vec<u8>,
+    /// What the connection's task runs once hyper is done with it.
+    then: Option<Then>,
 }
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("waker", &self.waker)
+            .field("queue", &self.queue)
+            .field("held", &self.held.len())
+            .field("then", &self.then.is_some())
+            .finish()
+    }
+}
+
+/// Work for the connection's task after hyper (see [`ConnectionHandle::then`]).
+pub type Then = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Progress {
     fn lock(&self) -> MutexGuard<'_, Watcher> {
@@ -141,10 +173,8 @@ impl Progress {
 pub struct Watched<T> {
     inner: T,
     progress: Arc<Progress>,
-    /// Read from `inner` by the first read but not yet handed out.
+    /// Read from `inner` by [`Watched::sniff`] but not yet handed out.
     unread: Bytes,
-    /// The first read has returned bytes (or failed, or met the end).
-    first_read_done: bool,
 }
 
 /// Wraps `io`; the watchdog and the handle go with the connection task and
@@ -162,7 +192,6 @@ pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
             inner: io,
             progress: progress.clone(),
             unread: Bytes::new(),
-            first_read_done: false,
         },
         ConnectionHandle(progress),
     )
@@ -201,9 +230,53 @@ impl<T> Watched<T> {
     }
 }
 
+impl<T: AsyncRead + Unpin> Watched<T> {
+    /// Reads the connection's first bytes (more only while they could
+    /// still be the start of an HTTP/2 preface) and tells its protocol;
+    /// the bytes are handed out first by the next reads. Fails at EOF
+    /// before a verdict.
+    pub async fn sniff(&mut self) -> io::Result<Protocol> {
+        loop {
+            let seen = &self.unread[..];
+            if seen.len() >= H2_PREFACE.len() {
+                return Ok(if seen.starts_with(H2_PREFACE) {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                });
+            }
+            if !seen.is_empty() && !H2_PREFACE.starts_with(seen) {
+                return Ok(Protocol::Http1);
+            }
+            let read = std::future::poll_fn(|cx| self.poll_first(cx)).await?;
+            if read == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// One read of at most [`FIRST_READ`] bytes into the per-thread
+    /// buffer, appended to `unread`.
+    fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let room = FIRST_READ.saturating_sub(self.unread.len()).max(1);
+        FIRST.with_borrow_mut(|scratch| {
+            let mut first = ReadBuf::new(&mut scratch[..room]);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut first))?;
+            let read = first.filled();
+            if !read.is_empty() {
+                self.unread = if self.unread.is_empty() {
+                    Bytes::copy_from_slice(read)
+                } else {
+                    [&self.unread[..], read].concat().into()
+                };
+            }
+            Poll::Ready(Ok(read.len()))
+        })
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    /// The first read takes up to [`FIRST_READ`] bytes, however few the
-    /// caller asked for, and keeps what did not fit for the next reads.
+    /// What [`Watched::sniff`] read first, then the socket.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,25 +292,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             }
             return Poll::Ready(Ok(()));
         }
-        if this.first_read_done || buf.remaining() >= FIRST_READ {
-            this.first_read_done = true;
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        FIRST.with_borrow_mut(|scratch| {
-            let mut first = ReadBuf::new(&mut scratch[..]);
-            let outcome = Pin::new(&mut this.inner).poll_read(cx, &mut first);
-            if outcome.is_pending() {
-                return Poll::Pending;
-            }
-            this.first_read_done = true;
-            let read = first.filled();
-            let n = read.len().min(buf.remaining());
-            buf.put_slice(&read[..n]);
-            if read.len() > n {
-                this.unread = Bytes::copy_from_slice(&read[n..]);
-            }
-            outcome
-        })
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -304,6 +359,19 @@ impl ConnectionHandle {
     /// of its first frame. Nothing follows a 101 on the connection.
     pub fn hold_upgrade(&self) {
         self.0.holding.store(true, Ordering::Release);
+    }
+
+    /// Has the connection's task run `then` once hyper is done with the
+    /// connection (closed, or handed over at an upgrade), after its
+    /// watchdog: a WebSocket's hand-over, with no task of its own to
+    /// allocate, track and wake on the loop for it.
+    pub fn then(&self, then: Then) {
+        self.0.lock().then = Some(then);
+    }
+
+    /// What [`ConnectionHandle::then`] left, for the connection's task.
+    pub fn take_then(&self) -> Option<Then> {
+        self.0.lock().then.take()
     }
 
     /// Closes the connection as soon as `queue` is closed (its client cut
@@ -512,33 +580,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_first_read_takes_what_is_there_and_hands_the_rest_out_after() {
+    async fn the_sniff_takes_what_is_there_and_hands_it_out_first() {
         let (near, mut far) = tokio::io::duplex(64 * 1024);
-        let request: Vec<u8> = (0..200u8).collect();
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(10);
         far.write_all(&request).await.unwrap();
         let (mut io, _handle) = watch(near);
-        // A 24-byte read, as hyper-util's HTTP/2 sniff makes, takes the
-        // whole request off the socket.
-        let mut sniff = [0u8; 24];
-        tokio::io::AsyncReadExt::read_exact(&mut io, &mut sniff)
-            .await
-            .unwrap();
-        assert_eq!(&sniff[..], &request[..24]);
+        assert_eq!(io.sniff().await.unwrap(), Protocol::Http1);
         far.write_all(b"after").await.unwrap();
         drop(far);
-        let mut rest = [0u8; 100];
-        let n = tokio::io::AsyncReadExt::read(&mut io, &mut rest)
+        let mut head = [0u8; 100];
+        let n = tokio::io::AsyncReadExt::read(&mut io, &mut head)
             .await
             .unwrap();
-        assert_eq!(&rest[..n], &request[24..124], "served from memory");
+        assert_eq!(&head[..n], &request[..100], "served from memory");
         let (mut inner, unread, held) = io.into_parts();
-        assert_eq!(&unread[..], &request[124..], "what was not handed out");
+        assert_eq!(&unread[..], &request[100..], "what was not handed out");
         assert!(held.is_empty());
         let mut after = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut inner, &mut after)
             .await
             .unwrap();
-        assert_eq!(after, b"after", "the first read took the request only");
+        assert_eq!(after, b"after", "the sniff took what was there only");
+    }
+
+    #[tokio::test]
+    async fn a_preface_in_pieces_is_http2_and_eof_first_fails() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let (mut io, _handle) = watch(near);
+        let sniffing = tokio::spawn(async move { (io.sniff().await.unwrap(), io) });
+        for piece in H2_PREFACE.chunks(5) {
+            far.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        far.write_all(b"frames").await.unwrap();
+        let (protocol, mut io) = sniffing.await.unwrap();
+        assert_eq!(protocol, Protocol::Http2);
+        drop(far);
+        let mut all = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut io, &mut all)
+            .await
+            .unwrap();
+        assert_eq!(&all[..H2_PREFACE.len()], H2_PREFACE, "handed out whole");
+
+        let (near, far) = tokio::io::duplex(64);
+        let (mut io, _handle) = watch(near);
+        drop(far);
+        assert!(io.sniff().await.is_err());
+        // "PRI" then something else is HTTP/1.1 (hyper answers 400).
+        let (near, mut far) = tokio::io::duplex(64);
+        let (mut io, _handle) = watch(near);
+        far.write_all(b"PRI / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(io.sniff().await.unwrap(), Protocol::Http1);
     }
 
     #[tokio::test]
