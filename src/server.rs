@@ -296,11 +296,17 @@ async fn accept_loop(
         let stop = gateway.shutdown.requested();
         tokio::spawn(async move {
             // A connection that has sent nothing when the drain begins is
-            // closed unserved (as hyper-util's `auto` builder did).
+            // closed unserved (as hyper-util's `auto` builder did), and so
+            // is one silent for HEADER_READ_TIMEOUT: hyper's own header
+            // timer starts only once it reads, and a silent connection
+            // would otherwise hold its MAX_HTTP_CONNECTIONS slot for good.
             let protocol = tokio::select! {
                 protocol = stream.sniff() => protocol,
                 _ = draining.wait_for(|&now| now >= Phase::Draining) => {
                     Err(io::ErrorKind::Interrupted.into())
+                }
+                _ = tokio::time::sleep(HEADER_READ_TIMEOUT) => {
+                    Err(io::ErrorKind::TimedOut.into())
                 }
             };
             let io = TokioIo::new(stream);

@@ -89,6 +89,27 @@ async fn a_slowloris_client_is_dropped_within_10_seconds() {
     );
 }
 
+/// A connection that sends nothing at all is closed like a slow one: it
+/// would otherwise hold one of MAX_HTTP_CONNECTIONS until the drain (a
+/// few thousand silent connects would lock everyone out).
+#[tokio::test]
+async fn a_silent_connection_is_dropped_within_10_seconds() {
+    let gateway = Gateway::start(&[]).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await;
+    let closed_after = started.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection was not closed within 20 s: {read:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_secs(9) && closed_after <= Duration::from_secs(12),
+        "closed after {closed_after:?}"
+    );
+}
+
 #[tokio::test]
 async fn oversized_headers_get_431_and_keep_alive_reuses_a_connection() {
     let gateway = Gateway::start(&[]).await;
