@@ -33,20 +33,13 @@ cd "$ROOT"
 die() { echo "proxy-instructions.sh: error: $*" >&2; exit 1; }
 say() { echo "proxy-instructions.sh: $*" >&2; }
 
-find_nginx() {
-    command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true
-}
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 need=()
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 [ -n "$(find_nginx)" ] || need+=(nginx)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-    [ "$(id -u)" -eq 0 ] || die "missing ${need[*]} and not root: install them first"
-    say "installing ${need[*]} with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+[ ${#need[@]} -eq 0 ] || install_missing "${need[@]}"
 NGINX=$(find_nginx)
 [ -n "$NGINX" ] || die "nginx not found after install"
 
@@ -74,50 +67,40 @@ UP=$(free_port)
 PX=$(free_port)
 SY=$(free_port)
 
-temp_paths="client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;"
-cat >"$TMP/upstream.conf" <<EOF
+# nginx_conf NAME SERVER: one process (master_process off, so callgrind
+# sees the worker), no access log, keep-alive as in benches/proxy.sh.
+nginx_conf() {
+    cat >"$TMP/$1.conf" <<EOF
 daemon off;
 master_process off;
 worker_processes 1;
-pid $TMP/upstream.pid;
-error_log $TMP/upstream.error.log warn;
+pid $TMP/$1.pid;
+error_log $TMP/$1.error.log warn;
 events { worker_connections 1024; }
 http {
     access_log off;
-    $temp_paths
+    client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP;
+    uwsgi_temp_path $TMP; scgi_temp_path $TMP;
     keepalive_timeout 65;
     keepalive_requests 100000;
-    server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } }
+    $2
 }
 EOF
-# The proxy as in benches/proxy.sh, in one process (master_process off) so
-# callgrind sees the worker.
-cat >"$TMP/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx.error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    $temp_paths
-    keepalive_timeout 65;
-    keepalive_requests 100000;
-    upstream backend { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 100000; }
+}
+nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 \"hello from upstream\\n\"; } }"
+# The proxy as benches/proxy.sh tunes it.
+nginx_conf nginx "upstream backend { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 100000; }
     server {
         listen 127.0.0.1:$PX;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
             proxy_set_header Host \$host;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;
         }
-    }
-}
-EOF
+    }"
 cat >"$TMP/client.py" <<'EOF'
 import http.client, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])

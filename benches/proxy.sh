@@ -78,9 +78,8 @@ die() { echo "proxy.sh: error: $*" >&2; exit 1; }
 say() { echo "proxy.sh: $*" >&2; }
 
 # ---------------------------------------------------------------- tools
-find_nginx() {
-    command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true
-}
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 [ -n "$(find_nginx)" ] || need+=(nginx)
@@ -88,22 +87,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 [ "$PIN_1C" = 0 ] || command -v taskset >/dev/null 2>&1 || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-    [ "$(id -u)" -eq 0 ] || die "missing ${need[*]} and not root: install them first"
-    say "installing ${need[*]} with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    pkgs=()
-    for p in "${need[@]}"; do
-        if [ "$p" = nginx ]; then
-            # nginx-light is gone from newer Debian releases; plain nginx then.
-            if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi
-        else
-            pkgs+=("$p")
-        fi
-    done
-    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-fi
+[ ${#need[@]} -eq 0 ] || install_missing "${need[@]}"
 NGINX=$(find_nginx)
 [ -n "$NGINX" ] || die "nginx not found after install"
 command -v cargo >/dev/null 2>&1 || die "cargo not found"
