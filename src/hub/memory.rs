@@ -440,7 +440,7 @@ impl Hub for MemoryHub {
         let registration = lock(&self.subscribers).add(&patterns, snapshot.seq, queue_capacity);
         drop(state);
         let snapshot = ordered(snapshot);
-        let subscription = registration.map(|registration| Subscribed {
+        let subscribed = registration.map(|registration| Subscribed {
             snapshot,
             subscription: Subscription {
                 id: registration.id,
@@ -448,7 +448,7 @@ impl Hub for MemoryHub {
                 hub: self,
             },
         });
-        ready(subscription)
+        ready(subscribed)
     }
 
     fn add_patterns(
@@ -611,23 +611,25 @@ mod tests {
             .clone()
             .subscribe(vec![Pattern::everything()], None, 2)
             .await
-            .unwrap();
+            .unwrap()
+            .subscription;
         let fast = hub
             .clone()
             .subscribe(vec![Pattern::everything()], None, 100)
             .await
-            .unwrap();
+            .unwrap()
+            .subscription;
         for i in 0..5 {
             publish(&hub, "t", &i.to_string(), false).await;
         }
-        assert!(slow.subscription.queue.is_closed());
+        assert!(slow.queue.is_closed());
         assert_eq!(hub.subscriber_count(), 1);
         let mut received = Vec::new();
-        while let Some(event) = fast.subscription.queue.try_pop() {
+        while let Some(event) = fast.queue.try_pop() {
             received.push(event.seq());
         }
         assert_eq!(received, [1, 2, 3, 4, 5]);
-        assert_eq!(slow.subscription.queue.try_pop().map(|e| e.seq()), Some(1));
+        assert_eq!(slow.queue.try_pop().map(|e| e.seq()), Some(1));
         drop(fast);
         assert_eq!(hub.subscriber_count(), 0);
     }
@@ -639,14 +641,16 @@ mod tests {
             Pattern::parse("a/#").unwrap(),
             Pattern::parse("a/+").unwrap(),
         ];
-        let subscription = hub.clone().subscribe(patterns, None, 10).await.unwrap();
+        let subscription = hub
+            .clone()
+            .subscribe(patterns, None, 10)
+            .await
+            .unwrap()
+            .subscription;
         publish(&hub, "a/b", "1", false).await;
         publish(&hub, "z", "2", false).await;
-        assert_eq!(
-            subscription.subscription.queue.try_pop().map(|e| e.seq()),
-            Some(1)
-        );
-        assert!(subscription.subscription.queue.try_pop().is_none());
+        assert_eq!(subscription.queue.try_pop().map(|e| e.seq()), Some(1));
+        assert!(subscription.queue.try_pop().is_none());
     }
 
     /// A hub with a fan-out task that never runs: events stay pending until
@@ -662,19 +666,19 @@ mod tests {
     async fn events_pending_at_subscribe_time_are_in_the_snapshot_only() {
         let hub = hub_with_idle_fan_out(10);
         publish(&hub, "t", "1", false).await;
-        let subscription = hub
+        let Subscribed {
+            snapshot,
+            subscription,
+        } = hub
             .clone()
             .subscribe(vec![Pattern::everything()], None, 10)
             .await
             .unwrap();
-        assert_eq!(subscription.snapshot.seq, 1);
+        assert_eq!(snapshot.seq, 1);
         publish(&hub, "t", "2", false).await;
         hub.fan_out_pending();
-        assert_eq!(
-            subscription.subscription.queue.try_pop().map(|e| e.seq()),
-            Some(2)
-        );
-        assert!(subscription.subscription.queue.try_pop().is_none());
+        assert_eq!(subscription.queue.try_pop().map(|e| e.seq()), Some(2));
+        assert!(subscription.queue.try_pop().is_none());
     }
 
     #[tokio::test]
@@ -684,21 +688,19 @@ mod tests {
             .clone()
             .subscribe(vec![Pattern::parse("a").unwrap()], None, 10)
             .await
-            .unwrap();
+            .unwrap()
+            .subscription;
         publish(&hub, "a", "1", false).await;
         publish(&hub, "b", "2", true).await;
         let state = hub
-            .add_patterns(
-                subscription.subscription.id,
-                vec![Pattern::parse("b").unwrap()],
-            )
+            .add_patterns(subscription.id, vec![Pattern::parse("b").unwrap()])
             .await
             .unwrap();
         assert_eq!(seqs(&state), [2]);
         publish(&hub, "b", "3", false).await;
         hub.fan_out_pending();
         let mut queued = Vec::new();
-        while let Some(event) = subscription.subscription.queue.try_pop() {
+        while let Some(event) = subscription.queue.try_pop() {
             queued.push(event.seq());
         }
         assert_eq!(queued, [1, 3], "seq 2 came with the added pattern's state");
@@ -711,14 +713,12 @@ mod tests {
             .clone()
             .subscribe(vec![Pattern::everything()], None, PENDING_LIMIT + 1)
             .await
-            .unwrap();
+            .unwrap()
+            .subscription;
         for i in 0..PENDING_LIMIT {
             publish(&hub, "t", &i.to_string(), false).await;
         }
-        assert!(
-            subscription.subscription.queue.try_pop().is_none(),
-            "still pending"
-        );
+        assert!(subscription.queue.try_pop().is_none(), "still pending");
         let waiting = hub.publish(vec![publication("t", "0", false)]);
         tokio::pin!(waiting);
         let early = tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting).await;
@@ -729,7 +729,7 @@ mod tests {
             "no seq taken"
         );
         assert!(
-            subscription.subscription.queue.try_pop().is_none(),
+            subscription.queue.try_pop().is_none(),
             "the publisher fanned out nothing"
         );
         // What the fan-out task does: one event, then room for the waiter.
@@ -740,7 +740,7 @@ mod tests {
         assert_eq!(receipt.seqs, [PENDING_LIMIT as Seq + 1]);
         hub.fan_out_pending();
         let mut queued = 0;
-        while subscription.subscription.queue.try_pop().is_some() {
+        while subscription.queue.try_pop().is_some() {
             queued += 1;
         }
         assert_eq!(queued, PENDING_LIMIT + 1);
@@ -758,7 +758,8 @@ mod tests {
             .clone()
             .subscribe(vec![Pattern::everything()], None, 5000)
             .await
-            .unwrap();
+            .unwrap()
+            .subscription;
         let publishers: Vec<_> = (0..2)
             .map(|_| {
                 let hub = hub.clone();
@@ -795,7 +796,7 @@ mod tests {
         while (early_seen.len() < 2000 || late_seen.len() < 2000)
             && std::time::Instant::now() < deadline
         {
-            while let Some(event) = early.subscription.queue.try_pop() {
+            while let Some(event) = early.queue.try_pop() {
                 early_seen.push(event.seq());
             }
             while let Some(event) = late.subscription.queue.try_pop() {
@@ -911,7 +912,8 @@ mod tests {
             .clone()
             .subscribe(vec![Pattern::everything()], None, 10)
             .await
-            .unwrap();
+            .unwrap()
+            .subscription;
         let with_id = |id: &str, data: &str| Publication {
             id: Some(id.into()),
             ..publication("t", data, false)
@@ -927,7 +929,7 @@ mod tests {
             .await;
         assert!(matches!(mixed, Err(HubError::RepeatedId { .. })));
         assert_eq!(publish(&hub, "t", "3", false).await, 3, "nothing applied");
-        let seqs: Vec<Seq> = std::iter::from_fn(|| subscription.subscription.queue.try_pop())
+        let seqs: Vec<Seq> = std::iter::from_fn(|| subscription.queue.try_pop())
             .map(|d| d.seq())
             .collect();
         assert_eq!(seqs, [1, 2, 3]);
@@ -954,24 +956,19 @@ mod tests {
             .clone()
             .subscribe(four[..2].to_vec(), None, 10)
             .await
-            .unwrap();
+            .unwrap()
+            .subscription;
         assert!(hub
-            .add_patterns(subscription.subscription.id, four[1..].to_vec())
+            .add_patterns(subscription.id, four[1..].to_vec())
             .await
             .is_err());
         publish(&hub, "c", "1", false).await;
-        assert!(
-            subscription.subscription.queue.try_pop().is_none(),
-            "c was not added"
-        );
+        assert!(subscription.queue.try_pop().is_none(), "c was not added");
         assert!(hub
-            .add_patterns(subscription.subscription.id, four[2..3].to_vec())
+            .add_patterns(subscription.id, four[2..3].to_vec())
             .await
             .is_ok());
         publish(&hub, "c", "2", false).await;
-        assert_eq!(
-            subscription.subscription.queue.try_pop().map(|e| e.seq()),
-            Some(2)
-        );
+        assert_eq!(subscription.queue.try_pop().map(|e| e.seq()), Some(2));
     }
 }
