@@ -404,8 +404,14 @@ def main():
                 try:
                     own.goto(f"http://127.0.0.1:{gw.dash_port}/", wait_until="domcontentloaded", timeout=30000)
                     want = f"Open http://localhost:{gw.port}/ instead"
-                    own.wait_for_function("t => document.body.innerText.includes(t)", arg=want,
-                                          timeout=20000, polling=100)
+                    # Each live() on the page finds out on its own (prices,
+                    # bulk, trades: three fragments), so the warning of one
+                    # can show before the prices fragment's status line
+                    # follows: wait for both.
+                    own.wait_for_function(
+                        "t => document.body.innerText.includes(t)"
+                        " && document.body.innerText.includes('status: wrong-port')",
+                        arg=want, timeout=20000, polling=100)
                     text = own.evaluate("() => document.body.innerText")
                     assert "status: wrong-port" in text, f"status not wrong-port: {text[-300:]!r}"
                     return f"page on Streamlit's port {gw.dash_port} shows status wrong-port and {want!r}"
