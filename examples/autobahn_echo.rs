@@ -87,7 +87,7 @@ async fn echo(upgraded: Upgraded) {
         return;
     };
     let socket = Socket::new(parts.io.into_inner());
-    let mut writer = Writer::new(SocketWriter::new(socket.clone()), WRITE_TIMEOUT);
+    let mut writer = Writer::new(SocketWriter::new(socket.clone()));
     let mut reader = Reader::new(
         SocketReader::new(socket, parts.read_buf),
         MAX_MESSAGE_BYTES,
@@ -108,7 +108,7 @@ async fn echo(upgraded: Upgraded) {
                     .map(|(code, reason)| codec::close_frame(code, reason))
             }
         };
-        if writer.send(vec![reply]).await.is_err() {
+        if writer.send(vec![reply], WRITE_TIMEOUT).await.is_err() {
             return;
         }
     };

@@ -12,11 +12,15 @@
 //! allocation of its own, where a `Notify` waiter is a boxed node of 64
 //! bytes — for every idle connection, twice.
 //!
+//! A beacon can also be closed: its last firing, after which every signal
+//! on it is ready at each poll. The keepalive clock closes at the drain, so
+//! a client waits on one signal for both (see `broadcast::stream`).
+//!
 //! Does not own: what a firing means (`shutdown`, the ping clock in `lib`).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -28,6 +32,9 @@ pub struct Beacon {
     /// it changed); changes only under `waiting`'s lock, together with the
     /// list being taken.
     generation: AtomicU32,
+    /// Set by [`Beacon::close`]: no firing comes after, every signal is
+    /// ready.
+    closed: AtomicBool,
     /// The wakers of the signals waiting for the next firing.
     waiting: Mutex<Slab<Waker>>,
 }
@@ -55,6 +62,13 @@ impl Beacon {
         for (_, waker) in waiting {
             waker.wake();
         }
+    }
+
+    /// Fires one last time: from now on every [`Signal`] on it, old or
+    /// new, resolves at each poll and answers [`Signal::is_closed`].
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.fire();
     }
 
     /// A signal that resolves at the next firing, then at each one after.
@@ -94,6 +108,11 @@ impl Signal {
         }
     }
 
+    /// True once its beacon is closed (see [`Beacon::close`]).
+    pub fn is_closed(&self) -> bool {
+        self.beacon.closed.load(Ordering::Acquire)
+    }
+
     /// True (and reported) when the beacon fired since last reported.
     fn take_firing(&mut self) -> bool {
         let now = self.beacon.generation.load(Ordering::Acquire);
@@ -112,7 +131,7 @@ impl Future for Signal {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.take_firing() {
+        if this.take_firing() || this.is_closed() {
             return Poll::Ready(());
         }
         if let Some(waker) = &this.registered {
@@ -194,6 +213,24 @@ mod tests {
         assert_eq!(beacon.lock().len(), 1);
         drop(third);
         assert_eq!(beacon.lock().len(), 0);
+    }
+
+    #[test]
+    fn a_closed_beacon_keeps_every_signal_ready() {
+        let beacon = Beacon::new();
+        let mut old = beacon.next_firing();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut old).poll(&mut cx).is_pending());
+        assert!(!old.is_closed());
+        beacon.close();
+        assert_eq!(beacon.lock().len(), 0, "the close takes the list");
+        let mut new = beacon.next_firing();
+        for _ in 0..3 {
+            assert!(Pin::new(&mut old).poll(&mut cx).is_ready());
+            assert!(Pin::new(&mut new).poll(&mut cx).is_ready());
+        }
+        assert!(old.is_closed() && new.is_closed());
+        assert_eq!(beacon.lock().len(), 0, "a closed beacon lists no one");
     }
 
     #[tokio::test]

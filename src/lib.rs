@@ -343,7 +343,9 @@ fn startup_line(config: &Config, addr: SocketAddr) -> String {
     )
 }
 
-/// Ticks for every client's keepalive until shutdown.
+/// Ticks for every client's keepalive until shutdown, and is closed then:
+/// a client's stream waits on this one clock for both (see
+/// `broadcast::stream`).
 fn spawn_ping_clock(interval: Duration, shutdown: &Shutdown) -> Arc<Beacon> {
     let clock = Beacon::new();
     let ticks = clock.clone();
@@ -354,9 +356,10 @@ fn spawn_ping_clock(interval: Duration, shutdown: &Shutdown) -> Arc<Beacon> {
         loop {
             tokio::select! {
                 _ = timer.tick() => ticks.fire(),
-                _ = stop.requested() => return,
+                _ = stop.requested() => break,
             }
         }
+        ticks.close();
     });
     clock
 }

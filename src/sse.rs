@@ -163,7 +163,7 @@ impl Sse {
             Step::Hello(snapshot) => opening_chunk(snapshot),
             Step::Deliveries(batch) => {
                 let mut out = BytesMut::new();
-                for delivery in batch {
+                for delivery in &batch {
                     match delivery {
                         Delivery::Event(event) => write_event(&mut out, &self.epoch, event),
                         Delivery::Reset(reset) => {

@@ -98,7 +98,8 @@ pub struct Broadcaster {
     /// order.
     gauges: [Gauge; 3],
     /// Ticks every PING_INTERVAL_SECS: one clock for every client's
-    /// keepalive, so an idle connection holds no timer of its own.
+    /// keepalive, so an idle connection holds no timer of its own; closed
+    /// at the drain (a client waits on it for both).
     pub ping_clock: Arc<Beacon>,
     /// Tells client tasks to finish and waits for them.
     pub shutdown: Shutdown,
@@ -162,7 +163,6 @@ impl Broadcaster {
         Ok(ClientStream::new(
             subscription,
             self.ping_clock.next_firing(),
-            self.shutdown.requested(),
         ))
     }
 }
@@ -172,6 +172,13 @@ pub struct ClientSlot {
     broadcaster: Arc<Broadcaster>,
     /// Its transport's `switchyard_connections` gauge.
     gauge: Gauge,
+}
+
+impl ClientSlot {
+    /// The broadcaster that counts it.
+    pub fn broadcaster(&self) -> &Arc<Broadcaster> {
+        &self.broadcaster
+    }
 }
 
 impl Drop for ClientSlot {

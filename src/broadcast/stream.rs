@@ -5,8 +5,10 @@
 //! batches, keepalive ticks between them — and the reasons it ends: cut off
 //! (the hub closed the queue because the client fell CLIENT_QUEUE behind)
 //! or shutdown. Once the hello has been handed out, it is released (its
-//! state or catch-up, and the snapshot itself); a batch buffer left large
-//! by a burst is released too, so an idle client holds neither.
+//! state or catch-up, and the snapshot itself), and each batch is handed
+//! out whole, so an idle client holds neither. It waits on one signal, the
+//! keepalive clock, which closes at the drain (see `beacon`): 32 bytes per
+//! client, not 64 for a clock and a drain signal apart.
 //!
 //! Does not own: encoding (each transport's framing), writing (each
 //! transport, under WRITE_TIMEOUT_SECS), or who may write to a socket and
@@ -24,19 +26,16 @@ use crate::hub::{Delivery, Snapshot, Subscribed, Subscription};
 /// Most queued deliveries handed out in one step.
 pub const BATCH: usize = 256;
 
-/// A batch buffer larger than this is released after use.
-const KEEP_BATCH_CAPACITY: usize = 16;
-
 /// What to send next.
 #[derive(Debug)]
 pub enum Step<'a> {
     /// First, once: the hello's snapshot (state, or the resumed events).
     Hello(&'a Snapshot),
-    /// Live deliveries, in order. Empty when all there was is the rest of
-    /// a delivery the fan-out began writing to the socket itself (only with
-    /// a sink attached to the queue; see `hub::queue`): the transport gets
-    /// it from `ClientQueue::begin_write`.
-    Deliveries(&'a [Delivery]),
+    /// Live deliveries, in order, handed over. Empty when all there was is
+    /// the rest of a delivery the fan-out began writing to the socket
+    /// itself (only with a sink attached to the queue; see `hub::queue`):
+    /// the transport gets it from `ClientQueue::begin_write`.
+    Deliveries(Vec<Delivery>),
     /// The keepalive clock ticked (PING_INTERVAL_SECS).
     Keepalive,
     /// Nothing more to send.
@@ -54,10 +53,10 @@ pub enum End {
 
 /// What [`ClientStream::poll_found`] found: a [`Step`] before it borrows
 /// from the stream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Found {
     Hello,
-    Deliveries,
+    Deliveries(Vec<Delivery>),
     Keepalive,
     End(End),
 }
@@ -68,22 +67,24 @@ pub struct ClientStream {
     /// keeps neither its state nor its catch-up.
     hello: Option<Box<Snapshot>>,
     hello_given: bool,
-    batch: Vec<Delivery>,
-    /// The keepalive clock; one per client, polled for an atomic load.
-    pings: Signal,
-    /// The drain; one per client, polled for an atomic load.
-    stop: Signal,
+    /// A keepalive tick seen by [`ClientStream::guard`] during a write,
+    /// handed out at the next step.
+    tick_due: bool,
+    /// The keepalive clock, closed at the drain; one per client, polled
+    /// for an atomic load.
+    clock: Signal,
 }
 
 impl ClientStream {
-    pub(super) fn new(subscribed: Subscribed, pings: Signal, stop: Signal) -> ClientStream {
+    /// `clock`: the keepalive clock, which must close when the gateway
+    /// drains (`lib` closes it).
+    pub(super) fn new(subscribed: Subscribed, clock: Signal) -> ClientStream {
         ClientStream {
             subscription: subscribed.subscription,
             hello: Some(Box::new(subscribed.snapshot)),
             hello_given: false,
-            batch: Vec::new(),
-            pings,
-            stop,
+            tick_due: false,
+            clock,
         }
     }
 
@@ -106,11 +107,27 @@ impl ClientStream {
     /// Runs `work` (a write) unless the client is cut off or the gateway
     /// drains first: a stalled socket must not hold either up.
     pub async fn guard<F: Future>(&mut self, work: F) -> Result<F::Output, End> {
-        let queue = &self.subscription.queue;
+        let ClientStream {
+            subscription,
+            tick_due,
+            clock,
+            ..
+        } = self;
+        // The clock's ticks meanwhile are kept for the next step; only its
+        // close (the drain) stops the write.
+        let drain = std::future::poll_fn(|cx| {
+            while Pin::new(&mut *clock).poll(cx).is_ready() {
+                if clock.is_closed() {
+                    return Poll::Ready(());
+                }
+                *tick_due = true;
+            }
+            Poll::Pending
+        });
         tokio::select! {
             biased;
-            _ = queue.closed() => Err(End::CutOff),
-            _ = &mut self.stop => Err(End::Shutdown),
+            _ = subscription.queue.closed() => Err(End::CutOff),
+            _ = drain => Err(End::Shutdown),
             done = work => Ok(done),
         }
     }
@@ -132,7 +149,7 @@ impl ClientStream {
 
     /// What comes next, in this order: the hello; the end if the client
     /// is cut off (not after writing what is still queued); the drain; a
-    /// keepalive tick; queued deliveries (moved into `batch`).
+    /// keepalive tick; queued deliveries (moved into a batch of their own).
     fn poll_found(&mut self, cx: &mut Context<'_>) -> Poll<Found> {
         if !self.hello_given {
             self.hello_given = true;
@@ -140,30 +157,27 @@ impl ClientStream {
         }
         // The hello has been written: it need not stay with us.
         self.hello = None;
-        if self.batch.capacity() > KEEP_BATCH_CAPACITY {
-            self.batch = Vec::new();
-        } else {
-            self.batch.clear();
-        }
         let queue = &self.subscription.queue;
         if queue.is_closed() {
             return Poll::Ready(Found::End(End::CutOff));
         }
-        if Pin::new(&mut self.stop).poll(cx).is_ready() {
+        // Polled even with a tick due, so its waker stays registered.
+        let ticked = Pin::new(&mut self.clock).poll(cx).is_ready();
+        if self.clock.is_closed() {
             return Poll::Ready(Found::End(End::Shutdown));
         }
-        if Pin::new(&mut self.pings).poll(cx).is_ready() {
+        if ticked || self.tick_due {
+            self.tick_due = false;
             return Poll::Ready(Found::Keepalive);
         }
-        queue
-            .poll_recv_many(cx, &mut self.batch, BATCH)
-            .map(|open| {
-                if open {
-                    Found::Deliveries
-                } else {
-                    Found::End(End::CutOff)
-                }
-            })
+        let mut batch = Vec::new();
+        queue.poll_recv_many(cx, &mut batch, BATCH).map(|open| {
+            if open {
+                Found::Deliveries(batch)
+            } else {
+                Found::End(End::CutOff)
+            }
+        })
     }
 
     /// The step `found` stands for, lent from the stream.
@@ -175,7 +189,7 @@ impl ClientStream {
                 // after it.
                 None => Step::End(End::Shutdown),
             },
-            Found::Deliveries => Step::Deliveries(&self.batch),
+            Found::Deliveries(batch) => Step::Deliveries(batch),
             Found::Keepalive => Step::Keepalive,
             Found::End(end) => Step::End(end),
         }

@@ -516,10 +516,11 @@ pub enum WriteError {
     Gone,
 }
 
-/// Writes frames, bounding how long the client may accept nothing.
+/// Writes frames, bounding how long the client may accept nothing (the
+/// bound is the caller's, at each send: a writer stored in every client's
+/// task keeps no copy of it).
 pub struct Writer<W> {
     io: W,
-    write_timeout: Duration,
     /// The frames being written, and how far into them the socket is. A
     /// write that is interrupted (cut-off, shutdown) leaves its rest here,
     /// so a close frame can still follow at a frame boundary; emptied (and
@@ -529,20 +530,20 @@ pub struct Writer<W> {
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
-    pub fn new(io: W, write_timeout: Duration) -> Writer<W> {
+    pub fn new(io: W) -> Writer<W> {
         Writer {
             io,
-            write_timeout,
             pending: Vec::new(),
             at: Position::default(),
         }
     }
 
     /// Writes `frames` (after whatever an interrupted or resumed write
-    /// left). Each write must move some bytes within WRITE_TIMEOUT_SECS;
-    /// any progress restarts the clock. A timer exists only while the
-    /// socket is full. Cancel-safe: dropped midway, the rest stays pending.
-    pub async fn send(&mut self, frames: Vec<Frame>) -> Result<(), WriteError> {
+    /// left). Each write must move some bytes within `stall`
+    /// (WRITE_TIMEOUT_SECS); any progress restarts the clock. A timer
+    /// exists only while the socket is full. Cancel-safe: dropped midway,
+    /// the rest stays pending.
+    pub async fn send(&mut self, frames: Vec<Frame>, stall: Duration) -> Result<(), WriteError> {
         if self.at.whole >= self.pending.len() {
             self.pending = frames;
             self.at = Position::default();
@@ -554,7 +555,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 Some(written) => written,
                 // Boxed: the timer exists only while the socket is full,
                 // and is then no part of every idle client's task.
-                None => Box::pin(tokio::time::timeout(self.write_timeout, self.write_some()))
+                None => Box::pin(tokio::time::timeout(stall, self.write_some()))
                     .await
                     .map_err(|_| WriteError::Stalled)?,
             };
@@ -604,7 +605,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     pub async fn finish(&mut self, frame: Option<Frame>, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         if let Some(frame) = frame {
-            let _ = tokio::time::timeout_at(deadline, self.send(vec![frame])).await;
+            let _ = tokio::time::timeout_at(deadline, self.send(vec![frame], limit)).await;
         }
         self.pending = Vec::new();
         let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
@@ -630,7 +631,7 @@ pub(super) mod tests {
     async fn partial_vectored_writes_resume_where_they_stopped() {
         // A 7-byte pipe forces many partial writes across frame boundaries.
         let (near, mut far) = tokio::io::duplex(7);
-        let mut writer = Writer::new(near, Duration::from_secs(5));
+        let mut writer = Writer::new(near);
         let frames: Vec<Frame> = (0..50u8)
             .map(|i| Frame::new(OP_TEXT, vec![i; usize::from(i) * 7]))
             .collect();
@@ -645,7 +646,7 @@ pub(super) mod tests {
             far.read_to_end(&mut got).await.unwrap();
             got
         });
-        writer.send(frames).await.unwrap();
+        writer.send(frames, Duration::from_secs(5)).await.unwrap();
         writer
             .finish(Some(close_frame(1000, "")), Duration::from_secs(5))
             .await;
