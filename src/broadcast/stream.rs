@@ -195,3 +195,58 @@ impl ClientStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::beacon::Beacon;
+    use crate::hub::memory::MemoryHub;
+    use crate::hub::{Hub, Pattern};
+
+    async fn stream(clock: &Arc<Beacon>) -> ClientStream {
+        let hub: Arc<dyn Hub> = Arc::new(MemoryHub::new(10));
+        let subscribed = hub
+            .subscribe(vec![Pattern::everything()], None, 10)
+            .await
+            .unwrap();
+        ClientStream::new(subscribed, clock.next_firing())
+    }
+
+    /// A write that has not finished yet.
+    fn stuck() -> std::future::Pending<()> {
+        std::future::pending()
+    }
+
+    #[tokio::test]
+    async fn a_tick_during_a_write_comes_next_and_the_close_ends_the_stream() {
+        let clock = Beacon::new();
+        let mut stream = stream(&clock).await;
+        assert!(matches!(stream.next().await, Step::Hello(_)));
+        // The clock ticks while a write is under way: the write goes on,
+        // and the tick is the next step.
+        let write = stream.guard(async {
+            clock.fire();
+            tokio::task::yield_now().await;
+            "written"
+        });
+        assert_eq!(write.await, Ok("written"));
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await;
+        assert!(
+            matches!(next, Ok(Step::Keepalive)),
+            "the tick was lost: {next:?}"
+        );
+        // The drain closes the clock: a write under way stops, and the
+        // stream ends.
+        let closer = clock.clone();
+        let write = stream.guard(async move {
+            closer.close();
+            stuck().await
+        });
+        assert_eq!(write.await, Err(End::Shutdown));
+        assert!(matches!(stream.next().await, Step::End(End::Shutdown)));
+        // A stream made after the close ends at once, after its hello.
+        let mut late = self::stream(&clock).await;
+        assert!(matches!(late.next().await, Step::Hello(_)));
+        assert!(matches!(late.next().await, Step::End(End::Shutdown)));
+    }
+}
