@@ -4,7 +4,9 @@
 //! after that a WebSocket client or a proxied tunnel is a task of its own.
 //! [`Shutdown`] is what those tasks hold: a signal that tells them to finish
 //! (send close 1001, stop copying) and a tracker the server waits on, within
-//! the grace period, before it exits.
+//! the grace period, before it exits. Subscribed clients (WebSocket and
+//! SSE streams) hear the drain through the keepalive clock, which `lib`
+//! closes when it begins: one signal per client for both.
 
 use std::future::Future;
 use std::sync::Arc;
