@@ -7,8 +7,9 @@
 //! what the hub does with a parsed value.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
 use percent_encoding::percent_decode_str;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -348,6 +349,103 @@ pub fn hello_frame(snapshot: &Snapshot) -> String {
     })
 }
 
+/// How many state encodings [`StateEncodings`] keeps: one per set of
+/// patterns the clients of a reconnect storm use (a page or two of an app).
+const STATE_ENCODINGS: usize = 4;
+
+/// The largest state encoding [`StateEncodings`] keeps. A larger state is
+/// encoded for each client, as before: keeping it would pin up to
+/// STATE_ENCODINGS copies of a big retained state (and its replaced events)
+/// in memory, and its encoding dwarfs the cost of a lookup anyway.
+const STATE_ENCODING_MAX_BYTES: usize = 256 * 1024;
+
+/// The encoded `state` of recent hellos, each kept with the events it
+/// encodes (the same `Arc`s, in order): clients that connect while the
+/// retained state stands still (a reconnect storm after a deploy: every
+/// dashboard at once) share one encoding instead of each building its own
+/// (20 topics of 3 KB: a 60 KB string per client, encoded, written and
+/// freed, whose freed heap the allocator keeps).
+///
+/// Keyed by identity, not content: an event is immutable and the kept
+/// `Arc`s keep it alive, so the same pointers in the same order are the
+/// same state. A hub that builds new events for every snapshot (Redis)
+/// never hits and pays one lookup. Bounded: STATE_ENCODINGS entries of at
+/// most STATE_ENCODING_MAX_BYTES, replaced oldest first.
+#[derive(Default)]
+pub struct StateEncodings {
+    kept: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    entries: [Option<StateEncoding>; STATE_ENCODINGS],
+    /// The entry replaced next.
+    next: usize,
+}
+
+struct StateEncoding {
+    events: Box<[Arc<Event>]>,
+    json: Bytes,
+}
+
+impl StateEncodings {
+    /// `events` as the `state` object of a frame (`{topic: {"seq": S,
+    /// "data": D}, ...}`), shared with earlier callers for the same events.
+    pub fn get(&self, events: &[Arc<Event>]) -> Bytes {
+        if events.is_empty() {
+            return Bytes::from_static(b"{}");
+        }
+        let same = |kept: &StateEncoding| {
+            kept.events.len() == events.len()
+                && kept
+                    .events
+                    .iter()
+                    .zip(events)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        if let Some(kept) = self.lock().entries.iter().flatten().find(|kept| same(kept)) {
+            return kept.json.clone();
+        }
+        // Encoded with no lock held: a big state takes milliseconds.
+        let json = Bytes::from(encode(&StateMap(events)));
+        if json.len() <= STATE_ENCODING_MAX_BYTES {
+            let entry = StateEncoding {
+                events: events.into(),
+                json: json.clone(),
+            };
+            let replaced = {
+                let mut kept = self.lock();
+                let at = kept.next;
+                kept.next = (at + 1) % STATE_ENCODINGS;
+                kept.entries[at].replace(entry)
+            };
+            // Its events are freed here, with no lock held.
+            drop(replaced);
+        }
+        json
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The hello as three pieces, `head + state + "}"` equal to
+/// [`hello_frame`]: `state` comes from `states`, shared with every client
+/// given the same events, so only the head is this client's own.
+pub fn hello_pieces(snapshot: &Snapshot, states: &StateEncodings) -> [Bytes; 3] {
+    let (resumed, state) = match &snapshot.catchup {
+        Catchup::Resumed(_) => (true, Bytes::from_static(b"{}")),
+        Catchup::Fresh(events) => (false, states.get(events)),
+    };
+    let epoch = serde_json::to_string(&snapshot.epoch).unwrap_or_else(|_| "null".to_owned());
+    let head = format!(
+        r#"{{"type":"hello","epoch":{epoch},"seq":{},"resumed":{resumed},"state":"#,
+        snapshot.seq
+    );
+    [Bytes::from(head), state, Bytes::from_static(b"}")]
+}
+
 /// `{"type":"subscribed","topics":[...],"state":{...}}`.
 pub fn subscribed_frame(patterns: &[Pattern], state: &[Arc<Event>]) -> String {
     #[derive(Serialize)]
@@ -449,6 +547,103 @@ fn encode(value: &impl Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn retained(seq: u64, topic: &str, data: &str) -> Arc<Event> {
+        Arc::new(Event::new(
+            seq,
+            Publication {
+                topic: Topic::parse(topic).unwrap(),
+                data: RawValue::from_string(data.to_owned()).unwrap(),
+                retain: true,
+                id: None,
+            },
+        ))
+    }
+
+    fn joined(pieces: &[Bytes]) -> String {
+        String::from_utf8(pieces.concat()).unwrap()
+    }
+
+    #[test]
+    fn hello_pieces_join_into_the_hello_frame() {
+        let states = StateEncodings::default();
+        let epoch = Epoch::from_string("e\"1");
+        let events = vec![
+            retained(3, "prices/a", r#"{"bid":1.5}"#),
+            retained(7, "prices/b", "[1,2]"),
+        ];
+        for catchup in [
+            Catchup::Fresh(Vec::new()),
+            Catchup::Fresh(events.clone()),
+            Catchup::Resumed(events),
+        ] {
+            let snapshot = Snapshot {
+                epoch: epoch.clone(),
+                seq: 9,
+                catchup,
+            };
+            let pieces = hello_pieces(&snapshot, &states);
+            assert_eq!(joined(&pieces), hello_frame(&snapshot));
+        }
+    }
+
+    #[test]
+    fn clients_given_the_same_events_share_one_state_encoding() {
+        let states = StateEncodings::default();
+        let a = retained(1, "a", "1");
+        let b = retained(2, "b", "2");
+        let first = states.get(&[a.clone(), b.clone()]);
+        let again = states.get(&[a.clone(), b.clone()]);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "not shared");
+        assert_eq!(
+            &first[..],
+            br#"{"a":{"seq":1,"data":1},"b":{"seq":2,"data":2}}"#
+        );
+        // Another event with the same content is another state (identity,
+        // not content): encoded anew, equal bytes.
+        let b_again = retained(2, "b", "2");
+        let other = states.get(&[a.clone(), b_again]);
+        assert_ne!(other.as_ptr(), first.as_ptr());
+        assert_eq!(other, first);
+        // A subset, and the order, matter.
+        assert_eq!(
+            &states.get(std::slice::from_ref(&a))[..],
+            br#"{"a":{"seq":1,"data":1}}"#
+        );
+        assert_eq!(
+            &states.get(&[b.clone(), a.clone()])[..],
+            br#"{"b":{"seq":2,"data":2},"a":{"seq":1,"data":1}}"#
+        );
+    }
+
+    #[test]
+    fn state_encodings_are_bounded() {
+        let states = StateEncodings::default();
+        let events: Vec<_> = (0..STATE_ENCODINGS as u64 + 2)
+            .map(|i| retained(i, "t", "0"))
+            .collect();
+        let first = states.get(&events[..1]);
+        for i in 1..events.len() {
+            states.get(&events[i..=i]);
+        }
+        // The oldest was replaced: encoded anew, and its events let go.
+        assert_ne!(states.get(&events[..1]).as_ptr(), first.as_ptr());
+        let kept = states.lock().entries.iter().flatten().count();
+        assert_eq!(kept, STATE_ENCODINGS);
+        // A state past STATE_ENCODING_MAX_BYTES is not kept.
+        let big = vec![retained(
+            1,
+            "big",
+            &format!("\"{}\"", "x".repeat(STATE_ENCODING_MAX_BYTES)),
+        )];
+        let once = states.get(&big);
+        assert_ne!(states.get(&big).as_ptr(), once.as_ptr());
+        assert_eq!(
+            Arc::strong_count(&big[0]),
+            1,
+            "a big state's events were kept"
+        );
+    }
 
     #[test]
     fn error_frames_name_their_type_first() {

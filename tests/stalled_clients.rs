@@ -248,9 +248,12 @@ async fn a_thousand_idle_websocket_clients_after_a_60_kb_hello() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (before, _) = gateway.memory_kib();
 
+    // In waves of 100 at once, as dashboards reconnect after a deploy:
+    // many hellos are being written at the same moment.
     let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        clients.push(hello(&gateway).await);
+    for _ in 0..CLIENTS / 100 {
+        let wave = (0..100).map(|_| hello(&gateway));
+        clients.extend(futures_util::future::join_all(wave).await);
     }
     wait_connections(&gateway, CLIENTS as u64, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -260,8 +263,10 @@ async fn a_thousand_idle_websocket_clients_after_a_60_kb_hello() {
         "{CLIENTS} idle WebSocket clients after a 60 KB hello and a 60 KB client frame: \
          RSS {before} -> {after} KiB, {per_client:.2} KiB per connection"
     );
+    // 1.3 KiB measured; 4.2-6.4 KiB when every client's hello was a 60 KB
+    // string of its own (the allocator kept their freed heap).
     assert!(
-        per_client <= 8.0,
+        per_client <= 3.0,
         "{per_client:.2} KiB per idle WebSocket client"
     );
     drop(clients);

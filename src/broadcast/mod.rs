@@ -31,7 +31,7 @@ use crate::auth::{self, Access, Denied, Reader};
 use crate::beacon::Beacon;
 use crate::config::Config;
 use crate::hub::{Hub, HubError, Pattern, ResumePoint};
-use crate::protocol::SubscriptionQuery;
+use crate::protocol::{StateEncodings, SubscriptionQuery};
 use crate::shutdown::Shutdown;
 
 pub use stream::{ClientStream, End, Step};
@@ -106,6 +106,9 @@ pub struct Broadcaster {
     /// Where WebSocket client tasks run and their sockets are driven (see
     /// `event_loops`).
     pub client_runtime: tokio::runtime::Handle,
+    /// The encoded states of recent hellos, shared by the clients given
+    /// the same state.
+    pub states: StateEncodings,
 }
 
 impl Broadcaster {
@@ -125,6 +128,7 @@ impl Broadcaster {
             ping_clock,
             shutdown,
             client_runtime,
+            states: StateEncodings::default(),
         }
     }
 

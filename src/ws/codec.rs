@@ -339,6 +339,27 @@ impl Frame {
         }
     }
 
+    /// One message sent as several payload pieces (the hello: its own
+    /// head, then a state shared with other clients): the first frame's
+    /// header counts them all, the others go out as they are.
+    pub fn pieces<const N: usize>(opcode: u8, pieces: [Bytes; N]) -> [Frame; N] {
+        let (header, header_len) = header(opcode, pieces.iter().map(Bytes::len).sum());
+        let mut first = true;
+        pieces.map(|payload| {
+            let frame = if first {
+                Frame {
+                    header,
+                    header_len,
+                    payload,
+                }
+            } else {
+                Frame::raw(payload)
+            };
+            first = false;
+            frame
+        })
+    }
+
     /// Bytes that go out as they are, with no frame header: the held-back
     /// 101 of the handshake, sent in the same write as the hello.
     pub fn raw(bytes: impl Into<Bytes>) -> Frame {
@@ -624,6 +645,30 @@ pub(super) mod tests {
             assert_eq!(head.len(), header);
             assert_eq!(frame.wire_len(), len + header);
             assert_eq!(head[0], 0x81);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_in_pieces_is_one_frame_on_the_wire() {
+        for sizes in [[1usize, 0, 1], [100, 20, 5], [120, 70_000, 1]] {
+            let pieces = sizes.map(|n| Bytes::from(vec![b'p'; n]));
+            let whole = Frame::new(OP_TEXT, pieces.concat());
+            let mut expected = Vec::new();
+            for part in whole.parts() {
+                expected.extend_from_slice(part);
+            }
+            // Through a 7-byte pipe: partial writes stop inside every piece.
+            let (near, mut far) = tokio::io::duplex(7);
+            let mut writer = Writer::new(near);
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                far.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            let frames = Frame::pieces(OP_TEXT, pieces).to_vec();
+            writer.send(frames, Duration::from_secs(5)).await.unwrap();
+            drop(writer);
+            assert_eq!(reader.await.unwrap(), expected, "pieces of {sizes:?} bytes");
         }
     }
 

@@ -63,7 +63,7 @@ use crate::config::Config;
 use crate::cors;
 use crate::event_loops;
 use crate::hub::{Catchup, HubError, Pattern, ResumePoint, Topic};
-use crate::protocol::{self, code, ClientFrame, SubscriptionQuery};
+use crate::protocol::{self, code, ClientFrame, StateEncodings, SubscriptionQuery};
 use crate::response::{self, Body};
 use crate::watchdog::{ConnectionHandle, Watched, DRAIN_STALL};
 use bytes::Bytes;
@@ -768,7 +768,7 @@ impl Client {
         if let Poll::Ready(step) = stream.poll_next(cx) {
             return Poll::Ready(Woke::Step {
                 hello: matches!(step, Step::Hello(_)),
-                encoded: encode_step(step),
+                encoded: encode_step(step, &self.slot.broadcaster().states),
             });
         }
         if read_first {
@@ -1030,15 +1030,16 @@ enum Encoded {
     End(End),
 }
 
-fn encode_step(step: Step<'_>) -> Encoded {
+fn encode_step(step: Step<'_>, states: &StateEncodings) -> Encoded {
     match step {
         Step::Hello(snapshot) => {
             let catchup = match &snapshot.catchup {
                 Catchup::Resumed(events) => events.as_slice(),
                 Catchup::Fresh(_) => &[],
             };
-            let mut frames = Vec::with_capacity(1 + catchup.len());
-            frames.push(Frame::new(codec::OP_TEXT, protocol::hello_frame(snapshot)));
+            let hello = protocol::hello_pieces(snapshot, states);
+            let mut frames = Vec::with_capacity(hello.len() + catchup.len());
+            frames.extend(Frame::pieces(codec::OP_TEXT, hello));
             for event in catchup {
                 frames.push(Frame::new(codec::OP_TEXT, Bytes::from(event.frame.clone())));
             }
