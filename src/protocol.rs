@@ -548,18 +548,6 @@ fn encode(value: &impl Serialize) -> String {
 mod tests {
     use super::*;
 
-    fn retained(seq: u64, topic: &str, data: &str) -> Arc<Event> {
-        Arc::new(Event::new(
-            seq,
-            Publication {
-                topic: Topic::parse(topic).unwrap(),
-                data: RawValue::from_string(data.to_owned()).unwrap(),
-                retain: true,
-                id: None,
-            },
-        ))
-    }
-
     fn joined(pieces: &[Bytes]) -> String {
         String::from_utf8(pieces.concat()).unwrap()
     }
@@ -569,8 +557,8 @@ mod tests {
         let states = StateEncodings::default();
         let epoch = Epoch::from_string("e\"1");
         let events = vec![
-            retained(3, "prices/a", r#"{"bid":1.5}"#),
-            retained(7, "prices/b", "[1,2]"),
+            Event::retained(3, "prices/a", r#"{"bid":1.5}"#),
+            Event::retained(7, "prices/b", "[1,2]"),
         ];
         for catchup in [
             Catchup::Fresh(Vec::new()),
@@ -590,8 +578,8 @@ mod tests {
     #[test]
     fn clients_given_the_same_events_share_one_state_encoding() {
         let states = StateEncodings::default();
-        let a = retained(1, "a", "1");
-        let b = retained(2, "b", "2");
+        let a = Event::retained(1, "a", "1");
+        let b = Event::retained(2, "b", "2");
         let first = states.get(&[a.clone(), b.clone()]);
         let again = states.get(&[a.clone(), b.clone()]);
         assert_eq!(first.as_ptr(), again.as_ptr(), "not shared");
@@ -601,7 +589,7 @@ mod tests {
         );
         // Another event with the same content is another state (identity,
         // not content): encoded anew, equal bytes.
-        let b_again = retained(2, "b", "2");
+        let b_again = Event::retained(2, "b", "2");
         let other = states.get(&[a.clone(), b_again]);
         assert_ne!(other.as_ptr(), first.as_ptr());
         assert_eq!(other, first);
@@ -620,18 +608,23 @@ mod tests {
     fn state_encodings_are_bounded() {
         let states = StateEncodings::default();
         let events: Vec<_> = (0..STATE_ENCODINGS as u64 + 2)
-            .map(|i| retained(i, "t", "0"))
+            .map(|i| Event::retained(i, "t", "0"))
             .collect();
         let first = states.get(&events[..1]);
         for i in 1..events.len() {
             states.get(&events[i..=i]);
         }
-        // The oldest was replaced: encoded anew, and its events let go.
+        // The oldest was replaced: its events let go, and encoded anew.
+        assert_eq!(
+            Arc::strong_count(&events[0]),
+            1,
+            "a replaced entry's events were kept"
+        );
         assert_ne!(states.get(&events[..1]).as_ptr(), first.as_ptr());
         let kept = states.lock().entries.iter().flatten().count();
         assert_eq!(kept, STATE_ENCODINGS);
         // A state past STATE_ENCODING_MAX_BYTES is not kept.
-        let big = vec![retained(
+        let big = vec![Event::retained(
             1,
             "big",
             &format!("\"{}\"", "x".repeat(STATE_ENCODING_MAX_BYTES)),

@@ -142,6 +142,18 @@ impl Event {
     pub fn deletes_state(&self) -> bool {
         self.retain && self.data.get() == "null"
     }
+
+    /// A retained event of `data` (JSON) on `topic`, for unit tests.
+    #[cfg(test)]
+    pub fn retained(seq: Seq, topic: &str, data: &str) -> Arc<Event> {
+        let publication = Publication {
+            topic: Topic::parse(topic).unwrap(),
+            data: RawValue::from_string(data.to_owned()).unwrap(),
+            retain: true,
+            id: None,
+        };
+        Arc::new(Event::new(seq, publication))
+    }
 }
 
 /// What arrives on a subscriber's queue.

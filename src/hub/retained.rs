@@ -213,20 +213,6 @@ pub fn by_topic(mut events: Vec<Arc<Event>>) -> Vec<Arc<Event>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Publication;
-    use serde_json::value::RawValue;
-
-    fn event(seq: u64, topic: &str, data: &str) -> Arc<Event> {
-        Arc::new(Event::new(
-            seq,
-            Publication {
-                topic: Topic::parse(topic).unwrap(),
-                data: RawValue::from_string(data.to_owned()).unwrap(),
-                retain: true,
-                id: None,
-            },
-        ))
-    }
 
     fn topics(events: &[Arc<Event>]) -> Vec<&str> {
         events.iter().map(|e| e.topic.as_str()).collect()
@@ -235,10 +221,10 @@ mod tests {
     #[test]
     fn counts_bytes_and_matches_by_level() {
         let mut state = RetainedState::default();
-        state.insert(event(1, "a", "1"));
-        state.insert(event(2, "a/b", "22"));
-        state.insert(event(3, "a/b/c", "333"));
-        state.insert(event(4, "x/b", "4"));
+        state.insert(Event::retained(1, "a", "1"));
+        state.insert(Event::retained(2, "a/b", "22"));
+        state.insert(Event::retained(3, "a/b/c", "333"));
+        state.insert(Event::retained(4, "x/b", "4"));
         assert_eq!(state.bytes(), (1 + 1) + (3 + 2) + (5 + 3) + (3 + 1));
         let p = |text: &str| Pattern::parse(text).unwrap();
         assert_eq!(topics(&state.matching(&[p("a/#")])), ["a", "a/b", "a/b/c"]);
@@ -248,7 +234,7 @@ mod tests {
             ["a/b", "x/b"]
         );
         assert_eq!(topics(&state.matching(&[p("#")])).len(), 4);
-        state.insert(event(5, "a/b", "2"));
+        state.insert(Event::retained(5, "a/b", "2"));
         assert_eq!(state.size_of(&Topic::parse("a/b").unwrap()), 4);
         state.remove(&Topic::parse("a/b/c").unwrap());
         state.remove(&Topic::parse("a/b/c").unwrap());

@@ -564,8 +564,6 @@ impl Subscribers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Publication, Topic};
-    use serde_json::value::RawValue;
 
     #[test]
     fn one_pattern_is_held_inline_and_the_set_changes_shape_as_it_grows() {
@@ -604,15 +602,7 @@ mod tests {
     }
 
     fn event(seq: Seq, topic: &str) -> Arc<Event> {
-        Arc::new(Event::new(
-            seq,
-            Publication {
-                topic: Topic::parse(topic).unwrap(),
-                data: RawValue::from_string(seq.to_string()).unwrap(),
-                retain: true,
-                id: None,
-            },
-        ))
+        Event::retained(seq, topic, &seq.to_string())
     }
 
     #[test]
