@@ -327,26 +327,38 @@ const EMPTY: &[Arc<Event>] = &[];
 /// `{"type":"hello",...}`, the first frame of every stream. The missed
 /// events of a resumed snapshot are not in it: they follow as event frames.
 pub fn hello_frame(snapshot: &Snapshot) -> String {
-    #[derive(Serialize)]
-    struct Hello<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        epoch: &'a Epoch,
-        seq: Seq,
-        resumed: bool,
-        state: StateMap<'a>,
-    }
+    let (mut hello, state) = hello_head(snapshot);
+    hello.push_str(&encode(&StateMap(state)));
+    hello.push('}');
+    hello
+}
+
+/// [`hello_frame`] as three pieces, `head + state + "}"`: `state` comes
+/// from `states`, shared with every client given the same events, so only
+/// the head (~100 bytes) is this client's own.
+pub fn hello_pieces(snapshot: &Snapshot, states: &StateEncodings) -> [Bytes; 3] {
+    let (head, state) = hello_head(snapshot);
+    [
+        Bytes::from(head),
+        states.get(state),
+        Bytes::from_static(b"}"),
+    ]
+}
+
+/// The hello up to its `state` object (`{"type":"hello",...,"state":`),
+/// and the events that object holds (none for a resumed snapshot).
+fn hello_head(snapshot: &Snapshot) -> (String, &[Arc<Event>]) {
     let (resumed, state) = match &snapshot.catchup {
         Catchup::Resumed(_) => (true, EMPTY),
         Catchup::Fresh(state) => (false, state.as_slice()),
     };
-    encode(&Hello {
-        kind: "hello",
-        epoch: &snapshot.epoch,
-        seq: snapshot.seq,
-        resumed,
-        state: StateMap(state),
-    })
+    // An epoch is a string: encoding it cannot fail.
+    let epoch = serde_json::to_string(&snapshot.epoch).unwrap_or_default();
+    let head = format!(
+        r#"{{"type":"hello","epoch":{epoch},"seq":{},"resumed":{resumed},"state":"#,
+        snapshot.seq
+    );
+    (head, state)
 }
 
 /// How many state encodings [`StateEncodings`] keeps: one per set of
@@ -428,22 +440,6 @@ impl StateEncodings {
     fn lock(&self) -> MutexGuard<'_, Kept> {
         self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// The hello as three pieces, `head + state + "}"` equal to
-/// [`hello_frame`]: `state` comes from `states`, shared with every client
-/// given the same events, so only the head is this client's own.
-pub fn hello_pieces(snapshot: &Snapshot, states: &StateEncodings) -> [Bytes; 3] {
-    let (resumed, state) = match &snapshot.catchup {
-        Catchup::Resumed(_) => (true, Bytes::from_static(b"{}")),
-        Catchup::Fresh(events) => (false, states.get(events)),
-    };
-    let epoch = serde_json::to_string(&snapshot.epoch).unwrap_or_else(|_| "null".to_owned());
-    let head = format!(
-        r#"{{"type":"hello","epoch":{epoch},"seq":{},"resumed":{resumed},"state":"#,
-        snapshot.seq
-    );
-    [Bytes::from(head), state, Bytes::from_static(b"}")]
 }
 
 /// `{"type":"subscribed","topics":[...],"state":{...}}`.
@@ -560,6 +556,7 @@ mod tests {
             Event::retained(3, "prices/a", r#"{"bid":1.5}"#),
             Event::retained(7, "prices/b", "[1,2]"),
         ];
+        let mut hellos = Vec::new();
         for catchup in [
             Catchup::Fresh(Vec::new()),
             Catchup::Fresh(events.clone()),
@@ -572,7 +569,19 @@ mod tests {
             };
             let pieces = hello_pieces(&snapshot, &states);
             assert_eq!(joined(&pieces), hello_frame(&snapshot));
+            hellos.push(hello_frame(&snapshot));
         }
+        let head = r#"{"type":"hello","epoch":"e\"1","seq":9"#;
+        assert_eq!(
+            hellos,
+            [
+                format!(r#"{head},"resumed":false,"state":{{}}}}"#),
+                format!(
+                    r#"{head},"resumed":false,"state":{{"prices/a":{{"seq":3,"data":{{"bid":1.5}}}},"prices/b":{{"seq":7,"data":[1,2]}}}}}}"#
+                ),
+                format!(r#"{head},"resumed":true,"state":{{}}}}"#),
+            ]
+        );
     }
 
     #[test]
