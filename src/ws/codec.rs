@@ -343,21 +343,12 @@ impl Frame {
     /// head, then a state shared with other clients): the first frame's
     /// header counts them all, the others go out as they are.
     pub fn pieces<const N: usize>(opcode: u8, pieces: [Bytes; N]) -> [Frame; N] {
-        let (header, header_len) = header(opcode, pieces.iter().map(Bytes::len).sum());
-        let mut first = true;
-        pieces.map(|payload| {
-            let frame = if first {
-                Frame {
-                    header,
-                    header_len,
-                    payload,
-                }
-            } else {
-                Frame::raw(payload)
-            };
-            first = false;
-            frame
-        })
+        let len = pieces.iter().map(Bytes::len).sum();
+        let mut frames = pieces.map(Frame::raw);
+        if let Some(first) = frames.first_mut() {
+            (first.header, first.header_len) = header(opcode, len);
+        }
+        frames
     }
 
     /// Bytes that go out as they are, with no frame header: the held-back
