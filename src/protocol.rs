@@ -381,8 +381,9 @@ const STATE_ENCODING_MAX_BYTES: usize = 256 * 1024;
 /// Keyed by identity, not content: an event is immutable and the kept
 /// `Arc`s keep it alive, so the same pointers in the same order are the
 /// same state. A hub that builds new events for every snapshot (Redis)
-/// never hits and pays one lookup. Bounded: STATE_ENCODINGS entries of at
-/// most STATE_ENCODING_MAX_BYTES, replaced oldest first.
+/// never hits: it pays a lookup and a copy of the event handles per hello,
+/// and its last states stay alive until replaced. Bounded: STATE_ENCODINGS
+/// entries of at most STATE_ENCODING_MAX_BYTES, replaced oldest first.
 #[derive(Default)]
 pub struct StateEncodings {
     kept: Mutex<Kept>,
