@@ -92,6 +92,13 @@ pub fn current() -> usize {
     LOOP.with(Cell::get)
 }
 
+/// Makes the calling thread count as loop `number` for [`current`], as a
+/// loop's own thread does: for tests of code that keeps state per loop.
+#[cfg(test)]
+pub fn pretend_loop(number: usize) {
+    LOOP.with(|cell| cell.set(number));
+}
+
 /// `loops` listeners on `addr`, all on one port (the first one's, when
 /// `addr` asks for port 0), with TCP_NODELAY for the sockets they accept.
 /// With more than one, each has `SO_REUSEPORT`.

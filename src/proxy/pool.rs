@@ -60,16 +60,28 @@ const SWEEP_EVERY: Duration = Duration::from_secs(15);
 pub struct Pool {
     /// `host:port` of the dashboard.
     address: String,
-    /// Every kept connection, busy (its response body still streaming) or
-    /// free, the most recently kept last; one list per event loop (index
-    /// [`event_loops::current`]), the loop whose thread runs the
-    /// connection's task. A request takes a free connection of its own
-    /// loop, so under load nothing wakes another thread; a loop with no
-    /// connection of its own yet borrows another's rather than open one
-    /// (so a dashboard that sees one request at a time sees one
-    /// connection, as with one pool).
-    kept: Box<[Mutex<Vec<Kept>>]>,
+    /// One entry per event loop (index [`event_loops::current`]): the
+    /// connections whose task runs on that loop's thread. A request takes
+    /// a free connection of its own loop, or opens one, so under load
+    /// nothing wakes another thread; a loop with no connection of its own
+    /// at all borrows another's rather than open one (so a dashboard that
+    /// sees one request at a time sees one connection, as with one pool).
+    loops: Box<[Mutex<Connections>]>,
     idle_timeout: Duration,
+}
+
+/// One loop's connections.
+#[derive(Default)]
+struct Connections {
+    /// Kept ones, busy (their response body still streaming) or free, the
+    /// most recently kept last.
+    kept: Vec<Kept>,
+    /// Taken ones, waiting for a response head ([`Out`]). Counted, so a
+    /// loop whose every connection is out opens another rather than
+    /// borrow one whose task runs on another thread: every exchange on
+    /// that would wake the other thread, three times (the request, the
+    /// response, the body), through its driver's eventfd.
+    out: usize,
 }
 
 struct Kept {
@@ -77,12 +89,49 @@ struct Kept {
     since: Instant,
 }
 
-/// A connection taken for one exchange, and the loop it goes back to.
-struct Taken {
+/// A connection taken for one exchange.
+struct Taken<'a> {
     sender: SendRequest<Outgoing>,
-    home: usize,
     /// When its last exchange got its answer (its idle time starts there).
     since: Instant,
+    out: Out<'a>,
+}
+
+/// A connection counted out of its loop's [`Connections`] until it is kept
+/// again or dropped.
+struct Out<'a> {
+    home: Option<&'a Mutex<Connections>>,
+}
+
+impl<'a> Out<'a> {
+    /// Counts one more out of `home`, whose lock the caller holds.
+    fn of(home: &'a Mutex<Connections>, held: &mut Connections) -> Out<'a> {
+        held.out += 1;
+        Out { home: Some(home) }
+    }
+
+    /// Gives `sender` back to its loop's list (fewer than [`MAX_KEPT`]
+    /// there, else it is closed).
+    fn keep(mut self, sender: SendRequest<Outgoing>) {
+        if let Some(home) = self.home.take() {
+            let mut home = lock(home);
+            home.out -= 1;
+            if home.kept.len() < MAX_KEPT {
+                home.kept.push(Kept {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+impl Drop for Out<'_> {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take() {
+            lock(home).out -= 1;
+        }
+    }
 }
 
 /// Why a request got no response head.
@@ -100,7 +149,7 @@ impl Pool {
         let loops = event_loops::count() + 1;
         let pool = Arc::new(Pool {
             address,
-            kept: (0..loops).map(|_| Mutex::new(Vec::new())).collect(),
+            loops: (0..loops).map(|_| Mutex::default()).collect(),
             idle_timeout,
         });
         let weak = Arc::downgrade(&pool);
@@ -140,8 +189,8 @@ impl Pool {
             let (
                 Taken {
                     mut sender,
-                    home,
                     since,
+                    out,
                 },
                 reused,
             ) = match free {
@@ -151,11 +200,13 @@ impl Pool {
                     // is rare and its state large; inline, every request's
                     // future would carry (and copy) it.
                     let sender = Box::pin(self.connect()).await.map_err(SendError::Connect)?;
+                    let home = &self.loops[self.here()];
+                    let out = Out::of(home, &mut lock(home));
                     (
                         Taken {
                             sender,
-                            home: self.here(),
                             since: Instant::now(),
+                            out,
                         },
                         false,
                     )
@@ -168,7 +219,7 @@ impl Pool {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                        self.keep(sender, home);
+                        out.keep(sender);
                     }
                     return Ok(response);
                 }
@@ -189,34 +240,29 @@ impl Pool {
     }
 
     /// A kept connection that can take a request now: the calling loop's
-    /// own; another loop's only while this loop has none of its own (say,
-    /// the first requests it serves). Once it has one, a loop opens a new
-    /// connection rather than borrow: a borrowed connection's task runs on
-    /// the other thread, and every exchange on it wakes that thread.
-    async fn take_free(&self) -> Option<Taken> {
+    /// own; another loop's only while this loop has none of its own, kept
+    /// or out (say, the first requests it serves). Once it has one, a loop
+    /// opens a new connection rather than borrow (see [`Connections::out`]).
+    async fn take_free(&self) -> Option<Taken<'_>> {
         let here = self.here();
         {
-            let mut own = lock(&self.kept[here]);
-            if let Some((sender, since)) = take_ready(&mut own) {
-                return Some(Taken {
-                    sender,
-                    home: here,
-                    since,
-                });
+            let home = &self.loops[here];
+            let mut own = lock(home);
+            if let Some((sender, since)) = take_ready(&mut own.kept) {
+                let out = Out::of(home, &mut own);
+                return Some(Taken { sender, since, out });
             }
-            if !own.is_empty() {
+            if !own.kept.is_empty() || own.out > 0 {
                 return None;
             }
         }
-        let loops = self.kept.len();
-        let others = || (1..loops).map(|step| (here + step) % loops);
+        let loops = self.loops.len();
+        let others = || (1..loops).map(|step| &self.loops[(here + step) % loops]);
         let ready = others().find_map(|home| {
-            let (sender, since) = take_ready(&mut lock(&self.kept[home]))?;
-            Some(Taken {
-                sender,
-                home,
-                since,
-            })
+            let mut other = lock(home);
+            let (sender, since) = take_ready(&mut other.kept)?;
+            let out = Out::of(home, &mut other);
+            Some(Taken { sender, since, out })
         });
         if ready.is_some() {
             return ready;
@@ -225,41 +271,35 @@ impl Pool {
         // (its thread has not yet run the step that frees it, while the
         // client already has the answer and asked again here): wait for it
         // briefly rather than open a second connection.
-        let (mut sender, home) = others().find_map(|home| {
-            let mut kept = lock(&self.kept[home]);
-            let open = kept.iter().rposition(|kept| !kept.sender.is_closed())?;
-            Some((kept.swap_remove(open).sender, home))
+        let (mut sender, out) = others().find_map(|home| {
+            let mut other = lock(home);
+            let open = other
+                .kept
+                .iter()
+                .rposition(|kept| !kept.sender.is_closed())?;
+            let sender = other.kept.swap_remove(open).sender;
+            Some((sender, Out::of(home, &mut other)))
         })?;
         match tokio::time::timeout(FINISHING, sender.ready()).await {
             // Busy until just now: not idle.
             Ok(Ok(())) => Some(Taken {
                 sender,
-                home,
                 since: Instant::now(),
+                out,
             }),
             Ok(Err(_)) => None,
             Err(_) => {
-                self.keep(sender, home);
+                out.keep(sender);
                 None
             }
-        }
-    }
-
-    fn keep(&self, sender: SendRequest<Outgoing>, home: usize) {
-        let mut kept = lock(&self.kept[home % self.kept.len()]);
-        if kept.len() < MAX_KEPT {
-            kept.push(Kept {
-                sender,
-                since: Instant::now(),
-            });
         }
     }
 
     /// Drops closed connections and free ones unused for `idle_timeout`;
     /// dropping the sender closes the connection.
     fn sweep(&self, now: Instant) {
-        for kept in self.kept.iter() {
-            lock(kept).retain(|kept| {
+        for connections in self.loops.iter() {
+            lock(connections).kept.retain(|kept| {
                 let idle =
                     kept.sender.is_ready() && now.duration_since(kept.since) > self.idle_timeout;
                 !(kept.sender.is_closed() || idle)
@@ -269,7 +309,7 @@ impl Pool {
 
     /// The calling event loop's list.
     fn here(&self) -> usize {
-        event_loops::current() % self.kept.len()
+        event_loops::current() % self.loops.len()
     }
 
     async fn connect(&self) -> std::io::Result<SendRequest<Outgoing>> {
@@ -342,8 +382,135 @@ fn broke_before_answer(error: &hyper::Error) -> bool {
         || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
 }
 
-/// The list stays consistent even if a holder panicked (nothing here can).
-fn lock(kept: &Mutex<Vec<Kept>>) -> std::sync::MutexGuard<'_, Vec<Kept>> {
-    kept.lock()
+/// The lists stay consistent even if a holder panicked (nothing here can).
+fn lock(connections: &Mutex<Connections>) -> std::sync::MutexGuard<'_, Connections> {
+    connections
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A dashboard that answers each request with the number of the
+    /// connection it came on (1, 2, …); `/slow` waits for `release`.
+    struct Dashboard {
+        address: String,
+        /// Requests for `/slow` received so far.
+        slow: Arc<AtomicUsize>,
+        release: Arc<Notify>,
+    }
+
+    async fn dashboard() -> Dashboard {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let slow = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Notify::new());
+        let (seen, wake) = (slow.clone(), release.clone());
+        tokio::spawn(async move {
+            let mut opened = 0usize;
+            while let Ok((stream, _)) = listener.accept().await {
+                opened += 1;
+                let number = opened;
+                let (seen, wake) = (seen.clone(), wake.clone());
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let (seen, wake) = (seen.clone(), wake.clone());
+                    async move {
+                        if request.uri().path() == "/slow" {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                            wake.notified().await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                            number.to_string(),
+                        ))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        Dashboard {
+            address,
+            slow,
+            release,
+        }
+    }
+
+    fn get(path: &str) -> Request<Outgoing> {
+        let mut request = Request::new(Outgoing::empty());
+        *request.uri_mut() = path.parse().expect("path");
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("dashboard"),
+        );
+        request
+    }
+
+    /// The number of the dashboard connection that answered.
+    async fn connection_of(answer: Result<Response<Incoming>, SendError>) -> String {
+        let Ok(answer) = answer else {
+            panic!("no answer from the dashboard");
+        };
+        let body = answer.into_body().collect().await.expect("body");
+        String::from_utf8(body.to_bytes().to_vec()).expect("utf-8")
+    }
+
+    /// A loop whose one connection is out waiting for an answer opens a
+    /// second one rather than borrow a free connection of another loop
+    /// (whose task runs on that loop's thread: every exchange would wake it).
+    #[tokio::test]
+    async fn a_loop_with_its_connection_out_opens_its_own_rather_than_borrow() {
+        let dashboard = dashboard().await;
+        let pool = Pool::new(
+            dashboard.address.clone(),
+            Duration::from_secs(60),
+            &Shutdown::new(),
+        );
+
+        // Loop 1 opens connection 1 and keeps it waiting.
+        event_loops::pretend_loop(1);
+        let slow = pool.send(get("/slow"));
+        tokio::pin!(slow);
+        let sent = async {
+            while dashboard.slow.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut slow => panic!("/slow answered before its release"),
+            () = sent => {}
+        }
+
+        // Loop 2 has no connection at all and none is free: it opens
+        // connection 2, kept free in its list once answered.
+        event_loops::pretend_loop(2);
+        assert_eq!(connection_of(pool.send(get("/fast")).await).await, "2");
+
+        // Loop 1 again: its own connection is out, loop 2's is free.
+        event_loops::pretend_loop(1);
+        assert_eq!(
+            connection_of(pool.send(get("/fast")).await).await,
+            "3",
+            "loop 1 borrowed loop 2's connection instead of opening its own"
+        );
+
+        // Loop 1's first request still gets its answer on connection 1,
+        // and loop 2 still finds its own connection free.
+        dashboard.release.notify_one();
+        assert_eq!(connection_of(slow.await).await, "1");
+        event_loops::pretend_loop(2);
+        assert_eq!(connection_of(pool.send(get("/fast")).await).await, "2");
+    }
 }
