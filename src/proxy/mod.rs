@@ -236,17 +236,19 @@ impl Proxy {
             Err(SendError::Connect(error)) => Err(Failure::Refused(error)),
             Err(SendError::Exchange(error)) => Err(Failure::Broken(error)),
         };
+        // Pinned here, once: moved into a `select!` it would take its room
+        // in this future a second time.
         let send = self.pool.send(request);
+        tokio::pin!(send);
         let Some(mut progress) = progress else {
             // No body: the dashboard is awaited from the start.
             let expired = Deadline::at((started + self.timeout).into(), Kind::Upstream);
             return tokio::select! {
                 biased;
-                sent = send => done(sent),
+                sent = &mut send => done(sent),
                 () = expired => Err(Failure::TimedOut),
             };
         };
-        tokio::pin!(send);
         // False once the body is gone (its last state stays readable).
         let mut watching = true;
         loop {
