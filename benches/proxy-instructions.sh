@@ -13,7 +13,10 @@
 # X-Forwarded-*) and for switchyard (DASHBOARD_URL=upstream), each under
 # callgrind: N1 and then N2 GET requests over one keep-alive connection
 # (python3's http.client). Instructions per request = (total at N2 - total at
-# N1) / (N2 - N1), so start-up and shutdown cancel out. For switchyard it also
+# N1) / (N2 - N1), so start-up and shutdown cancel out. The same for
+# examples/hyper_floor.rs, the cheapest proxy hyper 1 allows (see
+# benches/proxy.sh): the part of switchyard's count any gateway on the chosen
+# stack pays (FLOOR=0 leaves it out). For switchyard it also
 # prints the per-request self cost grouped by where the code comes from
 # (crate, or switchyard's own source file; std/core code inlined into a
 # function counts for that function's crate).
@@ -26,6 +29,7 @@ set -euo pipefail
 
 N1=${N1:-1000}
 N2=${N2:-3000}
+FLOOR=${FLOOR:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -50,6 +54,13 @@ if [ -z "${SWITCHYARD_BIN:-}" ]; then
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/switchyard
 fi
 [ -x "$SWITCHYARD_BIN" ] || die "no switchyard binary at $SWITCHYARD_BIN"
+if [ "$FLOOR" != 0 ]; then
+    say "building examples/hyper_floor.rs (release)"
+    cargo build --release --quiet --example hyper_floor
+    FLOOR_BIN=$(cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/examples/hyper_floor
+    [ -x "$FLOOR_BIN" ] || die "no hyper_floor binary at $FLOOR_BIN"
+fi
 
 TMP=$(mktemp -d /tmp/switchyard-instr.XXXXXX)
 PIDS=()
@@ -135,11 +146,13 @@ count() {
         pid=$!
         wait_for "http://127.0.0.1:$port/" "nginx under callgrind"
     else
+        local bin=$SWITCHYARD_BIN
+        [ "$name" = hyper-floor ] && bin=$FLOOR_BIN
         PORT=$port HOST=127.0.0.1 DASHBOARD_URL="http://127.0.0.1:$UP" RUST_LOG=warn \
             valgrind --tool=callgrind --callgrind-out-file="$out" \
-            "$SWITCHYARD_BIN" >>"$TMP/switchyard.log" 2>>"$TMP/valgrind.log" &
+            "$bin" >>"$TMP/$name.log" 2>>"$TMP/valgrind.log" &
         pid=$!
-        wait_for "http://127.0.0.1:$port/health" "switchyard under callgrind" '"upstream":"up"'
+        wait_for "http://127.0.0.1:$port/health" "$name under callgrind" '"upstream":"up"'
     fi
     python3 "$TMP/client.py" "$port" "$n" || die "$name: requests failed"
     if [ "$name" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
@@ -148,9 +161,11 @@ count() {
 }
 
 declare -A PER_REQ
-for name in nginx switchyard; do
+NAMES=(nginx switchyard)
+[ "$FLOOR" != 0 ] && NAMES+=(hyper-floor)
+for name in "${NAMES[@]}"; do
     port=$PX
-    [ "$name" = switchyard ] && port=$SY
+    [ "$name" != nginx ] && port=$SY
     say "$name: $N1 then $N2 requests under callgrind"
     a=$(count "$name" "$port" "$N1")
     b=$(count "$name" "$port" "$N2")
@@ -164,8 +179,13 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), switchyard $(git describe --always --d
 printf '%-12s %10s\n' proxy "instr/req"
 printf '%-12s %10s\n' nginx "${PER_REQ[nginx]}"
 printf '%-12s %10s\n' switchyard "${PER_REQ[switchyard]}"
+[ "$FLOOR" != 0 ] && printf '%-12s %10s\n' hyper-floor "${PER_REQ[hyper-floor]}"
 python3 -c "import sys; a,b=map(int,sys.argv[1:]); print('switchyard / nginx: %.2fx' % (b/a))" \
     "${PER_REQ[nginx]}" "${PER_REQ[switchyard]}"
+if [ "$FLOOR" != 0 ]; then
+    python3 -c "import sys; n,s,f=map(int,sys.argv[1:]); print('hyper-floor / nginx: %.2fx (the stack); switchyard - hyper-floor: %d instructions (its own)' % (f/n, s-f))" \
+        "${PER_REQ[nginx]}" "${PER_REQ[switchyard]}" "${PER_REQ[hyper-floor]}"
+fi
 
 echo
 echo "## switchyard: self cost per request by origin, run with $N2 requests"

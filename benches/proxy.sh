@@ -9,7 +9,13 @@
 #                 (tuned as an expert would: upstream keepalive 64, HTTP/1.1,
 #                  Connection "", X-Forwarded-*, worker_processes auto)
 #     switchyard  wrk -> switchyard (DASHBOARD_URL=upstream) -> upstream
-#   For each target, each round:
+#     hyper-floor wrk -> examples/hyper_floor.rs -> upstream: the cheapest
+#                 proxy hyper 1 allows, on switchyard's threading (a loop
+#                 per core) and nothing else (no tower stack, timers,
+#                 forwarding headers, shared pool): what any gateway on the
+#                 chosen stack pays, so the run shows how much of switchyard's
+#                 distance to nginx is the stack's and how much is its own
+##   For each target, each round:
 #     * throughput:  wrk -t2 -c64 -d$DURATION        -> requests/s
 #     * latency:     wrk -t1 -c1  -d$DURATION        -> p50 and p99, and the
 #                    latency a proxy adds = its p50/p99 minus direct's
@@ -51,8 +57,9 @@
 #
 # Usage: benches/proxy.sh            (ROUNDS=3 DURATION=5s WARMUP=1s PIN_1C=1)
 #        ROUNDS=5 DURATION=10s benches/proxy.sh
+#        FLOOR=0 benches/proxy.sh      (without the hyper-floor target)
 #        BASELINE_BIN=/path/to/older/switchyard benches/proxy.sh
-#          adds a fourth target, "baseline", measured in the same rounds:
+#          adds a target, "baseline", measured in the same rounds:
 #          the A/B for a change to the proxy path (build the old commit in a
 #          git worktree; the machine's noise then hits both alike).
 # Needs: Debian (installs wrk and nginx-light with apt-get if missing, as
@@ -65,6 +72,7 @@ WARMUP=${WARMUP:-1s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 PIN_1C=${PIN_1C:-1}
+FLOOR=${FLOOR:-1}
 LAT_CPU=${LAT_CPU:-0}
 ALL_CPUS="0-$(( $(nproc) - 1 ))"
 TARGET_RATIO=1.0      # switchyard req/s / nginx req/s, at least (issue 12)
@@ -97,6 +105,11 @@ say "building switchyard (release)"
 cargo build --release --quiet
 BIN="$ROOT/target/release/switchyard"
 [ -x "$BIN" ] || die "$BIN missing after build"
+if [ "$FLOOR" != 0 ]; then
+    cargo build --release --quiet --example hyper_floor
+    FLOOR_BIN="$ROOT/target/release/examples/hyper_floor"
+    [ -x "$FLOOR_BIN" ] || die "$FLOOR_BIN missing after build"
+fi
 
 # ---------------------------------------------------------------- scratch + cleanup
 TMP=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
@@ -125,10 +138,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- ports
-read -r UP NGX SY BASE < <(python3 - <<'EOF'
+read -r UP NGX SY BASE FLR < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(4):
+for _ in range(5):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -226,8 +239,16 @@ SWITCHYARD_PID=$!
 PIDS+=("$SWITCHYARD_PID")
 wait_for "http://127.0.0.1:$SY/health" "switchyard" '"upstream":"up"'
 
-declare -A PORT_OF=([direct]=$UP [nginx]=$NGX [switchyard]=$SY [baseline]=$BASE)
+declare -A PORT_OF=([direct]=$UP [nginx]=$NGX [switchyard]=$SY [baseline]=$BASE [hyper-floor]=$FLR)
 TARGETS=(direct nginx switchyard)
+if [ "$FLOOR" != 0 ]; then
+    PORT=$FLR HOST=127.0.0.1 DASHBOARD_URL="http://127.0.0.1:$UP" \
+        "$FLOOR_BIN" >>"$TMP/hyper-floor.log" 2>&1 &
+    FLOOR_PID=$!
+    PIDS+=("$FLOOR_PID")
+    wait_for "http://127.0.0.1:$FLR/health" "hyper-floor" '"upstream":"up"'
+    TARGETS+=(hyper-floor)
+fi
 if [ -n "${BASELINE_BIN:-}" ]; then
     [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
     PORT=$BASE HOST=127.0.0.1 DASHBOARD_URL="http://127.0.0.1:$UP" RUST_LOG=warn \
@@ -247,7 +268,7 @@ for t in "${TARGETS[@]}"; do
     [ "$code" = 200 ] && [ "$body" = "$BODY"$'\n' ] \
         || die "$t: expected 200 \"$BODY\\n\", got $code \"$body\""
 done
-say "sanity: all three targets answer 200 \"$BODY\""
+say "sanity: all ${#TARGETS[@]} targets answer 200 \"$BODY\""
 
 # ---------------------------------------------------------------- measuring
 # PIDs whose CPU counts for a target: the proxy's own processes.
@@ -257,6 +278,7 @@ proc_pids() { # target
         nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" || true) ;;
         switchyard) echo "$SWITCHYARD_PID" ;;
         baseline) echo "$BASELINE_PID" ;;
+        hyper-floor) echo "$FLOOR_PID" ;;
     esac
 }
 # utime+stime in clock ticks summed over pids (comm may hold spaces: cut at ')').
@@ -358,18 +380,18 @@ path, target_ratio, target_cpu_ratio = sys.argv[1], float(sys.argv[2]), float(sy
 rows = [l.split("\t") for l in open(path).read().splitlines() if l]
 def med(t, kind, col):
     return statistics.median(float(r[col]) for r in rows if r[0] == t and r[1] == kind)
-T = [t for t in ["direct", "nginx", "switchyard", "baseline"] if any(r[0] == t for r in rows)]
+T = [t for t in ["direct", "nginx", "switchyard", "hyper-floor", "baseline"] if any(r[0] == t for r in rows)]
 m = {t: dict(rps=med(t, "64c", 3), cpu=med(t, "64c", 7), cpu1=med(t, "1c", 7),
              p50=med(t, "1c", 5), p99=med(t, "1c", 6)) for t in T}
 d = m["direct"]
-print("%-11s %11s %13s %11s %13s %10s %10s %13s %13s" % (
+print("%-12s %11s %13s %11s %13s %10s %10s %13s %13s" % (
     "target", "req/s(64c)", "ratio/direct", "cpu_us/req", "cpu_us/req1c",
     "p50_1c_us", "p99_1c_us", "added_p50_us", "added_p99_us"))
 for t in T:
     x = m[t]
     added = ("%13s %13s" % ("-", "-")) if t == "direct" else \
         "%13.1f %13.1f" % (x["p50"] - d["p50"], x["p99"] - d["p99"])
-    print("%-11s %11.0f %13.2f %11.2f %13.2f %10.1f %10.1f %s" % (
+    print("%-12s %11.0f %13.2f %11.2f %13.2f %10.1f %10.1f %s" % (
         t, x["rps"], x["rps"] / d["rps"], x["cpu"], x["cpu1"], x["p50"], x["p99"], added))
 print("(cpu_us/req for direct is the upstream nginx's own cost; for proxies, the proxy's only)")
 s, n = m["switchyard"], m["nginx"]
@@ -377,6 +399,13 @@ sa, na = s["p50"] - d["p50"], n["p50"] - d["p50"]
 ratio = lambda a, b: a / b if b else float("inf")
 print("switchyard/nginx: throughput %.2f, cpu/req %.2f, added p50 %.2f" % (
     ratio(s["rps"], n["rps"]), ratio(s["cpu"], n["cpu"]), ratio(sa, na)))
+floor = m.get("hyper-floor")
+if floor:
+    fa = floor["p50"] - d["p50"]
+    print("hyper-floor/nginx: throughput %.2f, cpu/req %.2f, added p50 %.2f (the stack's own floor)" % (
+        ratio(floor["rps"], n["rps"]), ratio(floor["cpu"], n["cpu"]), ratio(fa, na)))
+    print("switchyard/hyper-floor: throughput %.2f, cpu/req %.2f, added p50 %.2f (what switchyard adds)" % (
+        ratio(s["rps"], floor["rps"]), ratio(s["cpu"], floor["cpu"]), ratio(sa, fa)))
 if "baseline" in m:
     b = m["baseline"]
     print("switchyard/baseline: throughput %.2f, cpu/req %.2f, added p50 %.2f" % (
@@ -387,18 +416,20 @@ print("## issue 12: switchyard against nginx, this run")
 print("%-32s %12s %12s %8s %10s %s" % ("metric", "switchyard", "nginx", "ratio", "target", "verdict"))
 rows12 = [
     ("proxy req/s at %s connections" % "64", s["rps"], n["rps"], ">= %.1fx" % target_ratio,
-     s["rps"] >= target_ratio * n["rps"], "%.0f"),
+     s["rps"] >= target_ratio * n["rps"], "%.0f", floor and floor["rps"]),
     ("proxy CPU us per request", s["cpu"], n["cpu"], "<= %.1fx" % target_cpu_ratio,
-     s["cpu"] <= target_cpu_ratio * n["cpu"], "%.2f"),
-    ("added p50 us at 1 connection", sa, na, "<= 1.0x", sa <= na, "%.1f"),
+     s["cpu"] <= target_cpu_ratio * n["cpu"], "%.2f", floor and floor["cpu"]),
+    ("added p50 us at 1 connection", sa, na, "<= 1.0x", sa <= na, "%.1f",
+     floor and floor["p50"] - d["p50"]),
 ]
 import os
 table = open(os.environ["TABLE_TSV"], "a") if os.environ.get("TABLE_TSV") else None
-for name, mine, theirs, target, ok, fmt in rows12:
+for name, mine, theirs, target, ok, fmt, floor_value in rows12:
     print("%-32s %12s %12s %7.2fx %10s %s" % (name, fmt % mine, fmt % theirs, ratio(mine, theirs), target, verdict(ok)))
+    also = ("hyper floor " + fmt % floor_value) if floor_value is not None else ""
     if table:
         table.write("\t".join([name, fmt % mine, "nginx", fmt % theirs, "%.2fx" % ratio(mine, theirs),
-                                target.replace("x", "x nginx"), verdict(ok), ""]) + "\n")
+                                target.replace("x", "x nginx"), verdict(ok), also]) + "\n")
 print("target: req/s >= %.1fx nginx         %s (%.2fx)" % (target_ratio, verdict(s["rps"] >= target_ratio * n["rps"]), ratio(s["rps"], n["rps"])))
 print("target: cpu/req <= %.1fx nginx       %s (%.2fx)" % (target_cpu_ratio, verdict(s["cpu"] <= target_cpu_ratio * n["cpu"]), ratio(s["cpu"], n["cpu"])))
 print("target: added p50 (1c) <= nginx's    %s (%.1f us vs %.1f us)" % (verdict(sa <= na), sa, na))
