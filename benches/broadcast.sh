@@ -53,7 +53,12 @@
 #      connection
 #   d. accept rate: ACCEPT_CONNS (15,000) WebSockets opened as fast as the
 #      server takes them, ACCEPT_INFLIGHT (256) in flight, each counted at its
-#      hello and kept open: connections/s and server CPU per connection
+#      hello and kept open: connections/s and server CPU per connection; also
+#      for examples/ws_floor.rs, the cheapest WebSocket accept hyper 1 allows
+#      (hyper's upgrade, a fixed hello, the socket kept on its loop: none of
+#      switchyard's checks, hand-over, watchdog or subscription), the row's
+#      "hyper floor": how much of switchyard's distance to uWS is the stack's
+#      (FLOOR=0 leaves it out)
 # then ONE table: rows = metrics, columns = switchyard, uWS, Node ws, the
 # ratio switchyard/uWS, the target and PASS/MISS. About 6-9 minutes at
 # DURATION=10. Needs node and npm;
@@ -104,6 +109,7 @@ ROUNDS=${ROUNDS:-1}
 IDLE_CONNS=${IDLE_CONNS:-15000}
 ACCEPT_CONNS=${ACCEPT_CONNS:-15000}
 ACCEPT_INFLIGHT=${ACCEPT_INFLIGHT:-256}
+FLOOR=${FLOOR:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -139,6 +145,13 @@ build_loadgen
 TMP=$(mktemp -d /tmp/switchyard-broadcast.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 cp "$ROOT/target/release/switchyard" "$TMP/switchyard"
+case " $SCENARIOS " in
+    *" issue12 "*)
+        if [ "$FLOOR" != 0 ]; then
+            cargo build --release --quiet --example ws_floor
+            cp "$ROOT/target/release/examples/ws_floor" "$TMP/ws_floor"
+        fi ;;
+esac
 cp "$LOADGEN" "$TMP/loadgen"
 export SWITCHYARD_BIN="$TMP/switchyard"
 
@@ -235,6 +248,11 @@ issue12() {
                 $(server_args "$p") --accept --clients "$ACCEPT_CONNS" \
                 --connect-concurrency "$ACCEPT_INFLIGHT"
         done
+        if [ "$FLOOR" != 0 ]; then
+            SWITCHYARD_BIN="$TMP/ws_floor" run "12d.floor.r$r" \
+                "hyper floor (examples/ws_floor.rs): accept rate, $ACCEPT_CONNS connections, $ACCEPT_INFLIGHT in flight (round $r)" \
+                --accept --clients "$ACCEPT_CONNS" --connect-concurrency "$ACCEPT_INFLIGHT"
+        fi
     done
     issue12_table
 }
@@ -245,11 +263,12 @@ issue12() {
 # PASS/MISS rows also go to the summary.
 row() {
     local metric=$1 key=$2 id=$3 scale=$4 fmt=$5 cmp=$6 target=$7
-    local sy uw nw
+    local sy uw nw fl
     sy=$(results "$key" "$id.switchyard")
     uw=$(results "$key" "$id.uws")
     nw=$(results "$key" "$id.ws")
-    awk -v metric="$metric" -v sy="$sy" -v uw="$uw" -v nw="$nw" -v scale="$scale" \
+    fl=$(results "$key" "$id.floor")
+    awk -v metric="$metric" -v sy="$sy" -v uw="$uw" -v nw="$nw" -v fl="$fl" -v scale="$scale" \
         -v fmt="$fmt" -v cmp="$cmp" -v target="$target" -v summary="$SUMMARY" \
         -v table="${TABLE_TSV:-}" '
         function num(v) { return v != "" && v != "-" && v != "nan" && v != "NaN" }
@@ -265,7 +284,7 @@ row() {
             return m % 2 ? v[k] : (v[k] + v[k + 1]) / 2
         }
         BEGIN {
-            sy = median(sy); uw = median(uw); nw = median(nw)
+            sy = median(sy); uw = median(uw); nw = median(nw); fl = median(fl)
             ratio = (cmp != "-" && num(sy) && num(uw) && uw + 0 != 0) ? sprintf("%.2fx", sy / uw) : "-"
             verdict = "-"
             if (cmp == "<=" || cmp == ">=") {
@@ -273,11 +292,12 @@ row() {
                 else if (cmp == "<=") verdict = (sy + 0 <= uw + 0) ? "PASS" : "MISS"
                 else verdict = (sy + 0 >= uw + 0) ? "PASS" : "MISS"
             }
-            printf "%-46s %11s %11s %11s %8s  %-22s %s\n", metric, show(sy), show(uw), show(nw), ratio, target, verdict
+            also = num(fl) ? ", hyper floor " show(fl) : ""
+            printf "%-46s %11s %11s %11s %8s  %-22s %s%s\n", metric, show(sy), show(uw), show(nw), ratio, target, verdict, (num(fl) ? "  (hyper floor " show(fl) ")" : "")
             if (verdict != "-")
                 printf "issue12: %s  %s: switchyard %s, uWS %s (%s), target %s\n", verdict, metric, show(sy), show(uw), ratio, target >>summary
             if (table != "" && cmp != "-" && cmp != "info")
-                printf "%s\t%s\tuWS\t%s\t%s\t%s\t%s\tNode ws %s\n", metric, show(sy), show(uw), ratio, target, verdict, show(nw) >>table
+                printf "%s\t%s\tuWS\t%s\t%s\t%s\t%s\tNode ws %s%s\n", metric, show(sy), show(uw), ratio, target, verdict, show(nw), also >>table
         }'
 }
 
