@@ -19,9 +19,11 @@
 //! answers `{"upstream":"up"}` here, so the benchmarks' readiness check
 //! passes; every other request goes to the dashboard.
 
+#[path = "support/floor.rs"]
+mod floor;
+
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use http::{Request, Response, StatusCode};
@@ -31,13 +33,13 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
+
+use self::floor::invalid;
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 
 fn main() -> std::io::Result<()> {
-    let port: u16 = env_or("PORT", "8080").parse().map_err(invalid)?;
-    let host: std::net::IpAddr = env_or("HOST", "127.0.0.1").parse().map_err(invalid)?;
     let dashboard =
         std::env::var("DASHBOARD_URL").map_err(|_| invalid("DASHBOARD_URL is required"))?;
     let upstream = dashboard
@@ -45,51 +47,7 @@ fn main() -> std::io::Result<()> {
         .ok_or_else(|| invalid("DASHBOARD_URL must be http://host:port"))?
         .trim_end_matches('/')
         .to_owned();
-    let loops = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-        .unwrap_or(1);
-    let addr = SocketAddr::new(host, port);
-    let threads = (0..loops)
-        .map(|_| {
-            let listener = listener(addr)?;
-            let upstream = upstream.clone();
-            Ok(std::thread::spawn(move || serve(listener, upstream)))
-        })
-        .collect::<std::io::Result<Vec<_>>>()?;
-    for thread in threads {
-        thread
-            .join()
-            .map_err(|_| std::io::Error::other("a loop panicked"))??;
-    }
-    Ok(())
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn invalid(error: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidInput, error.to_string())
-}
-
-fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    // A runtime only to create the socket; the loop's own takes it over.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let _inside = runtime.enter();
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)?.into_std()
+    floor::run_loops(move |listener| serve(listener, upstream.clone()))
 }
 
 /// One loop: accepts on its listener and serves each connection on it.

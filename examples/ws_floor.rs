@@ -19,8 +19,10 @@
 //! 127.0.0.1), `TOKIO_WORKER_THREADS` (loops; default one per core).
 //! `GET /health` answers `{"status":"ok"}`; everything else is a 404.
 
+#[path = "support/floor.rs"]
+mod floor;
+
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -30,59 +32,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use switchyard::ws::handshake;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
 
 /// The hello, as one unmasked text frame (FIN + opcode 1, 7-bit length).
 const HELLO: &[u8] =
     b"\x81\x43{\"type\":\"hello\",\"epoch\":\"floor\",\"seq\":0,\"resumed\":false,\"state\":{}}";
 
 fn main() -> std::io::Result<()> {
-    let port: u16 = env_or("PORT", "8080").parse().map_err(invalid)?;
-    let host: std::net::IpAddr = env_or("HOST", "127.0.0.1").parse().map_err(invalid)?;
-    let loops = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-        .unwrap_or(1);
-    let addr = SocketAddr::new(host, port);
-    let threads = (0..loops)
-        .map(|_| {
-            let listener = listener(addr)?;
-            Ok(std::thread::spawn(move || serve(listener)))
-        })
-        .collect::<std::io::Result<Vec<_>>>()?;
-    for thread in threads {
-        thread
-            .join()
-            .map_err(|_| std::io::Error::other("a loop panicked"))??;
-    }
-    Ok(())
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn invalid(error: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidInput, error.to_string())
-}
-
-fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    // A runtime only to create the socket; the loop's own takes it over.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let _inside = runtime.enter();
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)?.into_std()
+    floor::run_loops(serve)
 }
 
 /// One loop: accepts on its listener and serves each connection, and each
