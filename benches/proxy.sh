@@ -2,7 +2,7 @@
 # benches/proxy.sh — switchyard's reverse proxy, side by side with nginx.
 #
 # What it measures
-#   Three targets, all on 127.0.0.1, all in front of the same tiny upstream
+#   Four targets (three with FLOOR=0), all on 127.0.0.1, all in front of the same tiny upstream
 #   (an nginx with one worker answering `200 "hello from upstream\n"`):
 #     direct      wrk -> upstream                    (the floor)
 #     nginx       wrk -> nginx reverse proxy -> upstream
