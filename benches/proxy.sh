@@ -4,7 +4,7 @@
 # What it measures
 #   Four targets (three with FLOOR=0), all on 127.0.0.1, all in front of the same tiny upstream
 #   (an nginx with one worker answering `200 "hello from upstream\n"`):
-#     direct      wrk -> upstream                    (the floor)
+#     direct      wrk -> upstream                    (no proxy: the baseline)
 #     nginx       wrk -> nginx reverse proxy -> upstream
 #                 (tuned as an expert would: upstream keepalive 64, HTTP/1.1,
 #                  Connection "", X-Forwarded-*, worker_processes auto)
@@ -15,7 +15,7 @@
 #                 forwarding headers, shared pool): what any gateway on the
 #                 chosen stack pays, so the run shows how much of switchyard's
 #                 distance to nginx is the stack's and how much is its own
-##   For each target, each round:
+#   For each target, each round:
 #     * throughput:  wrk -t2 -c64 -d$DURATION        -> requests/s
 #     * latency:     wrk -t1 -c1  -d$DURATION        -> p50 and p99, and the
 #                    latency a proxy adds = its p50/p99 minus direct's
