@@ -4,7 +4,7 @@
 # What it measures
 #   Four targets (three with FLOOR=0), all on 127.0.0.1, all in front of the same tiny upstream
 #   (an nginx with one worker answering `200 "hello from upstream\n"`):
-#     direct      wrk -> upstream                    (no proxy: the baseline)
+#     direct      wrk -> upstream                    (no proxy at all)
 #     nginx       wrk -> nginx reverse proxy -> upstream
 #                 (tuned as an expert would: upstream keepalive 64, HTTP/1.1,
 #                  Connection "", X-Forwarded-*, worker_processes auto)
