@@ -94,6 +94,9 @@ pub fn current() -> usize {
 
 /// Makes the calling thread count as loop `number` for [`current`], as a
 /// loop's own thread does: for tests of code that keeps state per loop.
+/// The thread then also keeps finished timers for reuse (`timers`), which
+/// a loop may because its runtime lives as long as its thread: pretend
+/// only on a test's own thread, in code that arms none (the pool's test).
 #[cfg(test)]
 pub fn pretend_loop(number: usize) {
     LOOP.with(|cell| cell.set(number));
