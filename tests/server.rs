@@ -137,6 +137,34 @@ async fn oversized_headers_get_431_and_keep_alive_reuses_a_connection() {
     }
 }
 
+/// The header count bound: MAX_HEADERS headers are served, one more gets
+/// 431 (and the gateway goes on serving).
+#[tokio::test]
+async fn a_request_past_max_headers_gets_431() {
+    let gateway = Gateway::start(&[]).await;
+    let max = switchyard::server::MAX_HEADERS;
+    let head = |count: usize| {
+        let mut head = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
+        for i in 1..count {
+            head.push_str(&format!("X-Header-{i}: {i}\r\n"));
+        }
+        head + "Connection: close\r\n\r\n"
+    };
+    for (count, status) in [(max - 1, "200"), (max, "200"), (max + 1, "431")] {
+        // `count` headers with Host, then `Connection`.
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        stream.write_all(head(count - 1).as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{count} headers: {answer}"
+        );
+    }
+    assert_eq!(gateway.health().await.0, 200);
+}
+
 #[tokio::test]
 async fn h2c_prior_knowledge_works() {
     let upstream = Upstream::start().await;
