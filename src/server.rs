@@ -5,15 +5,17 @@
 //! and serves its connections on its own thread; [`serve`] starts them,
 //! waits for the signal and conducts the drain across all of them.
 //!
-//! Owns: HTTP server settings (header read timeout, header size, keep-alive,
+//! Owns: HTTP server settings (head deadline, header size, keep-alive,
 //! h2c), which handler each request goes to (each gets only the context it
 //! needs: the broadcaster's handlers a [`Broadcaster`], never this module's
 //! [`Gateway`], so data flows request → router → handler → hub with no
 //! import back here), a [`watchdog`](crate::watchdog) on every accepted
 //! connection (closed when it accepts no bytes for WRITE_TIMEOUT_SECS, when
-//! its SSE client is cut off, or when stalled while draining), and the
-//! order of shutdown: stop accepting → tell upgraded tasks to finish → let
-//! in-flight requests complete → give up after the grace period.
+//! its SSE client is cut off, when stalled while draining, or, over
+//! HTTP/1, when a request head takes longer than [`HEADER_READ_TIMEOUT`]),
+//! and the order of shutdown: stop accepting → tell upgraded tasks to
+//! finish → let in-flight requests complete → give up after the grace
+//! period.
 //!
 //! Every request, proxied or routed, goes through one tower stack, the
 //! [`pipeline`] (request id, catch-panic, load shedding: see
@@ -41,7 +43,7 @@ use futures_util::future::Either;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -64,12 +66,13 @@ use crate::replicas::{Replicas, Route};
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::supervisor::ChildStatus;
-use crate::timers::LoopTimer;
 use crate::upstream::UpstreamHealth;
-use crate::watchdog::{self, ConnectionHandle, Protocol, Watchdog};
+use crate::watchdog::{self, ConnectionHandle, Heads, Protocol, Watchdog};
 use crate::{assets, cors, event_loops, faults, health, public_config, publish, sse, state, ws};
 
-/// A client sending its request head slower than this is dropped (slowloris).
+/// An HTTP/1 connection that takes longer than this for a whole request
+/// head, from its accept or from the end of its last response, is closed
+/// (slowloris; idle keep-alive connections): the watchdog's head deadline.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest request head hyper buffers; past it the client gets 431.
@@ -303,9 +306,10 @@ async fn accept_loop(
         tokio::spawn(async move {
             // A connection that has sent nothing when the drain begins is
             // closed unserved (as hyper-util's `auto` builder did), and so
-            // is one silent for HEADER_READ_TIMEOUT: hyper's own header
-            // timer starts only once it reads, and a silent connection
-            // would otherwise hold its MAX_HTTP_CONNECTIONS slot for good.
+            // is one silent for HEADER_READ_TIMEOUT (from then on, for
+            // HTTP/1, the watchdog's head deadline counts from the accept
+            // too): a silent connection would otherwise hold its
+            // MAX_HTTP_CONNECTIONS slot for good.
             let protocol = tokio::select! {
                 protocol = stream.sniff() => protocol,
                 _ = draining.wait_for(|&now| now >= Phase::Draining) => {
@@ -316,8 +320,10 @@ async fn accept_loop(
                 }
             };
             let io = TokioIo::new(stream);
+            let http1 = matches!(protocol, Ok(Protocol::Http1));
             let connection = match protocol {
                 Ok(Protocol::Http1) => {
+                    let service = Heads::new(service, handle.clone());
                     let connection = builders.http1.serve_connection(io, service);
                     Either::Left(until_drained(
                         connection.with_upgrades(),
@@ -338,7 +344,10 @@ async fn accept_loop(
                     return;
                 }
             };
-            let connection = Watchdog::new(connection, &handle, write_timeout, stop);
+            let mut connection = Watchdog::new(connection, &handle, write_timeout, stop);
+            if http1 {
+                connection = connection.with_head_deadline(HEADER_READ_TIMEOUT);
+            }
             match connection.await {
                 watchdog::Ending::Finished(Ok(())) => debug!(%peer, "connection closed"),
                 watchdog::Ending::Finished(Err(error)) => {
@@ -444,7 +453,7 @@ async fn answer_and_close(mut stream: TcpStream, answer: Bytes) {
 }
 
 /// hyper's settings for every accepted connection, one set per loop:
-/// HTTP/1.1 with a header read timeout and size limits, or h2c (with
+/// HTTP/1.1 with size limits (its head deadline is the watchdog's), or h2c (with
 /// prior knowledge), as the connection's first bytes tell
 /// ([`Watched::sniff`](crate::watchdog::Watched::sniff)).
 struct Builders {
@@ -455,9 +464,9 @@ struct Builders {
 impl Builders {
     fn new() -> Builders {
         let mut http1 = http1::Builder::new();
+        // No timer, so no header read timeout of hyper's: the watchdog's
+        // head deadline is that, without a timer per request.
         http1
-            .timer(LoopTimer)
-            .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_HEADER_BYTES)
             // Checked on the parsed head too: the buffer's bound alone
             // lets one large read past it (how hyper reads, after the
@@ -467,7 +476,7 @@ impl Builders {
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
-            .timer(LoopTimer)
+            .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32);
         Builders { http1, http2 }
     }

@@ -13,6 +13,16 @@
 //! a response body whose socket is full, so nothing inside a body ever runs
 //! for a stalled client.
 //!
+//! Also owns the request-head deadline of an HTTP/1 connection
+//! ([`Watchdog::with_head_deadline`]): a connection that waits longer than
+//! it for a whole request head, from its accept or from the end of its
+//! last response, is closed (slowloris, and keep-alive connections left
+//! idle). The connection's [`Heads`] service marks when each request
+//! begins and its response ends; the watchdog's one timer is moved only
+//! when it fires, so a request costs two stores, a clock read and a
+//! reference count, where hyper's own header timer took a timer from the
+//! wheel and gave it back for every request head.
+//!
 //! The unit is the connection: over HTTP/2 a cut-off SSE stream closes the
 //! whole connection (EventSource reconnects and resumes), and a stall
 //! stalls every stream on it anyway.
@@ -96,6 +106,10 @@ struct Progress {
     killed: AtomicBool,
     /// Writes are held back in `Watcher::held` (the 101 of a WebSocket).
     holding: AtomicBool,
+    /// Milliseconds since `base` + 1 from which the connection has waited
+    /// for a request head: from the accept, then from the end of each
+    /// response; 0 while a request is in flight (see [`Heads`]).
+    awaiting_head: AtomicU64,
     watcher: Mutex<Watcher>,
 }
 
@@ -160,6 +174,15 @@ impl Progress {
         }
     }
 
+    /// When the head awaited now is overdue, `limit` after the wait began;
+    /// `None` while a request is in flight.
+    fn head_due(&self, limit: Duration) -> Option<Instant> {
+        match self.awaiting_head.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.base + Duration::from_millis(since - 1) + limit),
+        }
+    }
+
     fn wake(&self) {
         let waker = self.lock().waker.take();
         if let Some(waker) = waker {
@@ -185,6 +208,7 @@ pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
         stalled_since: AtomicU64::new(0),
         killed: AtomicBool::new(false),
         holding: AtomicBool::new(false),
+        awaiting_head: AtomicU64::new(1),
         watcher: Mutex::new(Watcher::default()),
     });
     (
@@ -388,6 +412,101 @@ impl ConnectionHandle {
     }
 }
 
+/// An HTTP/1 connection's service as hyper calls it: `inner`, with the
+/// start of each request and the end of its response marked for the
+/// connection's head deadline (hyper serves an HTTP/1 connection's requests
+/// one after another, so between those two marks no head is awaited).
+pub struct Heads<S> {
+    inner: S,
+    connection: ConnectionHandle,
+}
+
+impl<S> Heads<S> {
+    pub fn new(inner: S, connection: ConnectionHandle) -> Heads<S> {
+        Heads { inner, connection }
+    }
+}
+
+impl<S, R, B> hyper::service::Service<R> for Heads<S>
+where
+    S: hyper::service::Service<R, Response = http::Response<B>>,
+{
+    type Response = http::Response<Marked<B>>;
+    type Error = S::Error;
+    type Future = HeadsFuture<S::Future>;
+
+    fn call(&self, request: R) -> Self::Future {
+        self.connection.0.awaiting_head.store(0, Ordering::Relaxed);
+        HeadsFuture {
+            future: self.inner.call(request),
+            connection: Some(self.connection.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future; its response body marks the end.
+    pub struct HeadsFuture<F> {
+        #[pin]
+        future: F,
+        connection: Option<ConnectionHandle>,
+    }
+}
+
+impl<F, B, E> Future for HeadsFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<Marked<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.future.poll(cx))?;
+        let connection = this.connection.take();
+        Poll::Ready(Ok(answer.map(|body| Marked { body, connection })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that, once hyper drops it (sent whole, or given up
+    /// with the connection), starts the wait for the next request head.
+    pub struct Marked<B> {
+        #[pin]
+        body: B,
+        connection: Option<ConnectionHandle>,
+    }
+
+    impl<B> PinnedDrop for Marked<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(connection) = this.project().connection.take() {
+                let progress = &connection.0;
+                let now = progress.base.elapsed().as_millis() as u64 + 1;
+                progress.awaiting_head.store(now, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Marked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// How a watched connection ended.
 #[derive(Debug)]
 pub enum Ending<T> {
@@ -400,6 +519,8 @@ pub enum Ending<T> {
     CutOff,
     /// A handler closed it.
     Killed,
+    /// No whole request head came within the head deadline.
+    SlowHead,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -416,6 +537,44 @@ pub struct Watchdog<F> {
     timer: Option<Pin<Box<Sleep>>>,
     /// Resolves when a registered client queue closes.
     cut_off: Option<BoxFuture<()>>,
+    /// HTTP/1 only (see [`Watchdog::with_head_deadline`]).
+    head: Option<HeadDeadline>,
+}
+
+/// How long a request head may take, and the timer that checks it: armed
+/// the first time the connection waits for a head (a WebSocket upgraded by
+/// its first request never needs one), then moved on only when it fires.
+struct HeadDeadline {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl HeadDeadline {
+    /// True when the head the connection waits for is overdue. While it
+    /// waits and is not, the timer is armed for when it would be.
+    fn overdue(&mut self, progress: &Progress, cx: &mut Context<'_>) -> bool {
+        // A request in flight: a timer armed before may fire meanwhile,
+        // and is looked at when a head is awaited again.
+        let Some(due) = progress.head_due(self.limit) else {
+            return false;
+        };
+        let timer = match &mut self.timer {
+            Some(timer) => timer,
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(due.into()))),
+        };
+        // Each due instant is later than the last (a wait starts at the end
+        // of a response), so the timer fires at the due one or before it.
+        while timer.as_mut().poll(cx).is_ready() {
+            match progress.head_due(self.limit) {
+                Some(due) if due <= Instant::now() => return true,
+                Some(due) => timer.as_mut().reset(due.into()),
+                None => return false,
+            }
+        }
+        false
+    }
 }
 
 impl<F: Future> Watchdog<F> {
@@ -433,7 +592,17 @@ impl<F: Future> Watchdog<F> {
             draining: false,
             timer: None,
             cut_off: None,
+            head: None,
         }
+    }
+
+    /// Also closes the connection when it waits longer than `limit` for a
+    /// whole request head (from its accept, then from the end of each
+    /// response; see [`Heads`]). One timer per connection, moved on only
+    /// when it fires: at most one wake-up per `limit` for a busy one.
+    pub fn with_head_deadline(mut self, limit: Duration) -> Watchdog<F> {
+        self.head = Some(HeadDeadline { limit, timer: None });
+        self
     }
 }
 
@@ -463,6 +632,13 @@ impl<F: Future> Future for Watchdog<F> {
             }
             if let Poll::Ready(output) = this.connection.as_mut().poll(cx) {
                 return Poll::Ready(Ending::Finished(output));
+            }
+            // After that poll: a response that ended inside it started
+            // the wait for the next head.
+            if let Some(head) = &mut this.head {
+                if head.overdue(&this.progress, cx) {
+                    return Poll::Ready(Ending::SlowHead);
+                }
             }
             // A handler that ran inside that poll may have registered a
             // queue or asked for a kill.

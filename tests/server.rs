@@ -89,6 +89,109 @@ async fn a_slowloris_client_is_dropped_within_10_seconds() {
     );
 }
 
+/// After a response the head deadline starts again: a keep-alive
+/// connection left idle, and one that dribbles its next head, are closed
+/// 10 s after the end of their last response; a response that is still
+/// streaming (SSE) holds no deadline however long it lasts.
+#[tokio::test]
+async fn the_head_deadline_restarts_after_each_response_and_spares_a_long_one() {
+    let gateway = Gateway::start(&[]).await;
+
+    /// Sends one request and reads its whole (JSON) answer.
+    async fn one_request(stream: &mut TcpStream) {
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"}") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before its answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+    }
+
+    /// Until the gateway closes `stream` (EOF, error or a refused write),
+    /// writing a byte of `dribble` every 500 ms when given one; 20 s at most.
+    async fn closed(mut stream: TcpStream, dribble: Option<&[u8]>) -> Instant {
+        let mut bytes = dribble.unwrap_or_default().iter().cycle();
+        let mut buf = [0u8; 256];
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < give_up {
+            if let (Some(_), Some(byte)) = (dribble, bytes.next()) {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    return Instant::now();
+                }
+            }
+            match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Instant::now(),
+                Ok(Ok(_)) | Err(_) => {}
+            }
+        }
+        give_up
+    }
+
+    let mut idle = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut slow = TcpStream::connect(gateway.addr).await.unwrap();
+    // Both connections' first requests come a few seconds after their
+    // accept, so a deadline counted from the accept would show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    one_request(&mut idle).await;
+    let idle_answered = Instant::now();
+    one_request(&mut slow).await;
+    let slow_answered = Instant::now();
+
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET /_switchyard/events?topics=late HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let streaming = async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("still here") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    let publish_late = async {
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        support::publish_one(&gateway, "late", serde_json::json!("still here")).await;
+    };
+    let (idle_closed, slow_closed, (streamed, ())) = tokio::join!(
+        closed(idle, None),
+        closed(
+            slow,
+            Some(b"GET /health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+        ),
+        async {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                tokio::join!(streaming, publish_late)
+            })
+            .await
+            .unwrap()
+        }
+    );
+    for (what, after) in [
+        ("idle", idle_closed - idle_answered),
+        ("slow", slow_closed - slow_answered),
+    ] {
+        assert!(
+            after >= Duration::from_secs(9) && after <= Duration::from_secs(12),
+            "{what}: closed {after:?} after its answer"
+        );
+    }
+    assert!(
+        streamed,
+        "the event stream was closed before its late event"
+    );
+}
+
 /// A connection that sends nothing at all is closed like a slow one: it
 /// would otherwise hold one of MAX_HTTP_CONNECTIONS until the drain (a
 /// few thousand silent connects would lock everyone out).

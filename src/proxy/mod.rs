@@ -42,7 +42,7 @@ use crate::config::{Config, UpstreamUrl};
 use crate::linger;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
-use crate::timers::{Deadline, Kind};
+use crate::timers::Deadline;
 use crate::upstream::{UpstreamHealth, UpstreamState};
 
 /// A client that sends no byte of its request body for this long, while the
@@ -242,7 +242,7 @@ impl Proxy {
         tokio::pin!(send);
         let Some(mut progress) = progress else {
             // No body: the dashboard is awaited from the start.
-            let expired = Deadline::at((started + self.timeout).into(), Kind::Upstream);
+            let expired = Deadline::at((started + self.timeout).into());
             return tokio::select! {
                 biased;
                 sent = &mut send => done(sent),
@@ -253,7 +253,7 @@ impl Proxy {
         let mut watching = true;
         loop {
             let deadline = self.deadline(*progress.borrow_and_update());
-            let expired = Deadline::at(deadline.into(), Kind::Upstream);
+            let expired = Deadline::at(deadline.into());
             tokio::select! {
                 sent = &mut send => return done(sent),
                 changed = progress.changed(), if watching => watching = changed.is_ok(),
