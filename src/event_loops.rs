@@ -149,8 +149,10 @@ fn listen(socket: TcpSocket) -> io::Result<std::net::TcpListener> {
 /// Why: when a timer is armed earlier than the earliest one the driver
 /// went to sleep with, tokio wakes the driver through its eventfd, even
 /// from the driver's own thread while it runs. Every proxied request arms
-/// two (hyper's header-read timeout, the dashboard timeout), seconds
-/// away; with no nearer timer in the wheel, a quarter of the requests at
+/// one (the dashboard timeout; the head deadline's timer is moved on only
+/// when it fires, see `watchdog`), seconds away; when it armed two (with
+/// hyper's header-read timeout) and no nearer timer was in the wheel, a
+/// quarter of the requests at
 /// 64 connections paid a `write(2)` to the eventfd (`perf stat -e
 /// syscalls:sys_enter_write`: 0.26 per request, 0.00 with this tick,
 /// two runs each). It costs one wake-up a second.
