@@ -728,6 +728,48 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(150));
     }
 
+    /// The head deadline: counted from the accept; none while a request is
+    /// in flight however long it takes; counted again from the end of the
+    /// response. (Real time: the deadline compares std instants.)
+    #[tokio::test]
+    async fn a_head_awaited_too_long_ends_the_connection_but_a_request_in_flight_does_not() {
+        let limit = Duration::from_millis(200);
+        let (near, _far) = tokio::io::duplex(64);
+        let (_io, handle) = watch(near);
+        let accepted = Instant::now();
+        let watchdog = |handle: &ConnectionHandle| {
+            Watchdog::new(
+                std::future::pending::<()>(),
+                handle,
+                Duration::from_secs(60),
+                never_stops(),
+            )
+            .with_head_deadline(limit)
+        };
+        let ending = watchdog(&handle).await;
+        assert!(matches!(ending, Ending::SlowHead), "{ending:?}");
+        assert!(accepted.elapsed() >= limit);
+
+        // A request in flight (what `Heads::call` marks): no deadline.
+        let progress = &handle.0;
+        progress.awaiting_head.store(0, Ordering::Relaxed);
+        let in_flight = tokio::time::timeout(3 * limit, watchdog(&handle)).await;
+        assert!(in_flight.is_err(), "ended with a request in flight");
+
+        // Its response ended (what `Marked` marks when dropped): the wait
+        // for the next head starts there.
+        let ended = Instant::now();
+        progress.awaiting_head.store(
+            progress.base.elapsed().as_millis() as u64 + 1,
+            Ordering::Relaxed,
+        );
+        let ending = watchdog(&handle).await;
+        assert!(matches!(ending, Ending::SlowHead), "{ending:?}");
+        let waited = ended.elapsed();
+        assert!(waited >= limit - Duration::from_millis(2), "{waited:?}");
+        assert!(waited < 3 * limit, "{waited:?}");
+    }
+
     #[tokio::test]
     async fn a_held_upgrade_keeps_what_hyper_writes_for_the_websocket_task() {
         let (near, mut far) = tokio::io::duplex(1024);
