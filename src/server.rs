@@ -84,7 +84,7 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// entries (4 KiB each, too large for the allocator's per-thread cache)
 /// for every request head. At 128 that was 4% of a proxied request's
 /// instructions (`benches/proxy-instructions.sh`: 38,881 → 37,298). nginx
-/// has no count, only a size (our MAX_HEADER_BYTES); browsers send about 20.
+/// has no count, only a size (our MAX_HEADER_BYTES).
 pub const MAX_HEADERS: usize = 100;
 
 /// After an accept error (EMFILE and friends) the loop pauses this long

@@ -155,8 +155,7 @@ impl Progress {
             }
             Poll::Pending => {
                 if self.stalled_since.load(Ordering::Relaxed) == 0 {
-                    let now = self.base.elapsed().as_millis() as u64 + 1;
-                    self.stalled_since.store(now, Ordering::Relaxed);
+                    self.stalled_since.store(self.stamp(), Ordering::Relaxed);
                 }
             }
             Poll::Ready(_) => {}
@@ -167,11 +166,25 @@ impl Progress {
     fn stalled_for(&self) -> Option<Duration> {
         match self.stalled_since.load(Ordering::Relaxed) {
             0 => None,
-            since => {
-                let now = self.base.elapsed().as_millis() as u64 + 1;
-                Some(Duration::from_millis(now.saturating_sub(since)))
-            }
+            since => Some(Duration::from_millis(self.stamp().saturating_sub(since))),
         }
+    }
+
+    /// Now, as `stalled_since` and `awaiting_head` keep it: milliseconds
+    /// since `base` + 1 (so 0 can mean "not").
+    fn stamp(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    /// A request head has arrived (hyper called the service): no head is
+    /// awaited until its response ends.
+    fn request_began(&self) {
+        self.awaiting_head.store(0, Ordering::Relaxed);
+    }
+
+    /// The response ended: the wait for the next head starts now.
+    fn response_ended(&self) {
+        self.awaiting_head.store(self.stamp(), Ordering::Relaxed);
     }
 
     /// When the head awaited now is overdue, `limit` after the wait began;
@@ -208,6 +221,7 @@ pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
         stalled_since: AtomicU64::new(0),
         killed: AtomicBool::new(false),
         holding: AtomicBool::new(false),
+        // Waiting for the first head since `base`, the accept.
         awaiting_head: AtomicU64::new(1),
         watcher: Mutex::new(Watcher::default()),
     });
@@ -436,7 +450,7 @@ where
     type Future = HeadsFuture<S::Future>;
 
     fn call(&self, request: R) -> Self::Future {
-        self.connection.0.awaiting_head.store(0, Ordering::Relaxed);
+        self.connection.0.request_began();
         HeadsFuture {
             future: self.inner.call(request),
             connection: Some(self.connection.clone()),
@@ -479,9 +493,7 @@ pin_project_lite::pin_project! {
     impl<B> PinnedDrop for Marked<B> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(connection) = this.project().connection.take() {
-                let progress = &connection.0;
-                let now = progress.base.elapsed().as_millis() as u64 + 1;
-                progress.awaiting_head.store(now, Ordering::Relaxed);
+                connection.0.response_ended();
             }
         }
     }
@@ -752,17 +764,14 @@ mod tests {
 
         // A request in flight (what `Heads::call` marks): no deadline.
         let progress = &handle.0;
-        progress.awaiting_head.store(0, Ordering::Relaxed);
+        progress.request_began();
         let in_flight = tokio::time::timeout(3 * limit, watchdog(&handle)).await;
         assert!(in_flight.is_err(), "ended with a request in flight");
 
         // Its response ended (what `Marked` marks when dropped): the wait
         // for the next head starts there.
         let ended = Instant::now();
-        progress.awaiting_head.store(
-            progress.base.elapsed().as_millis() as u64 + 1,
-            Ordering::Relaxed,
-        );
+        progress.response_ended();
         let ending = watchdog(&handle).await;
         assert!(matches!(ending, Ending::SlowHead), "{ending:?}");
         let waited = ended.elapsed();
