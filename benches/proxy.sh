@@ -57,6 +57,7 @@
 #
 # Usage: benches/proxy.sh            (ROUNDS=3 DURATION=5s WARMUP=1s PIN_1C=1)
 #        ROUNDS=5 DURATION=10s benches/proxy.sh
+#        SWITCHYARD_BIN=/path/to/switchyard benches/proxy.sh   (that binary, no build)
 #        FLOOR=0 benches/proxy.sh      (without the hyper-floor target)
 #        BASELINE_BIN=/path/to/older/switchyard benches/proxy.sh
 #          adds a target, "baseline", measured in the same rounds:
@@ -101,9 +102,13 @@ NGINX=$(find_nginx)
 command -v cargo >/dev/null 2>&1 || die "cargo not found"
 
 # ---------------------------------------------------------------- build
-say "building switchyard (release)"
-cargo build --release --quiet
-BIN="$ROOT/target/release/switchyard"
+if [ -n "${SWITCHYARD_BIN:-}" ]; then
+    BIN="$SWITCHYARD_BIN"
+else
+    say "building switchyard (release)"
+    cargo build --release --quiet
+    BIN="$ROOT/target/release/switchyard"
+fi
 [ -x "$BIN" ] || die "$BIN missing after build"
 if [ "$FLOOR" != 0 ]; then
     cargo build --release --quiet --example hyper_floor

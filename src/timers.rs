@@ -18,7 +18,8 @@
 //! long as the thread, so a kept timer never outlives its wheel. Elsewhere
 //! (other runtimes, tests' own) a timer is made and dropped each time.
 //!
-//! Owns: [`Deadline`], a future that completes at an instant. Does not own:
+//! Owns: [`Deadline`], a future that completes at an instant, and
+//! [`Before`], a future raced against one. Does not own:
 //! which instants (`proxy`), or the request-head deadline, which needs no
 //! timer per request (`watchdog`).
 
@@ -27,6 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::event_loops;
@@ -94,6 +96,36 @@ impl Drop for Deadline {
     }
 }
 
+pin_project! {
+    /// `future`'s output, or `None` once `deadline` passes first. A plain
+    /// struct rather than an `async` block with `select!`: such a block
+    /// stores the future it is handed twice (as its capture and as what it
+    /// awaits), and the proxy's is a request's whole exchange.
+    pub struct Before<F> {
+        #[pin]
+        future: F,
+        deadline: Deadline,
+    }
+}
+
+/// `future`, given up at `deadline` (see [`Before`]).
+pub fn before<F: Future>(future: F, deadline: Deadline) -> Before<F> {
+    Before { future, deadline }
+}
+
+impl<F: Future> Future for Before<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let this = self.project();
+        // The future first: an answer that came with the deadline counts.
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        Pin::new(this.deadline).poll(cx).map(|()| None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -105,6 +137,18 @@ mod tests {
         let start = Instant::now();
         Deadline::at(start + Duration::from_secs(3)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_gives_up_at_the_deadline_but_not_on_a_ready_answer() {
+        let start = Instant::now();
+        let slow = tokio::time::sleep(Duration::from_secs(5));
+        let given_up = before(slow, Deadline::at(start + Duration::from_secs(2))).await;
+        assert_eq!(given_up, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        let ready = std::future::ready(7);
+        let answered = before(ready, Deadline::at(start)).await;
+        assert_eq!(answered, Some(7));
     }
 
     #[test]

@@ -225,7 +225,10 @@ impl Access {
         if is_publish && self.publish_token.is_none() && is_loopback(client) {
             return Ok(None);
         }
-        site.check(client, headers).await.map(Some)
+        // Boxed: the check (a password hash on the blocking pool) is a
+        // large future, and inline every request's future would carry it,
+        // password or not (`server::proxied` is allocated per request).
+        Box::pin(site.check(client, headers)).await.map(Some)
     }
 
     /// Makes a request fit for the dashboard: removes the credentials that

@@ -23,7 +23,7 @@
 //! buffer (no shared atomic, no allocation per request), an HTTP/1.1
 //! request skips the shed count (its connection's slot covers it), and the
 //! handler's future is boxed once at the bottom so the layers move a
-//! pointer, not its ~4 KB. An earlier stack of tower-http's `CatchPanic` +
+//! pointer, not the whole future. An earlier stack of tower-http's `CatchPanic` +
 //! a boxed router future + tower's `ConcurrencyLimit`/`LoadShed` cost about
 //! 4% more CPU per proxied request. This one, under callgrind (user-space
 //! instructions per proxied request, wrk -c8 through the gateway to a local

@@ -22,15 +22,18 @@ mod outgoing;
 mod pool;
 mod tunnel;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{Either, FutureExt};
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use ipnet::IpNet;
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -42,7 +45,7 @@ use crate::config::{Config, UpstreamUrl};
 use crate::linger;
 use crate::response::{self, Body};
 use crate::shutdown::Shutdown;
-use crate::timers::Deadline;
+use crate::timers::{self, Deadline};
 use crate::upstream::{UpstreamHealth, UpstreamState};
 
 /// A client that sends no byte of its request body for this long, while the
@@ -84,6 +87,17 @@ pub enum Forwarding {
     /// A client's, going to another replica: set here as for the dashboard,
     /// plus these headers proving the hop (see `replicas`).
     ToReplica(Vec<(HeaderName, HeaderValue)>),
+}
+
+/// What [`Proxy::forward`] keeps of a request while the dashboard answers.
+struct Sent {
+    method: Method,
+    path_and_query: Option<PathAndQuery>,
+    wants_json: bool,
+    started: Instant,
+    /// The client's side of an upgrade, and its place under MAX_TUNNELS.
+    client_upgrade: Option<OnUpgrade>,
+    slot: Option<tunnel::Slot>,
 }
 
 /// Why a request could not be forwarded.
@@ -138,12 +152,17 @@ impl Proxy {
 
     /// Forwards one request and answers with the dashboard's response, or
     /// with the gateway's own 502/503/504 page.
-    pub async fn forward(
+    ///
+    /// The upstream request is built and handed to the pool here, before
+    /// the future exists; the future is the exchange and then
+    /// [`Proxy::answer`], so it holds neither the client's request nor a
+    /// copy of its own (as an `async fn` it held both, 2.5 KB).
+    pub fn forward(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         forwarding: Forwarding,
-    ) -> Response<Body> {
+    ) -> impl Future<Output = Response<Body>> + Send + '_ {
         let started = Instant::now();
         let method = request.method().clone();
         let wants_json = response::wants_json(request.headers());
@@ -165,21 +184,39 @@ impl Proxy {
                 reply
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return reply;
+                return Either::Left(std::future::ready(reply));
             }
         };
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
 
         let (outgoing, progress) =
             self.upstream_request(request, peer, upgrading, started, forwarding);
+        let sent = Sent {
+            method,
+            // For the logs: shares the request's bytes, no copy.
+            path_and_query: outgoing.uri().path_and_query().cloned(),
+            wants_json,
+            started,
+            client_upgrade,
+            slot,
+        };
+        let exchange = self.exchange(outgoing, progress, started);
+        Either::Right(exchange.map(move |result| self.answer(result, sent)))
+    }
 
-        // For the logs: shares the request's bytes, no copy.
-        let path_and_query = outgoing.uri().path_and_query().cloned();
+    /// The client's answer once the exchange is over: the dashboard's
+    /// response (hop-by-hop headers out), a tunnel after a 101, or the
+    /// gateway's page for a failure.
+    fn answer(&self, result: Result<Response<Incoming>, Failure>, sent: Sent) -> Response<Body> {
+        let Sent {
+            method,
+            path_and_query,
+            wants_json,
+            started,
+            client_upgrade,
+            slot,
+        } = sent;
         let path = path_and_query.as_ref().map_or("/", PathAndQuery::path);
-
-        let result = self.exchange(outgoing, progress, started).await;
-        let upstream_ms = started.elapsed().as_secs_f64() * 1000.0;
-
         let answer = match result {
             Ok(answer) => answer,
             Err(failure) => {
@@ -192,13 +229,15 @@ impl Proxy {
                         format!("client sent no body byte for {CLIENT_BODY_TIMEOUT:?}")
                     }
                 };
+                let upstream_ms = started.elapsed().as_secs_f64() * 1000.0;
                 warn!(%method, path, status = reply.status().as_u16(), upstream_ms, reason, "proxy failed");
                 return reply;
             }
         };
         self.health.mark_up();
         let status = answer.status();
-        debug!(%method, path, status = status.as_u16(), upstream_ms, "proxied");
+        // The clock is read only when the line is written.
+        debug!(%method, path, status = status.as_u16(), upstream_ms = started.elapsed().as_secs_f64() * 1000.0, "proxied");
 
         match (client_upgrade, slot) {
             (Some(client_upgrade), Some(slot)) if status == StatusCode::SWITCHING_PROTOCOLS => {
@@ -225,37 +264,45 @@ impl Proxy {
     /// head. While the client is slow to send its body, that timer does not
     /// run; a client silent for [`CLIENT_BODY_TIMEOUT`] mid-body gets 408. (A
     /// response head that comes before the body has been sent ends the wait.)
-    async fn exchange(
+    ///
+    /// Without a body (most requests) the future is the pool's send raced
+    /// against one deadline ([`timers::Before`]); with one, the watching
+    /// loop of [`Proxy::exchange_with_body`], boxed.
+    fn exchange(
         &self,
         request: Request<Outgoing>,
         progress: Option<watch::Receiver<Progress>>,
         started: Instant,
-    ) -> Result<Response<Incoming>, Failure> {
-        let done = |sent: Result<Response<Incoming>, SendError>| match sent {
-            Ok(answer) => Ok(answer),
-            Err(SendError::Connect(error)) => Err(Failure::Refused(error)),
-            Err(SendError::Exchange(error)) => Err(Failure::Broken(error)),
-        };
-        // Pinned here, once: moved into a `select!` it would take its room
-        // in this future a second time.
+    ) -> impl Future<Output = Result<Response<Incoming>, Failure>> + Send + '_ {
         let send = self.pool.send(request);
-        tokio::pin!(send);
-        let Some(mut progress) = progress else {
+        match progress {
             // No body: the dashboard is awaited from the start.
-            let expired = Deadline::at((started + self.timeout).into());
-            return tokio::select! {
-                biased;
-                sent = &mut send => done(sent),
-                () = expired => Err(Failure::TimedOut),
-            };
-        };
+            None => {
+                let expired = Deadline::at((started + self.timeout).into());
+                Either::Left(timers::before(send, expired).map(|sent| match sent {
+                    Some(sent) => sent_or_failure(sent),
+                    None => Err(Failure::TimedOut),
+                }))
+            }
+            Some(progress) => Either::Right(Box::pin(self.exchange_with_body(send, progress))),
+        }
+    }
+
+    /// [`Proxy::exchange`] of a request with a body: the deadline follows
+    /// the body's progress.
+    async fn exchange_with_body(
+        &self,
+        send: impl Future<Output = Result<Response<Incoming>, SendError>>,
+        mut progress: watch::Receiver<Progress>,
+    ) -> Result<Response<Incoming>, Failure> {
+        tokio::pin!(send);
         // False once the body is gone (its last state stays readable).
         let mut watching = true;
         loop {
             let deadline = self.deadline(*progress.borrow_and_update());
             let expired = Deadline::at(deadline.into());
             tokio::select! {
-                sent = &mut send => return done(sent),
+                sent = &mut send => return sent_or_failure(sent),
                 changed = progress.changed(), if watching => watching = changed.is_ok(),
                 () = expired => {
                     // The dashboard may have taken more frames since, which
@@ -374,6 +421,17 @@ impl Proxy {
                 wants_json,
             ),
         }
+    }
+}
+
+/// What the pool's send came to, as the proxy counts it.
+fn sent_or_failure(
+    sent: Result<Response<Incoming>, SendError>,
+) -> Result<Response<Incoming>, Failure> {
+    match sent {
+        Ok(answer) => Ok(answer),
+        Err(SendError::Connect(error)) => Err(Failure::Refused(error)),
+        Err(SendError::Exchange(error)) => Err(Failure::Broken(error)),
     }
 }
 

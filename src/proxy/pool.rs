@@ -20,9 +20,11 @@
 //! arrives and is taken again once hyper reports it ready, which is the
 //! moment the previous response body has been read to the end.
 
+use std::future::{self, Future};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{Either, FutureExt};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -175,7 +177,52 @@ impl Pool {
     /// A request the dashboard may have seen is sent again only when it is
     /// idempotent and has no body, only once, and only on a new connection,
     /// after a kept connection broke before any answer.
-    pub async fn send(
+    ///
+    /// The usual case is decided here, before the future exists: a free
+    /// connection of this loop, used less than [`RACE_IDLE`] ago (so no
+    /// replay copy), takes the request at once, and the future only waits
+    /// for its answer. Everything else (opening, borrowing, waiting for a
+    /// finishing connection, replaying) is [`Pool::send_slowly`], boxed:
+    /// inline, every request's future would carry its state and a second
+    /// copy of the request (a boxed proxied request's future was 3.4 KB).
+    pub fn send(
+        &self,
+        request: Request<Outgoing>,
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
+        let Some(Taken {
+            mut sender,
+            since: _,
+            out,
+        }) = self.take_recent()
+        else {
+            return Either::Right(Box::pin(self.send_slowly(request)));
+        };
+        // A combinator, not an `async` block: the block would hold hyper's
+        // future twice (its capture and what it awaits).
+        let sent = sender.try_send_request(request);
+        Either::Left(sent.then(move |sent| match sent {
+            Ok(response) => {
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    out.keep(sender);
+                }
+                Either::Left(future::ready(Ok(response)))
+            }
+            Err(mut failed) => match failed.take_message() {
+                Some(unsent) => {
+                    debug!(error = %failed.error(), "kept connection closed; retrying on a new one");
+                    Either::Right(Box::pin(self.send_slowly(unsent)))
+                }
+                None => Either::Left(future::ready(Err(SendError::Exchange(
+                    failed.into_error(),
+                )))),
+            },
+        }))
+    }
+
+    /// [`Pool::send`] past its usual case: on the next free connection (any
+    /// loop's, see [`Pool::take_free`]) or a new one, with a replay copy
+    /// when the connection sat idle for [`RACE_IDLE`].
+    async fn send_slowly(
         &self,
         mut request: Request<Outgoing>,
     ) -> Result<Response<Incoming>, SendError> {
@@ -197,8 +244,7 @@ impl Pool {
                 Some(taken) => (taken, true),
                 None => {
                     // Boxed: connecting (a timeout and hyper's handshake)
-                    // is rare and its state large; inline, every request's
-                    // future would carry (and copy) it.
+                    // is rare and its state large.
                     let sender = Box::pin(self.connect()).await.map_err(SendError::Connect)?;
                     let home = &self.loops[self.here()];
                     let out = Out::of(home, &mut lock(home));
@@ -237,6 +283,18 @@ impl Pool {
                 },
             }
         }
+    }
+
+    /// A free connection of the calling loop's own, kept less than
+    /// [`RACE_IDLE`] ago: one [`Pool::send`] sends on at once.
+    fn take_recent(&self) -> Option<Taken<'_>> {
+        let home = &self.loops[self.here()];
+        let mut own = lock(home);
+        let now = Instant::now();
+        let (sender, since) =
+            take_ready_if(&mut own.kept, |since| now.duration_since(since) < RACE_IDLE)?;
+        let out = Out::of(home, &mut own);
+        Some(Taken { sender, since, out })
     }
 
     /// A kept connection that can take a request now: the calling loop's
@@ -336,13 +394,21 @@ impl Pool {
 /// forgetting closed ones on the way. Newest first: the connection most
 /// likely still open.
 fn take_ready(kept: &mut Vec<Kept>) -> Option<(SendRequest<Outgoing>, Instant)> {
+    take_ready_if(kept, |_| true)
+}
+
+/// [`take_ready`], of the connections whose keeping time passes `fits`.
+fn take_ready_if(
+    kept: &mut Vec<Kept>,
+    fits: impl Fn(Instant) -> bool,
+) -> Option<(SendRequest<Outgoing>, Instant)> {
     let mut index = kept.len();
     while index > 0 {
         index -= 1;
         let sender = &kept[index].sender;
         if sender.is_closed() {
             kept.swap_remove(index);
-        } else if sender.is_ready() {
+        } else if sender.is_ready() && fits(kept[index].since) {
             let Kept { sender, since } = kept.swap_remove(index);
             return Some((sender, since));
         }
