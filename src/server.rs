@@ -53,6 +53,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tracing::{debug, error, info, warn};
 
 use crate::auth::{self, Access};
+use crate::beacon::Signal;
 use crate::broadcast::Broadcaster;
 use crate::config::{Config, RESERVED_PREFIX};
 use crate::layers::panic::{CatchPanicBody, CatchPanicLayer};
@@ -268,8 +269,6 @@ async fn accept_loop(
     let builders = Arc::new(Builders::new());
     let mut last_accept_warning: Option<Instant> = None;
     let mut refusals = Refusals::default();
-    // Each connection's own view of the phase (see `until_drained`).
-    let seen = phase.clone();
     let stop = phase.wait_for(|&now| now >= Phase::Draining);
     tokio::pin!(stop);
     let injected_panic = faults::loop_panic_requested();
@@ -300,8 +299,12 @@ async fn accept_loop(
         // Counts the connection in the loop's drain from now on.
         let watcher = connections.watcher();
         let builders = builders.clone();
-        let mut draining = seen.clone();
         let write_timeout = gateway.config.write_timeout;
+        // The drain, as a connection hears it: `Shutdown::begin` fires it
+        // just after the loops' phase turns to draining. A signal rather
+        // than the phase's `watch`: it is polled at every wake-up of the
+        // connection, and that costs an atomic load, not a lock.
+        let mut draining = gateway.shutdown.requested();
         let stop = gateway.shutdown.requested();
         tokio::spawn(async move {
             // A connection that has sent nothing when the drain begins is
@@ -312,9 +315,7 @@ async fn accept_loop(
             // MAX_HTTP_CONNECTIONS slot for good.
             let protocol = tokio::select! {
                 protocol = stream.sniff() => protocol,
-                _ = draining.wait_for(|&now| now >= Phase::Draining) => {
-                    Err(io::ErrorKind::Interrupted.into())
-                }
+                () = &mut draining => Err(io::ErrorKind::Interrupted.into()),
                 _ = tokio::time::sleep(HEADER_READ_TIMEOUT) => {
                     Err(io::ErrorKind::TimedOut.into())
                 }
@@ -374,13 +375,13 @@ async fn accept_loop(
 async fn until_drained<C: Future>(
     connection: C,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
-    mut phase: watch::Receiver<Phase>,
+    mut draining: Signal,
     counted: Watcher,
 ) -> C::Output {
     tokio::pin!(connection);
     tokio::select! {
         biased;
-        _ = phase.wait_for(|&now| now >= Phase::Draining) => {}
+        () = &mut draining => {}
         ended = &mut connection => return ended,
     }
     graceful_shutdown(connection.as_mut());

@@ -110,6 +110,10 @@ struct Progress {
     /// for a request head: from the accept, then from the end of each
     /// response; 0 while a request is in flight (see [`Heads`]).
     awaiting_head: AtomicU64,
+    /// A client queue was registered in `watcher` since the watchdog last
+    /// looked: the watchdog takes the lock only then (or when its task's
+    /// waker changed), not at every poll.
+    registered: AtomicBool,
     watcher: Mutex<Watcher>,
 }
 
@@ -196,8 +200,10 @@ impl Progress {
         }
     }
 
+    /// Wakes the watchdog's task. The waker stays: the watchdog stores it
+    /// again only when its task's changes.
     fn wake(&self) {
-        let waker = self.lock().waker.take();
+        let waker = self.lock().waker.clone();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -223,6 +229,7 @@ pub fn watch<T>(io: T) -> (Watched<T>, ConnectionHandle) {
         holding: AtomicBool::new(false),
         // Waiting for the first head since `base`, the accept.
         awaiting_head: AtomicU64::new(1),
+        registered: AtomicBool::new(false),
         watcher: Mutex::new(Watcher::default()),
     });
     (
@@ -415,14 +422,12 @@ impl ConnectionHandle {
     /// Closes the connection as soon as `queue` is closed (its client cut
     /// off), even while the socket is full and hyper polls nothing.
     pub fn close_when_cut_off(&self, queue: Arc<ClientQueue>) {
-        let waker = {
+        {
             let mut watcher = self.0.lock();
             watcher.queue = Some(queue);
-            watcher.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
+            self.0.registered.store(true, Ordering::Release);
         }
+        self.0.wake();
     }
 }
 
@@ -542,6 +547,9 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub struct Watchdog<F> {
     connection: Pin<Box<F>>,
     progress: Arc<Progress>,
+    /// The waker last stored in the shared `Watcher` (a copy, compared
+    /// without the lock).
+    stored_waker: Option<Waker>,
     write_timeout: Duration,
     stop: Signal,
     draining: bool,
@@ -599,6 +607,7 @@ impl<F: Future> Watchdog<F> {
         Watchdog {
             connection: Box::pin(connection),
             progress: handle.0.clone(),
+            stored_waker: None,
             write_timeout,
             stop,
             draining: false,
@@ -627,12 +636,19 @@ impl<F: Future> Future for Watchdog<F> {
             if this.progress.killed.load(Ordering::Acquire) {
                 return Poll::Ready(Ending::Killed);
             }
-            {
+            // The lock only when there is something to do under it: a
+            // new waker to store, or a registered queue to take.
+            let new_waker = !this
+                .stored_waker
+                .as_ref()
+                .is_some_and(|stored| stored.will_wake(cx.waker()));
+            if new_waker || this.progress.registered.load(Ordering::Acquire) {
                 let mut watcher = this.progress.lock();
-                match &watcher.waker {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    _ => watcher.waker = Some(cx.waker().clone()),
+                if new_waker {
+                    watcher.waker = Some(cx.waker().clone());
+                    this.stored_waker = Some(cx.waker().clone());
                 }
+                this.progress.registered.store(false, Ordering::Relaxed);
                 if let Some(queue) = watcher.queue.take() {
                     this.cut_off = Some(Box::pin(async move { queue.closed().await }));
                 }
@@ -654,10 +670,7 @@ impl<F: Future> Future for Watchdog<F> {
             }
             // A handler that ran inside that poll may have registered a
             // queue or asked for a kill.
-            let registered = {
-                let watcher = this.progress.lock();
-                watcher.queue.is_some()
-            };
+            let registered = this.progress.registered.load(Ordering::Acquire);
             if registered || this.progress.killed.load(Ordering::Acquire) {
                 continue;
             }
