@@ -126,6 +126,14 @@ impl<'a> Out<'a> {
             }
         }
     }
+
+    /// [`Out::keep`] after `response`, unless it switched protocols: a
+    /// connection that upgraded is never kept (its sender is dropped).
+    fn keep_unless_upgraded(self, sender: SendRequest<Outgoing>, response: &Response<Incoming>) {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            self.keep(sender);
+        }
+    }
 }
 
 impl Drop for Out<'_> {
@@ -202,9 +210,7 @@ impl Pool {
         let sent = sender.try_send_request(request);
         Either::Left(sent.then(move |sent| match sent {
             Ok(response) => {
-                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    out.keep(sender);
-                }
+                out.keep_unless_upgraded(sender, &response);
                 Either::Left(future::ready(Ok(response)))
             }
             Err(mut failed) => match failed.take_message() {
@@ -264,9 +270,7 @@ impl Pool {
                 .flatten();
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                        out.keep(sender);
-                    }
+                    out.keep_unless_upgraded(sender, &response);
                     return Ok(response);
                 }
                 Err(mut failed) => match (failed.take_message(), replay) {
