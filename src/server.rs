@@ -369,9 +369,9 @@ async fn accept_loop(
 
 /// Serves `connection` until it ends; once `draining` fires (the gateway's
 /// shutdown signal), first tells it to finish (`graceful_shutdown`: hyper
-/// closes it after the request in flight). `counted` keeps it in the loop's drain (`GracefulShutdown`,
-/// whose own `watch` has no impl for hyper's upgradeable HTTP/1
-/// connection in hyper-util 0.1).
+/// closes it after the request in flight). `counted` keeps it in the
+/// loop's drain (`GracefulShutdown`, whose own `watch` has no impl for
+/// hyper's upgradeable HTTP/1 connection in hyper-util 0.1).
 async fn until_drained<C: Future>(
     connection: C,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
