@@ -56,7 +56,7 @@
 #      hello and kept open: connections/s and server CPU per connection; also
 #      for examples/ws_floor.rs, the cheapest WebSocket accept hyper 1 allows
 #      (hyper's upgrade, a fixed hello, the socket kept on its loop: none of
-#      switchyard's checks, hand-over, watchdog or subscription), the row's
+#      switchyard's checks, watchdog or subscription), the row's
 #      "hyper floor": how much of switchyard's distance to uWS is the stack's
 #      (FLOOR=0 leaves it out)
 # then ONE table: rows = metrics, columns = switchyard, uWS, Node ws, the

@@ -11,7 +11,6 @@
 //! "state":{}}`) in one text frame; the socket then stays on its loop,
 //! read until the client closes. Left out, against switchyard: the
 //! handshake's checks beyond the key (Origin, the query, tokens, limits),
-//! the hand-over to a clients runtime (the isolation from a busy loop),
 //! the watchdog, the hub subscription, pings, and every frame after the
 //! hello. It is a measuring stick, not a server to deploy.
 //!

@@ -6,17 +6,44 @@
 //! | thread | runtime | runs | its reactor drives |
 //! |---|---|---|---|
 //! | main | chores (current-thread, [`chores_runtime`]) | signals; `run` and the drain; the dashboard's probe and supervisor; the ping clock; the proxy pool's upkeep | the probe's sockets, the child's pipes |
-//! | `http-loop-N`, one per core ([`count`]) | one current-thread runtime each ([`start`]) | its own listener (`SO_REUSEPORT`: the kernel spreads connections), every HTTP connection it accepts (routes, SSE, long-polls, proxied requests, proxied WebSocket tunnels) and the dashboard connections those use | those sockets; a broadcaster WebSocket's only until its upgrade |
+//! | `http-loop-N`, one per core ([`count`]) | one current-thread runtime each ([`start`]) | its own listener (`SO_REUSEPORT`: the kernel spreads connections) and every connection it accepts, for that connection's whole life: routes, SSE, long-polls, proxied requests and WebSocket tunnels, the dashboard connections those use, and each broadcaster WebSocket's task after its upgrade | those sockets |
 //! | its blocking pool | — | heavy CPU work of a request ([`off_loop`]: a `/state` snapshot and its encoding), [`HEAVY_AT_ONCE`] at a time | nothing |
-//! | `switchyard-clients` (TOKIO_WORKER_THREADS) | multi-thread ([`clients_runtime`]) | every broadcaster WebSocket's task, the in-memory hub's fan-out task, the Redis hub's connections | every broadcaster WebSocket's socket: its task moves it here ([`drive_here`]) |
+//! | `switchyard-hub` (TOKIO_WORKER_THREADS) | multi-thread ([`hub_runtime`]) | the in-memory hub's fan-out task, or the Redis hub's connections and listener | the Redis sockets |
+//!
+//! A connection never changes threads: the loop whose reactor accepted its
+//! socket drives that socket, and runs its tasks, until it closes. The one
+//! thing done to a socket from elsewhere is the fan-out's direct write of a
+//! delivery to a broadcaster WebSocket that is keeping up (a non-blocking
+//! `writev` from the hub's runtime, under that client's queue lock: see
+//! `hub::queue`); whatever it does not take, the client's task finishes on
+//! its loop.
 //!
 //! The rules that keep a busy loop from delaying anyone else:
 //! - a loop only runs short steps: heavy work goes to [`off_loop`]; the
 //!   fan-out never runs on a loop (past its backlog limit a publisher
-//!   awaits room, `hub::memory`);
-//! - a broadcaster WebSocket is driven by the clients runtime alone, so a
-//!   loop busy with `/state` or publishes never delays its writes or pongs;
-//! - `/health` on a loop waits at most for one such short step.
+//!   awaits room, `hub::memory`), and a client is written to by the
+//!   fan-out or by its own task in batches, never by a publisher;
+//! - so a broadcaster WebSocket's writes and pongs, like `/health`, wait at
+//!   most for one such short step of its loop, and nothing a loop does
+//!   delays the others (`tests/event_loops.rs` measures both).
+//!
+//! One exception, known: a WebSocket's or SSE client's hello (its snapshot
+//! and the encoding of its state) is built on its loop, ~70 ms for a 64 MB
+//! state; the ignored test `websocket_hellos_of_a_64_mb_state_do_not_delay_
+//! their_loops_other_connections` is its witness, and it failed before
+//! WebSockets moved onto the loops as well.
+//!
+//! Why WebSockets stay on their loop: until issue 24 each one's task and
+//! socket moved to a runtime of their own after the upgrade (`drive_here`:
+//! the socket off one reactor and onto another, and a task spawned across
+//! threads). That hand-over was the whole of switchyard's distance to
+//! uWebSockets.js in accepts per second: 28.7 and 24.7 µs of server CPU per
+//! accept with it, 19.3 and 17.3 µs without, in two interleaved runs of
+//! `loadgen --accept` (15,000 connections; 26,140 and 29,209 against
+//! 31,190 and 31,706 accepts/s); the fan-out's CPU per delivered message
+//! did not move (10k clients x 10 ev/s: 4.13 and 4.01 µs with it, 3.84 and
+//! 4.32 without). With the loops running only short steps, the move bought
+//! no isolation the loops do not already give.
 //!
 //! Why one loop per core: a proxied request touches two sockets, the
 //! client's and the dashboard's. On one multi-thread runtime their tasks
@@ -174,20 +201,13 @@ pub fn chores_runtime() -> io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// The broadcaster's runtime: a multi-thread runtime with I/O and timers;
+/// The hub's runtime: a multi-thread runtime with I/O and timers;
 /// TOKIO_WORKER_THREADS sets its size, as tokio's default does.
-pub fn clients_runtime() -> io::Result<tokio::runtime::Runtime> {
+pub fn hub_runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .thread_name("switchyard-clients")
+        .thread_name("switchyard-hub")
         .enable_all()
         .build()
-}
-
-/// `stream`, moved onto the reactor of the runtime the caller runs on
-/// (it must run inside one): from then on that runtime's I/O driver, not
-/// the one that accepted it, wakes whoever waits on it.
-pub fn drive_here(stream: tokio::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
-    tokio::net::TcpStream::from_std(stream.into_std()?)
 }
 
 /// How many pieces of heavy work ([`off_loop`]) run at once; the rest

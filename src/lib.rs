@@ -60,12 +60,13 @@ use crate::supervisor::{ChildKind, ChildSpec, Supervisor};
 use crate::upstream::UpstreamHealth;
 
 /// Binds the public port and serves until `signal` resolves, then drains.
-/// `client_runtime` runs the broadcaster's WebSocket clients (it may be the
-/// current runtime's handle).
+/// `hub_runtime` runs the hub: the in-memory fan-out task or the Redis
+/// connections (it may be the current runtime's handle; see
+/// `event_loops`).
 pub async fn run(
     mut config: Config,
     signal: impl Future<Output = ()>,
-    client_runtime: tokio::runtime::Handle,
+    hub_runtime: tokio::runtime::Handle,
 ) -> std::io::Result<()> {
     let listeners = event_loops::bind(config.listen_addr, event_loops::count())?;
     let addr = match listeners.first() {
@@ -84,10 +85,10 @@ pub async fn run(
             &config.redis_prefix,
             hub::Limits::from(&config),
             &shutdown,
-            &client_runtime,
+            &hub_runtime,
         )
         .map_err(std::io::Error::other)?,
-        None => MemoryHub::start(hub::Limits::from(&config), &shutdown, &client_runtime),
+        None => MemoryHub::start(hub::Limits::from(&config), &shutdown, &hub_runtime),
     };
     let upstream = Arc::new(UpstreamHealth::new(config.dashboard_url.is_some()));
     let proxy = config.dashboard_url.clone().map(|url| {
@@ -169,7 +170,6 @@ pub async fn run(
         metrics.connection_gauges(),
         ping_clock,
         shutdown.clone(),
-        client_runtime,
     ));
     let gateway = Arc::new(Gateway {
         access: Arc::new(auth::Access::new(&config)),

@@ -42,15 +42,15 @@ const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 fn serve(config: Config) -> ExitCode {
     // What runs on which thread and runtime: see `event_loops`.
     let chores = switchyard::event_loops::chores_runtime();
-    let clients = switchyard::event_loops::clients_runtime();
-    let (runtime, clients) = match (chores, clients) {
-        (Ok(runtime), Ok(clients)) => (runtime, clients),
+    let hub = switchyard::event_loops::hub_runtime();
+    let (runtime, hub) = match (chores, hub) {
+        (Ok(runtime), Ok(hub)) => (runtime, hub),
         (Err(error), _) | (_, Err(error)) => {
             error!(%error, "cannot start the async runtime");
             return ExitCode::from(1);
         }
     };
-    let client_runtime = clients.handle().clone();
+    let hub_runtime = hub.handle().clone();
     let outcome = runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -61,11 +61,11 @@ fn serve(config: Config) -> ExitCode {
             };
             info!(signal = name, "shutdown requested");
         };
-        switchyard::run(config, signalled, client_runtime).await
+        switchyard::run(config, signalled, hub_runtime).await
     });
     // Connections still open after the grace period are cut here.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    clients.shutdown_timeout(Duration::from_millis(100));
+    hub.shutdown_timeout(Duration::from_millis(100));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

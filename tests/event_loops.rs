@@ -148,7 +148,7 @@ fn p90(sorted: &[Duration]) -> Duration {
 
 /// How much slower than the quiet run a busy neighbour may make the
 /// median: a loop that serves the measured sockets while it serialises or
-/// fans out made it 100 to 3,400 times slower; the clients runtime's own
+/// fans out made it 100 to 3,400 times slower; the hub runtime's own
 /// work (fanning out to the burst's subscribers) and scheduling noise on a
 /// shared two-core machine (load average 15) made it up to 19 times with
 /// 300 subscribers.
@@ -158,10 +158,21 @@ const ALLOWED_RATIO: f64 = 20.0;
 /// very fast does not turn scheduler noise into a failure.
 const QUIET_FLOOR: Duration = Duration::from_micros(300);
 
-/// Prints the comparison; true when `busy` stays within the ratio.
+/// Prints the comparison; true when `busy`'s median stays within the
+/// ratio of `quiet`'s.
 fn not_delayed(what: &str, quiet: &[Duration], busy: &[Duration]) -> bool {
-    let baseline = median(quiet).max(QUIET_FLOOR);
-    let ratio = median(busy).as_secs_f64() / baseline.as_secs_f64();
+    not_delayed_at(median, what, quiet, busy)
+}
+
+/// [`not_delayed`], comparing `at` (the median or the p90) of each run.
+fn not_delayed_at(
+    at: fn(&[Duration]) -> Duration,
+    what: &str,
+    quiet: &[Duration],
+    busy: &[Duration],
+) -> bool {
+    let baseline = at(quiet).max(QUIET_FLOOR);
+    let ratio = at(busy).as_secs_f64() / baseline.as_secs_f64();
     println!(
         "{what}: quiet median {:?} p90 {:?}; busy median {:?} p90 {:?} max {:?}; ratio {ratio:.1}",
         median(quiet),
@@ -189,6 +200,23 @@ where
     panic!("64 connections and none on event loop {wanted}");
 }
 
+/// ~64 MB of retained state: 64 batches of 1,000 topics `bulk/B/I` of
+/// ~1 KB.
+async fn fill_64_mb(gateway: &Gateway) {
+    let mut filler = KeepAlive::open(gateway).await;
+    let value = "v".repeat(1000);
+    for batch in 0..64 {
+        let events: Vec<_> = (0..1000)
+            .map(|i| serde_json::json!({"topic": format!("bulk/{batch}/{i}"), "data": value, "retain": true}))
+            .collect();
+        let body = serde_json::to_vec(&events).expect("json");
+        let (status, answer) = filler
+            .request("POST", "/_switchyard/publish", body.into())
+            .await;
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
+    }
+}
+
 fn gateway_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![("TOKIO_WORKER_THREADS", "2")];
     env.extend_from_slice(extra);
@@ -202,19 +230,7 @@ async fn a_loop_serialising_a_64_mb_state_does_not_delay_its_other_connections()
         ("MAX_MESSAGE_BYTES", "1100000"),
     ]))
     .await;
-    // ~64 MB of retained state: 64 batches of 1,000 topics of ~1 KB.
-    let mut filler = KeepAlive::open(&gateway).await;
-    let value = "v".repeat(1000);
-    for batch in 0..64 {
-        let events: Vec<_> = (0..1000)
-            .map(|i| serde_json::json!({"topic": format!("bulk/{batch}/{i}"), "data": value, "retain": true}))
-            .collect();
-        let body = serde_json::to_vec(&events).expect("json");
-        let (status, answer) = filler
-            .request("POST", "/_switchyard/publish", body.into())
-            .await;
-        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
-    }
+    fill_64_mb(&gateway).await;
 
     // Three busy connections on one loop (the kernel spreads connections
     // over the loops: a CI run got 1 of 6 on the first one's loop, which
@@ -282,6 +298,91 @@ async fn a_loop_serialising_a_64_mb_state_does_not_delay_its_other_connections()
     assert!(
         pongs_ok && health_ok,
         "the busy loop delayed its other connections past {ALLOWED_RATIO}x the quiet median"
+    );
+}
+
+/// A WebSocket stays on the loop that accepted it, so its hello is that
+/// loop's work: a hello of the whole 64 MB state (its snapshot and its
+/// encoding) should not hold up the loop's other connections either.
+///
+/// A known gap, kept as its witness: the snapshot and the encoding of a
+/// hello run on the client's loop (as an SSE client's always did), ~70 ms
+/// for this state, so the median holds but the p90 this test asks about
+/// does not: pong and `/health` p90 169x and 124x the quiet run's. Before
+/// issue 24 moved WebSockets onto their loops it failed too (159x and
+/// 76x): the hellos ran on the clients runtime then, whose threads share
+/// the machine's two cores with the loops. `/state` takes the same work
+/// off the loop (and bounded: two at a time); hellos should too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: a large hello is built on its loop (see the doc comment)"]
+async fn websocket_hellos_of_a_64_mb_state_do_not_delay_their_loops_other_connections() {
+    let gateway = Gateway::start(&gateway_env(&[
+        ("MAX_RETAINED_BYTES", "134217728"),
+        ("MAX_MESSAGE_BYTES", "1100000"),
+    ]))
+    .await;
+    fill_64_mb(&gateway).await;
+    let mut client = websocket(&gateway, "?topics=none").await;
+    let measured_loop = loop_of(&gateway, client.0).await;
+    let mut health = on_loop(&gateway, measured_loop, || async {
+        let connection = KeepAlive::open(&gateway).await;
+        (connection.port, connection)
+    })
+    .await;
+    let (quiet_pongs, quiet_health) = measure(&mut client.1, &mut health, 30).await;
+
+    // Three clients at a time, each opening a WebSocket on the whole state,
+    // reading its hello and closing; the kernel spreads them over both
+    // loops, so the measured one gets about half.
+    let stop = Arc::new(AtomicBool::new(false));
+    let hellos = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let (stop, hellos, addr) = (
+            stop.clone(),
+            hellos.clone(),
+            gateway.ws_url("/ws?topics=bulk/%23"),
+        );
+        workers.push(tokio::spawn(async move {
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .max_message_size(None)
+                .max_frame_size(None);
+            while !stop.load(Ordering::Relaxed) {
+                let (mut whole, _) = tokio_tungstenite::connect_async_with_config(
+                    addr.as_str(),
+                    Some(config),
+                    false,
+                )
+                .await
+                .expect("websocket connect");
+                let hello = tokio::time::timeout(Duration::from_secs(30), whole.next())
+                    .await
+                    .expect("a hello within 30 s")
+                    .expect("open")
+                    .expect("valid frame");
+                assert!(hello.len() > 64_000_000, "a hello of {} bytes", hello.len());
+                hellos.fetch_add(1, Ordering::Relaxed);
+                drop(whole);
+            }
+        }));
+    }
+    // Let the first hellos start.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (busy_pongs, busy_health) = measure(&mut client.1, &mut health, 30).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("busy worker");
+    }
+    let hellos = hellos.load(Ordering::Relaxed);
+    println!("event loop {measured_loop}: {hellos} hellos of the whole state while measuring");
+    assert!(hellos >= 4, "the loops were not kept busy");
+    // The p90, not the median: a hello is a long step now and then, which
+    // leaves the median alone.
+    let pongs_ok = not_delayed_at(p90, "websocket pong", &quiet_pongs, &busy_pongs);
+    let health_ok = not_delayed_at(p90, "/health", &quiet_health, &busy_health);
+    assert!(
+        pongs_ok && health_ok,
+        "hellos of a large state delayed their loop's other connections past {ALLOWED_RATIO}x the quiet p90"
     );
 }
 

@@ -103,9 +103,6 @@ pub struct Broadcaster {
     pub ping_clock: Arc<Beacon>,
     /// Tells client tasks to finish and waits for them.
     pub shutdown: Shutdown,
-    /// Where WebSocket client tasks run and their sockets are driven (see
-    /// `event_loops`).
-    pub client_runtime: tokio::runtime::Handle,
     /// The encoded states of recent hellos, shared by the clients given
     /// the same state.
     pub states: StateEncodings,
@@ -118,7 +115,6 @@ impl Broadcaster {
         gauges: [Gauge; 3],
         ping_clock: Arc<Beacon>,
         shutdown: Shutdown,
-        client_runtime: tokio::runtime::Handle,
     ) -> Broadcaster {
         Broadcaster {
             hub,
@@ -127,7 +123,6 @@ impl Broadcaster {
             gauges,
             ping_clock,
             shutdown,
-            client_runtime,
             states: StateEncodings::default(),
         }
     }

@@ -32,7 +32,7 @@
 //! ([`RecentIds`], under `state`), so a repeat within that window is
 //! answered with its original seq and published again never.
 //!
-//! The fan-out task runs on the clients' runtime, never on an HTTP event
+//! The fan-out task runs on the hub's runtime, never on an HTTP event
 //! loop. With `PENDING_LIMIT` events waiting for it, a publisher waits
 //! (asynchronously, holding no lock) until the task has made room, then
 //! takes its seqs: backpressure that bounds `pending` without the

@@ -61,7 +61,6 @@ use crate::auth::{self, token::LEEWAY, Access, Denied, Publisher, Reader};
 use crate::broadcast::{self, Broadcaster, ClientSlot, ClientStream, End, Step, Transport};
 use crate::config::Config;
 use crate::cors;
-use crate::event_loops;
 use crate::hub::{Catchup, HubError, Pattern, ResumePoint, Topic};
 use crate::protocol::{self, code, ClientFrame, StateEncodings, SubscriptionQuery};
 use crate::response::{self, Body};
@@ -175,7 +174,6 @@ pub fn upgrade(
 
     let admitted = Admitted {
         access: access.clone(),
-        peer,
         client_address,
         publishing,
         slot,
@@ -184,12 +182,12 @@ pub fn upgrade(
         opening,
         resume: query.resume,
     });
-    // The upgrade is awaited on the event loop that serves the connection
-    // (hyper completes it on this thread: no wake-up crosses to the
-    // clients runtime for it): with the 101 held, by the connection's own
-    // task once hyper is done (ready then, see `watchdog`), else by a task
-    // of its own; the client's own task starts there once the socket is
-    // ours.
+    // The upgrade is awaited on the event loop that serves the connection:
+    // with the 101 held, by the connection's own task once hyper is done
+    // (ready then, see `watchdog`), else by a task of its own. The
+    // client's own task then starts on the same loop, whose reactor
+    // already drives the socket: a connection never changes threads (see
+    // `event_loops`).
     let handover = broadcaster.clone();
     let handover = async move {
         let upgraded = match on_upgrade.await {
@@ -209,10 +207,8 @@ pub fn upgrade(
             }
         };
         let (stream, unread, held) = parts.io.into_inner().into_parts();
-        // A copy, made here: `read_buf` points into hyper's read buffer
-        // (8 KiB, allocated on this loop), which is then freed on this
-        // thread, not by the clients runtime's under the loop's malloc
-        // arena lock.
+        // A copy: `read_buf` points into hyper's read buffer (8 KiB),
+        // which the client would otherwise keep for its whole life.
         let early = match (parts.read_buf.is_empty(), unread.is_empty()) {
             (true, true) => Bytes::new(),
             (false, true) => Bytes::copy_from_slice(&parts.read_buf),
@@ -229,7 +225,7 @@ pub fn upgrade(
             accepted,
         }));
         debug!(%peer, task_bytes = std::mem::size_of_val(&task), "websocket client task");
-        handover.shutdown.spawn_on(task, &handover.client_runtime);
+        handover.shutdown.spawn(task);
     };
     match &connection {
         Some(connection) => {
@@ -271,9 +267,6 @@ struct Setup {
 /// What the upgrade decided about a client, before its socket is ours.
 struct Admitted {
     access: Arc<Access>,
-    /// For the log line of a socket that cannot move (the client's task
-    /// asks its socket).
-    peer: SocketAddr,
     client_address: IpAddr,
     publishing: PublishRight,
     slot: ClientSlot,
@@ -285,9 +278,7 @@ struct Admitted {
 /// counters and the idle wait's two words; everything used once is in
 /// boxed futures or helpers (see the size test below).
 async fn run(setup: Box<Setup>) {
-    let Some((client, start)) = attach(setup) else {
-        return;
-    };
+    let (client, start) = attach(setup);
     // One local for the task's whole life, never moved: rustc keeps a
     // moved-from local's room in the task too.
     let mut serving = Serving {
@@ -353,13 +344,12 @@ async fn run(setup: Box<Setup>) {
     .await;
 }
 
-/// Moves the socket onto the clients runtime and builds the client with
-/// its writer (the held-back 101 first) and reader; `None` when the socket
-/// cannot move. Not async: nothing here stays part of the task's future.
-/// Takes the box itself: unboxed in `run`, the emptied box would stay in
-/// the task (8 bytes) until it ends.
+/// Builds the client with its writer (the held-back 101 first) and
+/// reader. Not async: nothing here stays part of the task's future. Takes
+/// the box itself: unboxed in `run`, the emptied box would stay in the
+/// task (8 bytes) until it ends.
 #[allow(clippy::boxed_local)]
-fn attach(setup: Box<Setup>) -> Option<(Client, Box<Start>)> {
+fn attach(setup: Box<Setup>) -> (Client, Box<Start>) {
     let Setup {
         admitted,
         start,
@@ -369,15 +359,6 @@ fn attach(setup: Box<Setup>) -> Option<(Client, Box<Start>)> {
             held,
         },
     } = *setup;
-    // Off the reactor of the HTTP loop that accepted it, onto the clients
-    // runtime's, where this task runs (see `event_loops`).
-    let stream = match event_loops::drive_here(stream) {
-        Ok(stream) => stream,
-        Err(error) => {
-            debug!(peer = %admitted.peer, %error, "websocket socket could not move to the clients runtime");
-            return None;
-        }
-    };
     let socket = Socket::new(stream);
     let limits = admitted.slot.broadcaster().limits;
     let mut writer = codec::Writer::new(SocketWriter::new(socket.clone()));
@@ -395,7 +376,7 @@ fn attach(setup: Box<Setup>) -> Option<(Client, Box<Start>)> {
         frames,
         slot: admitted.slot,
     };
-    Some((client, start))
+    (client, start)
 }
 
 /// What the client task starts from (boxed: freed once subscribed).

@@ -4,8 +4,8 @@
 //! Owns: [`Socket`], the bare `TcpStream` taken back from hyper once the
 //! upgrade is done (hyper's `Upgraded` box, its `Rewind` and the watchdog
 //! wrapper are dropped: nothing of the HTTP connection stays allocated for
-//! a WebSocket, and the stream is driven by the clients runtime's reactor,
-//! see `event_loops`); the task's reading and writing ends over it
+//! a WebSocket, and the stream stays on the reactor of the event loop
+//! that accepted it, where the client's task runs: see `event_loops`); the task's reading and writing ends over it
 //! ([`SocketReader`], which first hands out any bytes hyper had read past
 //! the request, and [`SocketWriter`]); and its [`Sink`] side: the fan-out
 //! writes a delivery straight to the socket, without waiting, while the

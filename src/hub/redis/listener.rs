@@ -4,7 +4,7 @@
 //! Owns: reconnecting with backoff, the periodic epoch check
 //! ([`CHECK_EVERY`]), delivering events heard in seq order, catching up
 //! from history after a gap, and resets when history cannot fill it. Runs
-//! on the broadcaster's client runtime, so fan-out happens there. Does not
+//! on the hub's runtime, so fan-out happens there. Does not
 //! own: the command connection ([`connection`](super::connection)).
 
 use std::convert::Infallible;

@@ -6,8 +6,8 @@
 //! the state and PUBLISHes each encoded event, so seqs are gap-free across
 //! replicas and every replica hears events in seq order. Each replica
 //! subscribes on a dedicated connection and fans out through its local
-//! [`Subscribers`], on the broadcaster's client runtime (as the in-process
-//! hub does), so the HTTP runtime only runs scripts.
+//! [`Subscribers`], on the hub's runtime (as the in-process hub does), so
+//! the HTTP loops only run scripts.
 //!
 //! # Epoch integrity
 //!
@@ -219,7 +219,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RedisHub {
-    /// Creates the hub and starts its listener on `runtime` (the clients'
+    /// Creates the hub and starts its listener on `runtime` (the hub's
     /// runtime: the listener fans out); Redis need not be up yet.
     pub fn start(
         url: &str,
