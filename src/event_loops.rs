@@ -27,11 +27,11 @@
 //!   most for one such short step of its loop, and nothing a loop does
 //!   delays the others (`tests/event_loops.rs` measures both).
 //!
-//! One exception, known: a WebSocket's or SSE client's hello (its snapshot
-//! and the encoding of its state) is built on its loop, ~70 ms for a 64 MB
-//! state; the ignored test `websocket_hellos_of_a_64_mb_state_do_not_delay_
-//! their_loops_other_connections` is its witness, and it failed before
-//! WebSockets moved onto the loops as well.
+//! The heavy work of a client's start is a step of that kind: with a
+//! retained state past `broadcast::LARGE_STATE_BYTES`, a subscriber's
+//! snapshot (and a WebSocket's encoding of its hello's state) is made off
+//! the loop. Not yet: an SSE client's copy of a large hello into its first
+//! chunk, and a WebSocket `subscribe` frame's state, both on the loop.
 //!
 //! Why WebSockets stay on their loop: until issue 24 each one's task and
 //! socket moved to a runtime of their own after the upgrade (`drive_here`:

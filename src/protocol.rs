@@ -399,6 +399,9 @@ struct Kept {
 struct StateEncoding {
     events: Box<[Arc<Event>]>,
     json: Bytes,
+    /// Larger than STATE_ENCODING_MAX_BYTES, encoded ahead for one client
+    /// ([`StateEncodings::prepare`]): handed out once, then dropped.
+    once: bool,
 }
 
 impl StateEncodings {
@@ -416,15 +419,51 @@ impl StateEncodings {
                     .zip(events)
                     .all(|(a, b)| Arc::ptr_eq(a, b))
         };
-        if let Some(kept) = self.lock().entries.iter().flatten().find(|kept| same(kept)) {
-            return kept.json.clone();
+        let taken = {
+            let mut kept = self.lock();
+            match kept
+                .entries
+                .iter_mut()
+                .find(|entry| entry.as_ref().is_some_and(same))
+            {
+                Some(entry) if entry.as_ref().is_some_and(|kept| kept.once) => entry.take(),
+                Some(entry) => {
+                    return entry
+                        .as_ref()
+                        .map_or_else(Bytes::new, |kept| kept.json.clone())
+                }
+                None => None,
+            }
+        };
+        // A prepared encoding: its events are freed here, with no lock held.
+        if let Some(prepared) = taken {
+            return prepared.json;
         }
+        self.encode_and_keep(events, false)
+    }
+
+    /// Encodes `events` ahead, off the event loop, for the one client
+    /// whose hello [`get`](Self::get) will ask for them: a large state
+    /// (past STATE_ENCODING_MAX_BYTES, which `get` encodes each time) is
+    /// then kept until that `get`. At most STATE_ENCODINGS such entries:
+    /// one whose client went away first is replaced like any other.
+    pub fn prepare(&self, events: &[Arc<Event>]) {
+        if !events.is_empty() {
+            self.encode_and_keep(events, true);
+        }
+    }
+
+    /// Encodes `events` and keeps the encoding when it is small (or
+    /// `large_once`, for one taker); answers it.
+    fn encode_and_keep(&self, events: &[Arc<Event>], large_once: bool) -> Bytes {
         // Encoded with no lock held: a big state takes milliseconds.
         let json = Bytes::from(encode(&StateMap(events)));
-        if json.len() <= STATE_ENCODING_MAX_BYTES {
+        let once = json.len() > STATE_ENCODING_MAX_BYTES;
+        if !once || large_once {
             let entry = StateEncoding {
                 events: events.into(),
                 json: json.clone(),
+                once,
             };
             let replaced = {
                 let mut kept = self.lock();
@@ -646,6 +685,32 @@ mod tests {
             1,
             "a big state's events were kept"
         );
+    }
+
+    #[test]
+    fn a_large_state_prepared_ahead_is_handed_out_once() {
+        let states = StateEncodings::default();
+        let big = vec![Event::retained(
+            1,
+            "big",
+            &format!("\"{}\"", "x".repeat(STATE_ENCODING_MAX_BYTES)),
+        )];
+        states.prepare(&big);
+        let prepared = states.lock().entries.iter().flatten().count();
+        assert_eq!(prepared, 1, "not kept for its client");
+        let taken = states.get(&big);
+        // Taken, not copied: the same bytes, and the entry (with its
+        // events) is gone.
+        assert_eq!(Arc::strong_count(&big[0]), 1, "still kept after its get");
+        assert!(taken.starts_with(br#"{"big":{"seq":1,"data":"xxx"#));
+        // The next client's get encodes anew.
+        let again = states.get(&big);
+        assert_ne!(again.as_ptr(), taken.as_ptr());
+        assert_eq!(again, taken);
+        // A small state prepared ahead is an ordinary entry, shared.
+        let small = vec![Event::retained(2, "small", "2")];
+        states.prepare(&small);
+        assert_eq!(states.get(&small).as_ptr(), states.get(&small).as_ptr());
     }
 
     #[test]

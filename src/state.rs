@@ -240,7 +240,7 @@ fn parse_wait(query: Option<&str>) -> Result<Option<Duration>, &'static str> {
 /// Subscribes from the resume point; when that yields nothing yet, waits for
 /// the first matching deliveries (or `wait`, or shutdown).
 async fn long_poll(
-    broadcaster: &Broadcaster,
+    broadcaster: &Arc<Broadcaster>,
     query: SubscriptionQuery,
     wait: Duration,
 ) -> Result<Snapshot, HubError> {

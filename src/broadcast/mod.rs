@@ -30,7 +30,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::auth::{self, Access, Denied, Reader};
 use crate::beacon::Beacon;
 use crate::config::Config;
-use crate::hub::{Hub, HubError, Pattern, ResumePoint};
+use crate::event_loops;
+use crate::hub::{Catchup, Hub, HubError, Pattern, ResumePoint};
 use crate::protocol::{StateEncodings, SubscriptionQuery};
 use crate::shutdown::Shutdown;
 
@@ -148,23 +149,75 @@ impl Broadcaster {
         })
     }
 
-    /// Subscribes a client: its hello comes first out of the stream.
+    /// Subscribes a client: its hello comes first out of the stream. With
+    /// a retained state past [`LARGE_STATE_BYTES`], the snapshot (every
+    /// topic, sorted) takes tens of milliseconds: it is taken off the
+    /// event loop ([`event_loops::off_loop`]), as `/state`'s is.
     pub async fn subscribe(
-        &self,
+        self: &Arc<Self>,
         patterns: Vec<Pattern>,
         resume: Option<ResumePoint>,
     ) -> Result<ClientStream, HubError> {
-        let subscription = self
+        self.subscribe_and_encode(patterns, resume, false).await
+    }
+
+    /// [`subscribe`](Self::subscribe) for a WebSocket, whose hello takes
+    /// its state from `states`: with a large state, the state's encoding
+    /// is made off the loop too, and kept there for this client's hello.
+    pub async fn subscribe_websocket(
+        self: &Arc<Self>,
+        patterns: Vec<Pattern>,
+        resume: Option<ResumePoint>,
+    ) -> Result<ClientStream, HubError> {
+        self.subscribe_and_encode(patterns, resume, true).await
+    }
+
+    async fn subscribe_and_encode(
+        self: &Arc<Self>,
+        patterns: Vec<Pattern>,
+        resume: Option<ResumePoint>,
+        encode: bool,
+    ) -> Result<ClientStream, HubError> {
+        let large = self
             .hub
-            .clone()
-            .subscribe(patterns, resume, self.limits.client_queue)
-            .await?;
+            .state_bytes()
+            .is_some_and(|bytes| bytes > LARGE_STATE_BYTES);
+        let subscription = if large {
+            let broadcaster = self.clone();
+            let work = move || {
+                let subscribing = broadcaster.hub.clone().subscribe(
+                    patterns,
+                    resume,
+                    broadcaster.limits.client_queue,
+                );
+                let subscribed = tokio::runtime::Handle::current().block_on(subscribing)?;
+                match &subscribed.snapshot.catchup {
+                    Catchup::Fresh(state) if encode => broadcaster.states.prepare(state),
+                    _ => {}
+                }
+                Ok(subscribed)
+            };
+            // `None`: the runtime is shutting down.
+            event_loops::off_loop(work)
+                .await
+                .unwrap_or(Err(HubError::Unavailable))?
+        } else {
+            self.hub
+                .clone()
+                .subscribe(patterns, resume, self.limits.client_queue)
+                .await?
+        };
         Ok(ClientStream::new(
             subscription,
             self.ping_clock.next_firing(),
         ))
     }
 }
+
+/// A retained state larger than this makes a subscribe heavy work (see
+/// [`Broadcaster::subscribe`]): 1 MiB takes about a millisecond to
+/// snapshot and encode, a 64 MB one ~70 ms.
+pub const LARGE_STATE_BYTES: usize = 1024 * 1024;
 
 /// One counted client; gives its place back when dropped.
 pub struct ClientSlot {

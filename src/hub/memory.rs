@@ -414,6 +414,10 @@ impl Hub for MemoryHub {
         self.epoch.clone()
     }
 
+    fn state_bytes(&self) -> Option<usize> {
+        Some(self.retained_bytes())
+    }
+
     fn publish(&self, batch: Vec<Publication>) -> HubFuture<'_, Receipt> {
         if self.fan_out_wanted.is_none() {
             return ready(self.accept(lock(&self.state), batch));

@@ -398,6 +398,13 @@ pub trait Hub: Send + Sync + 'static {
         None
     }
 
+    /// The retained state's size (topic + data bytes of every retained
+    /// event) when the hub knows it without asking anyone: how heavy a
+    /// fresh hello can be. `None` when it does not.
+    fn state_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Polling: the events after `resume` when it can be served, else the
     /// retained state; never a silent hole.
     fn snapshot(

@@ -661,7 +661,11 @@ impl Client {
             debug!(peer = ?self.peer(), subject = ?grant.subject, admin = grant.admin, "websocket client authorized");
         }
         self.grant = LiveGrant::new(reader, &patterns);
-        let stream = self.slot.broadcaster().subscribe(patterns, resume).await;
+        let stream = self
+            .slot
+            .broadcaster()
+            .subscribe_websocket(patterns, resume)
+            .await;
         debug!(peer = ?self.peer(), ok = stream.is_ok(), "websocket client connected");
         match stream {
             Ok(stream) => Ok(stream),
