@@ -27,11 +27,13 @@
 //!   most for one such short step of its loop, and nothing a loop does
 //!   delays the others (`tests/event_loops.rs` measures both).
 //!
-//! The heavy work of a client's start is a step of that kind: with a
-//! retained state past `broadcast::LARGE_STATE_BYTES`, a subscriber's
-//! snapshot (and a WebSocket's encoding of its hello's state) is made off
-//! the loop. Not yet: an SSE client's copy of a large hello into its first
-//! chunk, and a WebSocket `subscribe` frame's state, both on the loop.
+//! A client's start is kept short the same way: with a retained state past
+//! `broadcast::LARGE_STATE_BYTES`, a subscriber's snapshot and a
+//! WebSocket's encoding of its hello's state are made off the loop. Still
+//! on the loop, and long with a state of many megabytes: an SSE client's
+//! hello (encoded and copied into its first chunk), the state a WebSocket's
+//! `subscribe` frame adds, and every hello with `REDIS_URL` (that hub does
+//! not know its state's size without asking Redis).
 //!
 //! Why WebSockets stay on their loop: until issue 24 each one's task and
 //! socket moved to a runtime of their own after the upgrade (`drive_here`:

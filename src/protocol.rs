@@ -419,27 +419,25 @@ impl StateEncodings {
                     .zip(events)
                     .all(|(a, b)| Arc::ptr_eq(a, b))
         };
-        let taken = {
+        let prepared = {
             let mut kept = self.lock();
-            match kept
+            let found = kept
                 .entries
                 .iter_mut()
-                .find(|entry| entry.as_ref().is_some_and(same))
-            {
-                Some(entry) if entry.as_ref().is_some_and(|kept| kept.once) => entry.take(),
-                Some(entry) => {
-                    return entry
-                        .as_ref()
-                        .map_or_else(Bytes::new, |kept| kept.json.clone())
-                }
+                .find(|entry| entry.as_ref().is_some_and(same));
+            match found {
+                // Shared with every client given these events.
+                Some(Some(shared)) if !shared.once => return shared.json.clone(),
+                // Encoded ahead for one client: taken.
+                Some(entry) => entry.take(),
                 None => None,
             }
         };
-        // A prepared encoding: its events are freed here, with no lock held.
-        if let Some(prepared) = taken {
-            return prepared.json;
+        match prepared {
+            // Its events are freed here, with no lock held.
+            Some(prepared) => prepared.json,
+            None => self.encode_and_keep(events, false),
         }
-        self.encode_and_keep(events, false)
     }
 
     /// Encodes `events` ahead, off the event loop, for the one client

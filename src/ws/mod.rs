@@ -208,7 +208,7 @@ pub fn upgrade(
         };
         let (stream, unread, held) = parts.io.into_inner().into_parts();
         // A copy: `read_buf` points into hyper's read buffer (8 KiB),
-        // which the client would otherwise keep for its whole life.
+        // which it would keep allocated until the client's first read.
         let early = match (parts.read_buf.is_empty(), unread.is_empty()) {
             (true, true) => Bytes::new(),
             (false, true) => Bytes::copy_from_slice(&parts.read_buf),
