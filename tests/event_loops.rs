@@ -200,10 +200,15 @@ where
     panic!("64 connections and none on event loop {wanted}");
 }
 
-/// ~64 MB of retained state: 64 batches of 1,000 topics `bulk/B/I` of
-/// ~1 KB.
-async fn fill_64_mb(gateway: &Gateway) {
-    let mut filler = KeepAlive::open(gateway).await;
+/// A gateway with ~64 MB of retained state: 64 batches of 1,000 topics
+/// `bulk/B/I` of ~1 KB.
+async fn with_64_mb_state() -> Gateway {
+    let gateway = Gateway::start(&gateway_env(&[
+        ("MAX_RETAINED_BYTES", "134217728"),
+        ("MAX_MESSAGE_BYTES", "1100000"),
+    ]))
+    .await;
+    let mut filler = KeepAlive::open(&gateway).await;
     let value = "v".repeat(1000);
     for batch in 0..64 {
         let events: Vec<_> = (0..1000)
@@ -215,6 +220,7 @@ async fn fill_64_mb(gateway: &Gateway) {
             .await;
         assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
     }
+    gateway
 }
 
 fn gateway_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
@@ -225,12 +231,7 @@ fn gateway_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_serialising_a_64_mb_state_does_not_delay_its_other_connections() {
-    let gateway = Gateway::start(&gateway_env(&[
-        ("MAX_RETAINED_BYTES", "134217728"),
-        ("MAX_MESSAGE_BYTES", "1100000"),
-    ]))
-    .await;
-    fill_64_mb(&gateway).await;
+    let gateway = with_64_mb_state().await;
 
     // Three busy connections on one loop (the kernel spreads connections
     // over the loops: a CI run got 1 of 6 on the first one's loop, which
@@ -310,12 +311,7 @@ async fn a_loop_serialising_a_64_mb_state_does_not_delay_its_other_connections()
 /// runs, release), against 0.6x and 4.4x off it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_hellos_of_a_64_mb_state_do_not_delay_their_loops_other_connections() {
-    let gateway = Gateway::start(&gateway_env(&[
-        ("MAX_RETAINED_BYTES", "134217728"),
-        ("MAX_MESSAGE_BYTES", "1100000"),
-    ]))
-    .await;
-    fill_64_mb(&gateway).await;
+    let gateway = with_64_mb_state().await;
     // More rounds than the other tests: a hello lands on the measured loop
     // now and then, so its delays are in the tail, not in every round.
     const ROUNDS: u64 = 80;
