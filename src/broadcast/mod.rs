@@ -215,8 +215,9 @@ impl Broadcaster {
 }
 
 /// A retained state larger than this makes a subscribe heavy work (see
-/// [`Broadcaster::subscribe`]): 1 MiB takes about a millisecond to
-/// snapshot and encode, a 64 MB one ~70 ms.
+/// [`Broadcaster::subscribe`]). A 64 MB one takes ~70 ms to snapshot and
+/// encode (the longest delays `tests/event_loops.rs` saw with that work
+/// on the loop), so this is about a millisecond's worth.
 pub const LARGE_STATE_BYTES: usize = 1024 * 1024;
 
 /// One counted client; gives its place back when dropped.
