@@ -5,7 +5,8 @@
 //! upgrade is done (hyper's `Upgraded` box, its `Rewind` and the watchdog
 //! wrapper are dropped: nothing of the HTTP connection stays allocated for
 //! a WebSocket, and the stream stays on the reactor of the event loop
-//! that accepted it, where the client's task runs: see `event_loops`); the task's reading and writing ends over it
+//! that accepted it, where the client's task runs: see `event_loops`);
+//! the task's reading and writing ends over it
 //! ([`SocketReader`], which first hands out any bytes hyper had read past
 //! the request, and [`SocketWriter`]); and its [`Sink`] side: the fan-out
 //! writes a delivery straight to the socket, without waiting, while the
